@@ -1,0 +1,57 @@
+"""The builder registry: names to classes, imported only when a recipe uses them.
+
+A recipe may also name its own builder class as `module:Class` (a `Builder` subclass importable from
+the recipe's directory); its module source enters the key like a built-in's.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+from ..errors import RecipeError, did_you_mean
+from ..hashing import hash_file
+from .base import BuildContext, Builder, Param
+
+BUILTIN = {
+    "command": "modelbuild.builders.command:Command",
+    "python": "modelbuild.builders.python:Python",
+    "ingest": "modelbuild.builders.ingest:Ingest",
+}
+
+__all__ = ["BUILTIN", "BuildContext", "Builder", "Param", "load_builder", "builder_code_hash"]
+
+
+def load_builder(name: str, *, recipe_dir: Path | None = None, file: str | None = None,
+                 step: str | None = None) -> Builder:
+    target = BUILTIN.get(name)
+    if target is None and ":" not in name:
+        raise RecipeError(f"unknown builder '{name}'{did_you_mean(name, BUILTIN)}; the built-in builders are "
+                          f"{', '.join(sorted(BUILTIN))}, or name your own class as 'module:Class'",
+                          file=file, step=step, key="builder")
+    target = target or name
+    module_name, _, cls_name = target.partition(":")
+    if recipe_dir is not None and str(recipe_dir) not in sys.path:
+        sys.path.insert(0, str(recipe_dir))
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError) as e:
+        raise RecipeError(f"cannot load builder '{name}': {e}. Check the module is importable from "
+                          f"{recipe_dir or 'the current directory'} and defines {cls_name}",
+                          file=file, step=step, key="builder") from None
+    if not (isinstance(cls, type) and issubclass(cls, Builder)):
+        raise RecipeError(f"'{name}' is not a modelbuild Builder subclass", file=file, step=step, key="builder")
+    return cls()
+
+
+@lru_cache(maxsize=None)
+def _source_hash(path: str) -> str:
+    return hash_file(path)
+
+
+def builder_code_hash(builder: Builder) -> str:
+    """Hash of the builder's module source: editing a builder rebuilds what it built, and nothing else."""
+    return _source_hash(inspect.getsourcefile(type(builder)))

@@ -1,0 +1,131 @@
+"""What every builder is: a name, declared params, the packages whose versions enter its key, and build().
+
+A builder module must import no heavy library at module level: recipes are checked (`check`) before
+anything runs, and the lineage CLI loads builders without paying for torch or pandas.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..errors import RecipeError, did_you_mean
+
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared param: type name ('str', 'int', 'float', 'bool', 'list', 'dict', 'any')."""
+
+    type: str = "any"
+    required: bool = False
+    default: Any = None
+    choices: tuple = ()
+    help: str = ""
+
+    def coerce(self, value, where: dict):
+        """Return the value in its declared type (ints widen to floats), or raise a RecipeError."""
+        if value is None and not self.required:
+            return value
+        if self.type == "float" and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        expected = _TYPES.get(self.type)
+        if expected and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
+            raise RecipeError(f"expected a {self.type}, got {type(value).__name__} {value!r}", **where)
+        if self.choices and value not in self.choices:
+            raise RecipeError(f"{value!r} is not one of {', '.join(map(repr, self.choices))}"
+                              f"{did_you_mean(value, self.choices)}", **where)
+        return value
+
+
+class Builder:
+    """Base class. Subclasses set `name`, `params`, `env` and implement `build(ctx)`.
+
+    Example::
+
+        class Upper(Builder):
+            name = "upper"
+            params = {"column": Param("str", required=True)}
+
+            def build(self, ctx):
+                text = (ctx.inputs["data"] / "x.txt").read_text()
+                (ctx.out / "x.txt").write_text(text.upper())
+    """
+
+    name: ClassVar[str] = ""
+    params: ClassVar[dict[str, Param]] = {}
+    env: ClassVar[tuple[str, ...]] = ()  # distributions whose versions enter the key
+    open_params: ClassVar[bool] = False  # accept params beyond the declared ones (e.g. `python`)
+
+    def normalise(self, params: dict, *, file: str | None, step: str) -> dict:
+        """Check names and types, fill defaults. Cheap: no heavy imports."""
+        out = {}
+        for key, value in params.items():
+            if key not in self.params and not self.open_params:
+                raise RecipeError(f"unknown param for builder '{self.name}'{did_you_mean(key, self.params)}; "
+                                  f"it takes: {', '.join(sorted(self.params)) or 'no params'}",
+                                  file=file, step=step, key=f"params.{key}")
+        for key, spec in self.params.items():
+            where = {"file": file, "step": step, "key": f"params.{key}"}
+            if key not in params:
+                if spec.required:
+                    raise RecipeError(f"missing required param for builder '{self.name}'"
+                                      f"{': ' + spec.help if spec.help else ''}", **where)
+                out[key] = spec.default
+            else:
+                out[key] = spec.coerce(params[key], where)
+        for key, value in params.items():
+            out.setdefault(key, value)
+        self.check(out, file=file, step=step)
+        return out
+
+    def check(self, params: dict, *, file: str | None, step: str) -> None:
+        """Extra cheap validation across params; raise RecipeError."""
+
+    def key_extras(self, params: dict, recipe_dir: Path) -> dict:
+        """Content outside params that the output depends on (e.g. a user module's source)."""
+        return {}
+
+    def build(self, ctx: BuildContext) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class BuildContext:
+    """Everything a build may use. Inputs are read-only store paths; write only under `out`."""
+
+    step: str
+    inputs: dict[str, Path]
+    out: Path
+    params: dict
+    recipe_dir: Path
+    seed: int = 0
+    device: str = "cpu"
+    work: Path | None = None  # scratch space that survives a killed build of this key (checkpoints)
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("modelbuild.build"))
+    progress_file: Path | None = None
+
+    def input(self, name: str) -> Path:
+        try:
+            return self.inputs[name]
+        except KeyError:
+            from ..errors import BuildError
+            raise BuildError(f"step '{self.step}' needs an input named '{name}'"
+                             f"{did_you_mean(name, self.inputs)}; it has: {', '.join(self.inputs) or 'none'}. "
+                             f"Add it under `inputs:` in the recipe") from None
+
+    def progress(self, done: float, total: float | None = None, message: str = "") -> None:
+        """Report progress for the live build view (cheap; safe to call often)."""
+        if self.progress_file is not None:
+            self.progress_file.write_text(json.dumps({"done": done, "total": total, "message": message}))
+
+    def write_metrics(self, metrics: dict) -> None:
+        """Merge values into out/metrics.json; they are copied into the artifact's lineage."""
+        path = self.out / "metrics.json"
+        current = json.loads(path.read_text()) if path.exists() else {}
+        current.update(metrics)
+        path.write_text(json.dumps(current, indent=2, sort_keys=True))

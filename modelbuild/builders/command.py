@@ -1,0 +1,48 @@
+"""`command`: a shell command as a build step, like a DVC stage.
+
+The command string is in the key; inputs arrive as environment variables (MB_IN_<NAME>, a path), the
+output directory as MB_OUT. Scripts the command runs belong in `inputs:` as sources, so that editing
+them rebuilds the step.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from ..errors import BuildError, RecipeError
+from .base import BuildContext, Builder, Param
+
+
+def env_name(input_name: str) -> str:
+    return "MB_IN_" + re.sub(r"[^A-Za-z0-9]", "_", input_name).upper()
+
+
+class Command(Builder):
+    name = "command"
+    params = {
+        "cmd": Param("str", required=True, help="the shell command, e.g. python $MB_IN_SCRIPT $MB_IN_DATA $MB_OUT"),
+        "env": Param("dict", default={}, help="extra environment variables (part of the key)"),
+        "shell": Param("str", default="bash", choices=("bash", "sh")),
+    }
+
+    def check(self, params, *, file, step):
+        bad = [k for k, v in params["env"].items() if not isinstance(v, (str, int, float, bool))]
+        if bad:
+            raise RecipeError("environment values must be strings or numbers", file=file, step=step,
+                              key=f"params.env.{bad[0]}")
+
+    def build(self, ctx: BuildContext) -> None:
+        env = {**os.environ, **{k: str(v) for k, v in ctx.params["env"].items()},
+               "MB_OUT": str(ctx.out), "MB_STEP": ctx.step, "MB_SEED": str(ctx.seed), "PYTHON": sys.executable}
+        env.update({env_name(name): str(path) for name, path in ctx.inputs.items()})
+        ctx.log.info("$ %s", ctx.params["cmd"])
+        sys.stdout.flush()
+        proc = subprocess.run([ctx.params["shell"], "-c", ctx.params["cmd"]], cwd=ctx.recipe_dir, env=env)
+        if proc.returncode != 0:
+            how = f"was killed by signal {-proc.returncode}" if proc.returncode < 0 else \
+                f"exited with code {proc.returncode}"
+            raise BuildError(f"step '{ctx.step}': the command {ctx.params['cmd']!r} {how}; its output is in the "
+                             "step log (`modelbuild log RECIPE:STEP`)")

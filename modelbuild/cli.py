@@ -1,0 +1,281 @@
+"""The `modelbuild` command line: parses arguments, calls the verb's module, prints.
+
+Lineage verbs (show, diff, why-depends, graph, log, path, gc, verify, tag) import no ML library;
+`build` and `plan` load only the builders a recipe names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import errors
+from .errors import ModelbuildError, UsageError
+
+
+def _store(args):
+    from .store import Store
+    return Store(args.store)
+
+
+def _recipe_and_overrides(args):
+    from .recipe import load_recipe
+    overrides = list(args.overrides)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise UsageError(f"'{bad[0]}' is not an override: write KEY=VALUE, e.g. steps.train.params.lr=3e-4 "
+                         "(to build some steps only, use --target STEP)")
+    recipe = load_recipe(args.recipe, overrides)
+    for t in args.target or []:
+        if t not in recipe.steps:
+            raise UsageError(f"--target {t}: the recipe {args.recipe} has no step '{t}'"
+                             f"{errors.did_you_mean(t, recipe.steps)}; its steps are {', '.join(recipe.order)}")
+    return recipe
+
+
+def cmd_build(args) -> int:
+    from .progress import reporter_for
+    from .realise import Realiser, exit_code
+    if args.jobs < 1:
+        raise UsageError(f"-j/--jobs must be at least 1, got {args.jobs}")
+    recipe = _recipe_and_overrides(args)
+    store = _store(args)
+    realiser = Realiser(store, recipe, jobs=args.jobs, keep_going=args.keep_going, check=args.check,
+                        reporter=reporter_for(args.json))
+    states = realiser.build(args.target)
+    code = exit_code(states)
+    if args.json:
+        print(json.dumps({"recipe": recipe.name, "store": str(store.root), "exit_code": code,
+                          "steps": [s.as_json(store) for s in states]}, indent=2))
+        return code
+    _print_summary(states, store)
+    for st in states:
+        if st.status == "failed":
+            print(f"error: {st.error['message']}", file=sys.stderr)
+        if st.differences:
+            print(f"error: step '{st.name}' is not reproducible: rebuilding it gave different content in "
+                  f"{', '.join(st.differences[:10])}{' ...' if len(st.differences) > 10 else ''}. Look for "
+                  "unseeded randomness, timestamps or unordered iteration in its builder", file=sys.stderr)
+    return code
+
+
+def _print_summary(states, store) -> None:
+    width = max(len(s.name) for s in states)
+    for st in states:
+        where = store.rel(st.path) if st.path and st.status in ("built", "cached") else ""
+        print(f"{st.name:<{width}}  {st.status:<7}  {st.seconds:6.1f}s  {where}")
+
+
+def cmd_plan(args) -> int:
+    from .realise import Realiser
+    recipe = _recipe_and_overrides(args)
+    states = Realiser(_store(args), recipe).plan(args.target)
+    if args.json:
+        print(json.dumps({"recipe": recipe.name, "steps": [
+            {"step": s.name, "action": s.status, "key": s.key, "reasons": s.reasons} for s in states]}, indent=2))
+        return 0
+    width = max(len(s.name) for s in states)
+    for st in states:
+        print(f"{st.name:<{width}}  {st.status:<6}  {'; '.join(st.reasons)}".rstrip())
+    return 0
+
+
+def cmd_show(args) -> int:
+    from .lineage import format_show, show
+    store = _store(args)
+    info = show(store, store.resolve(args.artifact))
+    print(json.dumps(info, indent=2, sort_keys=True) if args.json else format_show(info))
+    return 0
+
+
+def cmd_diff(args) -> int:
+    from .lineage import diff, format_diff
+    store = _store(args)
+    d = diff(store, store.resolve(args.a), store.resolve(args.b))
+    print(json.dumps(d.as_json(), indent=2) if args.json else format_diff(d, args.a, args.b))
+    return 0
+
+
+def cmd_why_depends(args) -> int:
+    from .lineage import why_depends
+    store = _store(args)
+    a, b = store.resolve(args.a), store.resolve(args.b)
+    chain = why_depends(store, a, b)
+    if chain is None:
+        print(f"{args.a} does not depend on {args.b}")
+        return 1
+    print("\n".join(("  " * i + ("└── " if i else "")) + c for i, c in enumerate(chain + [b.name])))
+    return 0
+
+
+def cmd_graph(args) -> int:
+    from . import graph
+    if args.what.endswith((".yaml", ".yml")) or Path(args.what).is_file():
+        from .recipe import load_recipe
+        recipe = load_recipe(args.what, args.overrides)
+        nodes, edges = graph.recipe_edges(recipe)
+        title = recipe.name
+    else:
+        store = _store(args)
+        nodes, edges = graph.artifact_edges(store, store.resolve(args.what))
+        title = args.what
+    print(graph.to_dot(nodes, edges, title) if args.format == "dot" else graph.to_mermaid(nodes, edges, title))
+    return 0
+
+
+def cmd_log(args) -> int:
+    store = _store(args)
+    path = store.resolve(args.artifact)
+    info = store.meta_of(path) or {}
+    log = store.root / info.get("log", "")
+    if not info.get("log") or not log.is_file():
+        raise UsageError(f"no build log kept for {args.artifact} (sources have none, and gc removes the logs of "
+                         "removed artifacts)")
+    sys.stdout.write(log.read_text(errors="replace"))
+    return 0
+
+
+def cmd_path(args) -> int:
+    store = _store(args)
+    for name in args.artifacts:
+        print(store.resolve(name))
+    return 0
+
+
+def cmd_gc(args) -> int:
+    from .gc import collect
+    store = _store(args)
+    if not store.exists():
+        print("nothing to collect: the store is empty")
+        return 0
+    with store.gc_lock(exclusive=True):
+        report = collect(store, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for p in report.removed:
+        print(f"{verb} {store.rel(p)}")
+    print(f"{verb} {len(report.removed)} artifacts ({report.bytes_freed / 1e6:.1f} MB), kept {len(report.kept)} "
+          "rooted or reachable from a root")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .gc import verify
+    store = _store(args)
+    if not store.exists():
+        raise UsageError(f"there is no store at {store.root}")
+    paths = [store.resolve(a) for a in args.artifacts] if args.artifacts else None
+    damaged = verify(store, paths)
+    if not damaged:
+        print(f"ok: {len(paths) if paths is not None else len(store.artifacts())} artifacts match their digests")
+        return 0
+    for path, files in damaged:
+        print(f"CORRUPT {store.rel(path)}: {', '.join(files[:10])}", file=sys.stderr)
+    print(f"error: {len(damaged)} artifacts do not match their digests. The next build moves them aside and "
+          "rebuilds them", file=sys.stderr)
+    return errors.CORRUPT
+
+
+def cmd_tag(args) -> int:
+    store = _store(args)
+    if args.delete:
+        with store.db:
+            gone = store.db.execute("DELETE FROM roots WHERE name=?", (f"tag:{args.name}",)).rowcount
+        (store.roots_dir / "tag" / args.name).unlink(missing_ok=True)
+        if not gone:
+            raise UsageError(f"there is no tag '{args.name}'")
+        print(f"deleted tag {args.name}")
+        return 0
+    if not args.artifact:
+        raise UsageError("tag needs NAME and ARTIFACT, e.g. `modelbuild tag prod income:model`")
+    from .recipe import NAME_RE
+    if not NAME_RE.match(args.name) or ":" in args.name:
+        raise UsageError(f"tag name {args.name!r} must be letters, digits, '-', '_' or '.'")
+    path = store.resolve(args.artifact)
+    keys = store.keys_of(path)
+    store.set_root(f"tag:{args.name}", path, keys[-1] if keys else None)
+    print(f"{args.name} -> {store.rel(path)}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="modelbuild", description="Reproducible, content-addressed builds of ML "
+                                "models. Exit codes: 0 ok, 1 build failed, 2 usage or recipe error, 3 data "
+                                "invalid, 4 gate failed, 5 corrupt store or hash mismatch, 6 not reproducible.")
+    p.add_argument("--store", help="store directory (default: $MODELBUILD_STORE or ./store)")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def recipe_verb(name, fn, help_):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("recipe", help="recipe YAML file")
+        sp.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. steps.train.params.lr=3e-4")
+        sp.add_argument("-t", "--target", action="append", help="build only this step and what it needs")
+        sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    b = recipe_verb("build", cmd_build, "build a recipe into the store")
+    b.add_argument("-j", "--jobs", type=int, default=1, help="steps to build in parallel")
+    b.add_argument("-k", "--keep-going", action="store_true", help="after a failure, build what does not depend on it")
+    b.add_argument("--check", action="store_true", help="rebuild cached steps and compare (reproducibility)")
+    recipe_verb("plan", cmd_plan, "what a build would do, and why (dry run)")
+
+    def artifact_verb(name, fn, help_, *positional):
+        sp = sub.add_parser(name, help=help_)
+        for arg in positional:
+            sp.add_argument(arg, help="artifact: store path, digest prefix, RECIPE:STEP or tag")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    artifact_verb("show", cmd_show, "an artifact's derivation and lineage", "artifact").add_argument(
+        "--json", action="store_true")
+    artifact_verb("diff", cmd_diff, "why two artifacts differ, recursively through their inputs", "a", "b").add_argument(
+        "--json", action="store_true")
+    artifact_verb("why-depends", cmd_why_depends, "how artifact A depends on artifact B", "a", "b")
+    artifact_verb("log", cmd_log, "an artifact's build log", "artifact")
+    pa = sub.add_parser("path", help="store paths of artifacts")
+    pa.add_argument("artifacts", nargs="+")
+    pa.set_defaults(fn=cmd_path)
+    g = sub.add_parser("graph", help="a recipe's or an artifact's graph as DOT or Mermaid")
+    g.add_argument("what", help="a recipe YAML or an artifact")
+    g.add_argument("overrides", nargs="*")
+    g.add_argument("--format", choices=("dot", "mermaid"), default="dot")
+    g.set_defaults(fn=cmd_graph)
+    gc = sub.add_parser("gc", help="delete artifacts no root reaches")
+    gc.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
+    gc.set_defaults(fn=cmd_gc)
+    v = sub.add_parser("verify", help="re-hash artifacts and report tampering (exit 5)")
+    v.add_argument("artifacts", nargs="*")
+    v.set_defaults(fn=cmd_verify)
+    t = sub.add_parser("tag", help="name an artifact (a gc root), e.g. the deployed model")
+    t.add_argument("name")
+    t.add_argument("artifact", nargs="?")
+    t.add_argument("--delete", action="store_true")
+    t.set_defaults(fn=cmd_tag)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ModelbuildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: nothing partial was kept; build again to carry on", file=sys.stderr)
+        return errors.INTERRUPTED
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # noqa: BLE001 - the last guard: a bug report, not a traceback
+        if os.environ.get("MODELBUILD_FULL_ERROR") == "1":
+            raise
+        print(f"error: internal error: {type(e).__name__}: {e}. This is a bug in modelbuild; rerun with "
+              "MODELBUILD_FULL_ERROR=1 for the traceback and report it", file=sys.stderr)
+        return errors.BUILD_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""`gc` and `verify`: keep what roots reach, and prove the store's content is what its names say."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .hashing import DIGEST_CHARS
+from .store import Store, remove_tree
+
+
+@dataclass
+class GcReport:
+    kept: list[Path] = field(default_factory=list)
+    removed: list[Path] = field(default_factory=list)
+    bytes_freed: int = 0
+
+
+def live_set(store: Store) -> set[Path]:
+    """Rooted artifacts and everything they were built from (an audit needs a model's data too)."""
+    live, stack = set(), [p for _, p, _ in store.roots()]
+    while stack:
+        p = stack.pop()
+        if p not in live:
+            live.add(p)
+            stack.extend(store.refs_of(p))
+    return live
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            st = os.lstat(os.path.join(dirpath, f))
+            total += st.st_size if st.st_nlink == 1 else 0  # shared files stay while another artifact holds them
+    return total
+
+
+def collect(store: Store, dry_run: bool = False) -> GcReport:
+    report = GcReport()
+    if not store.objects.exists():
+        return report
+    live = live_set(store)
+    for entry in sorted(store.objects.iterdir()):
+        if entry.name == ".links":
+            continue
+        if entry in live:
+            report.kept.append(entry)
+            continue
+        report.removed.append(entry)
+        if dry_run:
+            report.bytes_freed += _size(entry)
+            continue
+        rel = store.rel(entry)
+        keys = store.keys_of(entry)
+        with store.db:  # forget first: a crash after this leaves an unreferenced tree, never a dangling trace
+            store.db.execute("BEGIN IMMEDIATE")
+            store.db.execute("DELETE FROM trace WHERE path=?", (rel,))
+            store.db.execute("DELETE FROM artifacts WHERE path=?", (rel,))
+            store.db.execute("DELETE FROM refs WHERE path=?", (rel,))
+        report.bytes_freed += _size(entry)
+        remove_tree(entry)
+        for key in keys:
+            (store.logs / f"{key}.log").unlink(missing_ok=True)
+    if not dry_run:
+        _drop_unshared_links(store, report)
+        _drop_stale_jobs(store)
+    return report
+
+
+def _drop_unshared_links(store: Store, report: GcReport) -> None:
+    """A file in .links with one link left belongs to no artifact any more."""
+    for e in os.scandir(store.links):
+        st = e.stat(follow_symlinks=False)
+        if st.st_nlink == 1:
+            report.bytes_freed += st.st_size
+            os.unlink(e.path)
+
+
+def _drop_stale_jobs(store: Store, older_than: float = 86400) -> None:
+    jobs = store.tmp / "jobs"
+    if jobs.exists():
+        for e in os.scandir(jobs):
+            if e.stat().st_mtime < time.time() - older_than:
+                os.unlink(e.path)
+
+
+def verify(store: Store, paths: list[Path] | None = None) -> list[tuple[Path, list[str]]]:
+    """Re-hash artifacts; return the damaged ones with the files that changed."""
+    damaged = []
+    targets = paths if paths is not None else [
+        store.objects / e for e in sorted(os.listdir(store.objects)) if len(e) > DIGEST_CHARS and e != ".links"]
+    for path in targets:
+        if not store.check_artifact(path, deep=True):
+            damaged.append((path, store.changed_files(path) if path.exists() else ["(missing)"]))
+    for _, path, _ in store.roots():
+        if not path.exists():
+            damaged.append((path, ["(missing: a root points to it)"]))
+    return damaged

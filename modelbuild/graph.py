@@ -1,0 +1,65 @@
+"""`graph`: a recipe's steps, or an artifact's lineage, as DOT or Mermaid text."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .store import Store
+
+
+def recipe_edges(recipe) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Nodes (id, label) and edges (from, to) of a recipe: sources appear as their own nodes."""
+    from .recipe import Source
+    nodes, edges = [], []
+    for name in recipe.order:
+        step = recipe.steps[name]
+        nodes.append((name, f"{name}\\n{step.builder_name}"))
+        for input_name, ref in step.inputs.items():
+            if isinstance(ref, Source):
+                src_id = f"{name}.{input_name}"
+                label = ref.spec.get("pypi") or ref.spec.get("path") or "dvc"
+                nodes.append((src_id, f"{input_name}: {label}"))
+                edges.append((src_id, name))
+            else:
+                edges.append((ref, name))
+    return nodes, edges
+
+
+def artifact_edges(store: Store, path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    nodes, edges, seen, stack = [], [], set(), [Path(path)]
+    while stack:
+        p = stack.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        m = store.meta_of(p) or {}
+        nodes.append((p.name, f"{m.get('step') or p.name.split('-', 1)[-1]}\\n{p.name[:12]}"))
+        for name, info in (m.get("inputs") or {}).items():
+            if info.get("kind") == "step" or info.get("artifact"):
+                sub = store.root / (info.get("path") if info.get("kind") == "step" else info["artifact"])
+                edges.append((sub.name, p.name))
+                stack.append(sub)
+            else:
+                src_id = f"{p.name}.{name}"
+                nodes.append((src_id, f"{name}: {info.get('path')}"))
+                edges.append((src_id, p.name))
+    return nodes[::-1], edges[::-1]
+
+
+def _ident(text: str) -> str:
+    return "n_" + re.sub(r"[^A-Za-z0-9_]", "_", text)
+
+
+def to_dot(nodes, edges, title: str) -> str:
+    lines = [f'digraph "{title}" {{', "  rankdir=LR;", "  node [shape=box, fontname=monospace];"]
+    lines += [f'  {_ident(n)} [label="{label}"];' for n, label in nodes]
+    lines += [f"  {_ident(a)} -> {_ident(b)};" for a, b in edges]
+    return "\n".join(lines + ["}"])
+
+
+def to_mermaid(nodes, edges, title: str) -> str:
+    lines = ["flowchart LR", f"  %% {title}"]
+    lines += [f'  {_ident(n)}["{label.replace(chr(92) + "n", "<br/>")}"]' for n, label in nodes]
+    lines += [f"  {_ident(a)} --> {_ident(b)}" for a, b in edges]
+    return "\n".join(lines)

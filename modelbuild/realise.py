@@ -1,0 +1,317 @@
+"""Realising a recipe: plan each step (cached or build, and why), then build in dependency order.
+
+Keys are computed from the content of the inputs, so a step can only be planned exactly once its inputs
+are built; a rebuilt input with identical bytes leaves everything downstream cached (early cutoff).
+Each build runs in a worker process (`modelbuild.worker`); up to `jobs` run at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import errors
+from .derivation import derivation_key, explain, make_derivation
+from .errors import BuildError, ModelbuildError
+from .recipe import Recipe, Source, Step
+from .sources import ResolvedSource, resolve
+from .store import Store
+
+FINAL = ("cached", "built", "failed", "skipped")
+
+
+@dataclass
+class StepState:
+    name: str
+    status: str = "pending"  # pending | running | cached | built | failed | skipped
+    key: str | None = None
+    path: Path | None = None
+    reasons: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    error: dict | None = None
+    started: float | None = None
+    progress: dict | None = None
+    differences: list[str] | None = None  # --check: files that differ
+
+    def as_json(self, store: Store) -> dict:
+        out = {"step": self.name, "status": self.status, "path": str(self.path) if self.path else None,
+               "key": self.key, "seconds": round(self.seconds, 3)}
+        if self.reasons and self.status == "built":
+            out["reasons"] = self.reasons
+        if self.error:
+            out["error"] = self.error["message"]
+        if self.differences is not None:
+            out["reproducible"] = not self.differences
+            out["differences"] = self.differences
+        return out
+
+
+@dataclass
+class Prepared:
+    drv: dict
+    key: str
+    inputs: dict[str, Path]
+    lineage: dict
+    source_stats: dict
+    refs: list[str]
+
+
+class Realiser:
+    def __init__(self, store: Store, recipe: Recipe, *, jobs: int = 1, keep_going: bool = False,
+                 check: bool = False, reporter=None):
+        self.store, self.recipe = store, recipe
+        self.jobs, self.keep_going, self.check = max(1, jobs), keep_going, check
+        self.reporter = reporter
+        self.sources: dict[tuple[str, str], ResolvedSource] = {}
+        self.prepared: dict[str, Prepared] = {}
+
+    # ---- shared by plan and build -----------------------------------------------------------------
+    def _previous_drv(self, step: str) -> dict | None:
+        root = self.store.get_root(f"{self.recipe.name}:{step}") if self.store.exists() else None
+        return self.store.read_drv(root[1]) if root and root[1] else None
+
+    def _source(self, step: Step, name: str, source: Source, fetch: bool) -> ResolvedSource | None:
+        if (step.name, name) not in self.sources:
+            resolved = resolve(source, self.store, self.recipe.dir, step=step.name, input_name=name, fetch=fetch)
+            if resolved is None:
+                return None
+            self.sources[(step.name, name)] = resolved
+        return self.sources[(step.name, name)]
+
+    def prepare(self, step: Step, states: dict[str, StepState], fetch: bool = True) -> Prepared | None:
+        """The step's derivation, once every input's content is known; None while one is not."""
+        inputs, addrs, lineage, stats, refs = {}, {}, {}, {}, []
+        for name, ref in step.inputs.items():
+            if isinstance(ref, Source):
+                src = self._source(step, name, ref, fetch)
+                if src is None:
+                    return None
+                inputs[name] = src.path
+                addrs[name] = {"kind": "source", "digest": src.digest}
+                lineage[name] = src.lineage
+                if ref.kind == "path":
+                    stats[name] = src.stat_identity
+                elif "artifact" in src.lineage:
+                    refs.append(str(self.store.root / src.lineage["artifact"]))
+            else:
+                up = states[ref]
+                if up.path is None:
+                    return None
+                inputs[name] = up.path
+                addrs[name] = {"kind": "step", "digest": up.path.name.split("-", 1)[0]}
+                lineage[name] = {"kind": "step", "step": ref, "key": up.key, "path": self.store.rel(up.path)}
+                refs.append(str(up.path))
+        drv = make_derivation(step, addrs, self.recipe.dir, self.recipe.seed)
+        return Prepared(drv, derivation_key(drv), inputs, lineage, stats, refs)
+
+    def _cached(self, key: str) -> Path | None:
+        """A trace hit whose artifact is intact; a damaged artifact is moved aside so it gets rebuilt."""
+        if not self.store.exists():
+            return None
+        hit = self.store.lookup(key)
+        if not hit:
+            return None
+        path = hit[0]
+        if self.store.check_artifact(path):
+            return path
+        if path.exists():
+            self.store.quarantine(path)
+        else:
+            with self.store.db:
+                self.store.db.execute("DELETE FROM trace WHERE key=?", (key,))
+        return None
+
+    # ---- plan --------------------------------------------------------------------------------------
+    def plan(self, targets: list[str] | None = None) -> list[StepState]:
+        """A dry run: what would be cached or built, and why. Nothing is built or fetched."""
+        states = {name: StepState(name) for name in self.recipe.order}
+        for name in self.recipe.closure(targets or self.recipe.order):
+            st, step = states[name], self.recipe.steps[name]
+            prepared = self.prepare(step, states, fetch=False)
+            if prepared is None:
+                st.status = "build"
+                missing = [n for n, r in step.inputs.items()
+                           if (isinstance(r, str) and states[r].path is None) or isinstance(r, Source)]
+                st.reasons = [f"input {m} will be built first" for m in missing]
+                continue
+            st.key = prepared.key
+            st.path = self._cached(prepared.key)
+            if st.path is not None:
+                st.status = "cached"
+            else:
+                st.status = "build"
+                st.reasons = explain(self._previous_drv(name), prepared.drv)
+        return [states[n] for n in self.recipe.closure(targets or self.recipe.order)]
+
+    # ---- build -------------------------------------------------------------------------------------
+    def build(self, targets: list[str] | None = None) -> list[StepState]:
+        self.store.init()
+        with self.store.gc_lock(exclusive=False):
+            return self._build(targets)
+
+    def _build(self, targets: list[str] | None) -> list[StepState]:
+        self.store.clean_tmp()
+        order = self.recipe.closure(targets or self.recipe.order)
+        states = {name: StepState(name) for name in self.recipe.order}
+        pending, running = list(order), {}
+        stop = False
+        self._report("start", [states[n] for n in order])
+        try:
+            while pending or running:
+                progressed = False
+                for name in list(pending):
+                    outcome = self._advance(states, name, running, stop)
+                    if outcome != "wait":
+                        pending.remove(name)
+                        progressed = True
+                        if outcome == "failed" and not self.keep_going:
+                            stop = True
+                progressed |= self._collect(states, running)
+                if any(states[n].status == "failed" for n in order) and not self.keep_going:
+                    stop = True
+                self._poll_progress(states, running)
+                self._report("update", [states[n] for n in order])
+                if not progressed:
+                    time.sleep(0.03)
+        except KeyboardInterrupt:
+            self._interrupt(running)
+            raise
+        for name in order:
+            if states[name].status in ("cached", "built"):
+                self._root(name, states[name])
+        self._report("finish", [states[n] for n in order])
+        return [states[n] for n in order]
+
+    def _advance(self, states, name, running, stop) -> str:
+        """Try to move one pending step on; returns its new status or 'wait'."""
+        step, st = self.recipe.steps[name], states[name]
+        if any(states[d].status in ("failed", "skipped") for d in step.deps):
+            st.status = "skipped"
+            st.error = {"message": "an input failed"}
+            return "skipped"
+        if any(states[d].status not in ("cached", "built") for d in step.deps):
+            return "wait"
+        if stop:
+            st.status = "skipped"
+            st.error = {"message": "the build stopped at an earlier failure (use --keep-going)"}
+            return "skipped"
+        if st.key is None:
+            try:
+                prepared = self.prepare(step, states)
+            except ModelbuildError as e:
+                st.status, st.error = "failed", {"type": type(e).__name__, "message": str(e)}
+                return "failed"
+            st.key, self.prepared[name] = prepared.key, prepared
+            self.store.write_drv(prepared.key, prepared.drv)
+            st.path = self._cached(prepared.key)
+            if st.path is None:
+                st.reasons = explain(self._previous_drv(name), prepared.drv)
+            elif not self.check:
+                st.status = "cached"
+                return "cached"
+        if len(running) >= self.jobs:
+            return "wait"
+        prepared, cached = self.prepared[name], st.path
+        running[name] = self._launch(step, st, prepared, mode="check" if cached else "build")
+        st.status, st.started = "running", time.time()
+        return "running"
+
+    def _launch(self, step: Step, st: StepState, p: Prepared, mode: str) -> dict:
+        jobs_dir = self.store.tmp / "jobs"
+        jobs_dir.mkdir(parents=True, exist_ok=True)
+        job_id = uuid.uuid4().hex
+        job = {
+            "store": str(self.store.root), "key": p.key, "step": step.name, "recipe": self.recipe.name,
+            "recipe_file": str(self.recipe.file), "recipe_dir": str(self.recipe.dir), "builder": step.builder_name,
+            "params": step.params, "inputs": {k: str(v) for k, v in p.inputs.items()}, "lineage": p.lineage,
+            "source_stats": p.source_stats, "refs": p.refs, "drv": p.drv, "seed": self.recipe.seed, "mode": mode,
+            "expect": str(st.path) if st.path else None, "result": str(jobs_dir / f"{job_id}.result.json"),
+            "progress": str(jobs_dir / f"{job_id}.progress.json"),
+        }
+        job_file = jobs_dir / f"{job_id}.job.json"
+        job_file.write_text(json.dumps(job))
+        proc = subprocess.Popen([sys.executable, "-m", "modelbuild.worker", str(job_file)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        return {"proc": proc, "job": job, "file": job_file, "mode": mode}
+
+    def _collect(self, states, running) -> bool:
+        done = [n for n, r in running.items() if r["proc"].poll() is not None]
+        for name in done:
+            run = running.pop(name)
+            st = states[name]
+            result = self._read_result(run)
+            st.seconds = result.get("seconds", time.time() - (st.started or time.time()))
+            if "error" in result:
+                st.status, st.error = "failed", result["error"]
+            elif run["mode"] == "check":
+                st.status, st.differences = "cached", result["differences"]
+            else:
+                st.status, st.path = result["status"], Path(result["path"])
+            for f in (run["file"], Path(run["job"]["result"]), Path(run["job"]["progress"])):
+                f.unlink(missing_ok=True)
+        return bool(done)
+
+    def _read_result(self, run) -> dict:
+        try:
+            return json.loads(Path(run["job"]["result"]).read_text())
+        except (OSError, ValueError):
+            code = run["proc"].returncode
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            return {"error": {"type": "BuildError", "message":
+                              f"step '{run['job']['step']}': the build worker {how} before reporting a result "
+                              f"(out of memory, or a crash in a native library). The log is "
+                              f"{self.store.logs / (run['job']['key'] + '.log')}"}}
+
+    def _poll_progress(self, states, running) -> None:
+        for name, run in running.items():
+            try:
+                states[name].progress = json.loads(Path(run["job"]["progress"]).read_text())
+            except (OSError, ValueError):
+                pass
+
+    def _interrupt(self, running) -> None:
+        for run in running.values():
+            if run["proc"].poll() is None:
+                run["proc"].send_signal(signal.SIGINT)
+        deadline = time.time() + 10
+        for run in running.values():
+            try:
+                run["proc"].wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                run["proc"].kill()
+                run["proc"].wait()
+        self.store.clean_tmp()
+
+    def _root(self, name: str, st: StepState) -> None:
+        root_name = f"{self.recipe.name}:{name}"
+        current = self.store.get_root(root_name)
+        if current is None or current[0] != st.path or current[1] != st.key:
+            self.store.set_root(root_name, st.path, st.key)
+
+    def _report(self, event: str, states: list[StepState]) -> None:
+        if self.reporter is not None:
+            getattr(self.reporter, event)(states)
+
+
+def exit_code(states: list[StepState]) -> int:
+    """The most specific failure wins: validation (3) or gate (4) over a plain build failure (1)."""
+    codes = []
+    for st in states:
+        if st.status == "failed":
+            cls = errors.EXIT_CLASSES.get((st.error or {}).get("type", ""), BuildError)
+            codes.append(cls.exit_code)
+        if st.differences:
+            codes.append(errors.NOT_REPRODUCIBLE)
+    for preferred in (errors.CORRUPT, errors.USAGE, errors.DATA_INVALID, errors.GATE_FAILED, errors.BUILD_FAILED,
+                      errors.NOT_REPRODUCIBLE):
+        if preferred in codes:
+            return preferred
+    return errors.OK

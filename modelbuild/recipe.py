@@ -1,0 +1,291 @@
+"""Recipes: YAML composed with Hydra/OmegaConf, checked completely before anything runs.
+
+Loading is tiered for a fast CLI: plain YAML when the file uses no interpolation, no `defaults:` and no
+overrides; OmegaConf when it interpolates; Hydra's compose API when it has a defaults list or overrides.
+All three read numbers the same way (`1e-3` is a float, as in OmegaConf's YAML loader).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .builders import Builder, load_builder
+from .errors import RecipeError, UsageError, did_you_mean
+
+RECIPE_KEYS = ("name", "description", "defaults", "seed", "steps", "vars")
+STEP_KEYS = ("builder", "params", "inputs", "description")
+SOURCE_KINDS = ("path", "pypi", "dvc")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads 1e-3 as a float, like OmegaConf and Hydra do."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+@dataclass(frozen=True)
+class Source:
+    """Data from outside the store, hashed by content. `spec` is what the recipe wrote."""
+
+    kind: str  # path | pypi | dvc
+    spec: dict
+    expected_hash: str | None = None
+
+
+@dataclass
+class Step:
+    name: str
+    builder_name: str
+    builder: Builder
+    params: dict
+    inputs: dict[str, str | Source]  # input name -> upstream step name or Source
+    description: str = ""
+
+    @property
+    def deps(self) -> list[str]:
+        return [v for v in self.inputs.values() if isinstance(v, str)]
+
+
+@dataclass
+class Recipe:
+    name: str
+    file: Path
+    steps: dict[str, Step]
+    seed: int = 0
+    order: list[str] = field(default_factory=list)
+
+    @property
+    def dir(self) -> Path:
+        return self.file.parent
+
+    def closure(self, targets: list[str]) -> list[str]:
+        """The targets and everything they depend on, in build order."""
+        want, stack = set(), list(targets)
+        while stack:
+            s = stack.pop()
+            if s not in want:
+                want.add(s)
+                stack.extend(self.steps[s].deps)
+        return [s for s in self.order if s in want]
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    file = str(path)
+    if not path.is_file():
+        raise UsageError(f"recipe file {file} does not exist{_nearby(path)}. Pass the path of a recipe YAML, "
+                         "e.g. `modelbuild build recipes/quickstart.yaml`")
+    data = _compose(path, overrides or [])
+    return check_recipe(data, path)
+
+
+def _nearby(path: Path) -> str:
+    parent = path.parent if path.parent.is_dir() else Path(".")
+    choices = [str(p) for p in parent.glob("*.y*ml")]
+    return did_you_mean(str(path), choices)
+
+
+def _compose(path: Path, overrides: list[str]) -> dict:
+    file = str(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read recipe {file}: {e}") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError(f"unreadable YAML{where}: {problem}. Fix the syntax (indentation, quotes, "
+                          "colons) at that place", file=file) from None
+    if not isinstance(data, dict):
+        raise RecipeError("a recipe must be a YAML mapping with at least a `steps:` key, e.g.\n"
+                          "  steps:\n    raw: {builder: ingest, inputs: {data: {path: data.csv}}}", file=file)
+    if overrides or "defaults" in data:
+        return _compose_hydra(path, overrides)
+    if "${" in text:
+        return _resolve_omegaconf(data, file)
+    return data
+
+
+def _resolve_omegaconf(data: dict, file: str) -> dict:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+    try:
+        return OmegaConf.to_container(OmegaConf.create(data), resolve=True)
+    except OmegaConfBaseException as e:
+        raise RecipeError(f"interpolation failed: {_first_line(e)}. Check the ${{...}} references name "
+                          "existing keys", file=file, key=getattr(e, "full_key", None)) from None
+
+
+def _compose_hydra(path: Path, overrides: list[str]) -> dict:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    file = str(path)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(path.parent.absolute()), version_base=None):
+            cfg = compose(config_name=path.stem, overrides=list(overrides))
+        return OmegaConf.to_container(cfg, resolve=True)
+    except (HydraException, OmegaConfBaseException, yaml.YAMLError, ValueError) as e:
+        msg = _first_line(e)
+        hint = (" To add a key that the recipe does not have, prefix the override with '+'"
+                if "not in struct" in msg or "Could not override" in msg else "")
+        raise RecipeError(f"cannot compose the recipe with overrides {overrides}: {msg}.{hint}", file=file) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def check_recipe(data: dict, path: Path) -> Recipe:
+    """Turn composed YAML into a Recipe, or raise the first problem as a RecipeError."""
+    file = str(path)
+    for key in data:
+        if key not in RECIPE_KEYS:
+            raise RecipeError(f"unknown top-level key{did_you_mean(key, RECIPE_KEYS)}; a recipe has "
+                              f"{', '.join(RECIPE_KEYS)}", file=file, key=str(key))
+    name = data.get("name") or path.stem
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise RecipeError(f"recipe name {name!r} must be letters, digits, '-', '_' or '.'", file=file, key="name")
+    seed = data.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise RecipeError(f"seed must be an integer, got {seed!r}", file=file, key="seed")
+    steps_data = data.get("steps")
+    if not isinstance(steps_data, dict) or not steps_data:
+        raise RecipeError("the recipe has no steps: add a `steps:` mapping of step name -> "
+                          "{builder, params, inputs}", file=file, key="steps")
+    steps = {}
+    for step_name, spec in steps_data.items():
+        steps[str(step_name)] = _check_step(str(step_name), spec, steps_data, path)
+    recipe = Recipe(name=name, file=path.absolute(), steps=steps, seed=seed)
+    recipe.order = _topological_order(steps, file)
+    return recipe
+
+
+def _check_step(name: str, spec, all_steps: dict, path: Path) -> Step:
+    file = str(path)
+    if not NAME_RE.match(name):
+        raise RecipeError("a step name must be letters, digits, '-', '_' or '.'", file=file, step=name)
+    if not isinstance(spec, dict):
+        raise RecipeError(f"a step must be a mapping with `builder:`, got {type(spec).__name__} {spec!r}",
+                          file=file, step=name)
+    for key in spec:
+        if key not in STEP_KEYS:
+            raise RecipeError(f"unknown step key{did_you_mean(key, STEP_KEYS)}; a step has "
+                              f"{', '.join(STEP_KEYS)}", file=file, step=name, key=str(key))
+    builder_name = spec.get("builder")
+    if not isinstance(builder_name, str):
+        raise RecipeError("missing `builder:` (e.g. builder: command)", file=file, step=name, key="builder")
+    builder = load_builder(builder_name, recipe_dir=path.parent.absolute(), file=file, step=name)
+    inputs = _check_inputs(name, spec.get("inputs") or {}, all_steps, path)
+    params = spec.get("params") or {}
+    if not isinstance(params, dict):
+        raise RecipeError(f"`params:` must be a mapping, got {params!r}", file=file, step=name, key="params")
+    params = builder.normalise(params, file=file, step=name)
+    return Step(name, builder_name, builder, params, inputs, str(spec.get("description") or ""))
+
+
+def _check_inputs(step: str, raw, all_steps: dict, path: Path) -> dict:
+    file = str(path)
+    if isinstance(raw, list):
+        raw = {str(v): v for v in raw}
+    if not isinstance(raw, dict):
+        raise RecipeError("`inputs:` must be a mapping of input name -> step name or source, or a list of "
+                          "step names", file=file, step=step, key="inputs")
+    inputs = {}
+    for name, value in raw.items():
+        key = f"inputs.{name}"
+        if not NAME_RE.match(str(name)):
+            raise RecipeError("an input name must be letters, digits, '-', '_' or '.'", file=file, step=step, key=key)
+        if isinstance(value, str):
+            if value not in all_steps:
+                raise RecipeError(f"unknown input step '{value}'{did_you_mean(value, all_steps)}; to read a file, "
+                                  f"write it as a source: {{path: {value}}}", file=file, step=step, key=key)
+            if value == step:
+                raise RecipeError("a step cannot be its own input", file=file, step=step, key=key)
+            inputs[str(name)] = value
+        elif isinstance(value, dict):
+            inputs[str(name)] = _check_source(value, path, step, key)
+        else:
+            raise RecipeError(f"an input is a step name or a source mapping, got {value!r}",
+                              file=file, step=step, key=key)
+    return inputs
+
+
+def _check_source(spec: dict, path: Path, step: str, key: str) -> Source:
+    file = str(path)
+    kinds = [k for k in SOURCE_KINDS if k in spec]
+    allowed = {"path", "pypi", "dvc", "hash"}
+    for k in spec:
+        if k not in allowed:
+            raise RecipeError(f"unknown source key{did_you_mean(k, allowed)}; a source is {{path: FILE}}, "
+                              "{pypi: 'name==version', path: FILE_IN_PACKAGE} or {dvc: {repo, path, rev}}, "
+                              "each with an optional `hash:` pin", file=file, step=step, key=f"{key}.{k}")
+    expected = spec.get("hash")
+    if expected is not None and not (isinstance(expected, str) and re.fullmatch(r"[0-9a-f]{32}", expected)):
+        raise RecipeError(f"a source `hash:` is 32 hex digits (xxh3-128), got {expected!r}",
+                          file=file, step=step, key=f"{key}.hash")
+    if "pypi" in spec:
+        pin = spec["pypi"]
+        if not isinstance(pin, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+", pin):
+            raise RecipeError(f"a PyPI source is pinned as 'name==version', got {pin!r}",
+                              file=file, step=step, key=f"{key}.pypi")
+        if not isinstance(spec.get("path"), str):
+            raise RecipeError("a PyPI source needs `path:`, the file or folder inside the package",
+                              file=file, step=step, key=f"{key}.path")
+        return Source("pypi", {"pypi": pin, "path": spec["path"].strip("/")}, expected)
+    if "dvc" in spec:
+        return Source("dvc", {"dvc": spec["dvc"]}, expected)
+    if not kinds or not isinstance(spec.get("path"), str):
+        raise RecipeError("a source needs `path:` (a file or folder, relative to the recipe)",
+                          file=file, step=step, key=key)
+    local = (path.parent / spec["path"]).absolute()
+    if not local.exists():
+        raise RecipeError(f"source file {local} does not exist{_nearby(local)}; paths are relative to the "
+                          "recipe's folder", file=file, step=step, key=f"{key}.path")
+    return Source("path", {"path": spec["path"]}, expected)
+
+
+def _topological_order(steps: dict[str, Step], file: str) -> list[str]:
+    """File order, moved only as far as dependencies require; a cycle is named step by step."""
+    order, state = [], {}
+
+    def visit(name, trail):
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "active":
+            cycle = trail[trail.index(name):] + [name]
+            raise RecipeError(f"the steps form a cycle: {' -> '.join(cycle)}. Remove one of these inputs",
+                              file=file, step=name, key="inputs")
+        state[name] = "active"
+        for dep in steps[name].deps:
+            visit(dep, trail + [name])
+        state[name] = "done"
+        order.append(name)
+
+    for name in steps:
+        visit(name, [])
+    return order

