@@ -19,13 +19,29 @@ class GcReport:
 
 
 def live_set(store: Store) -> set[Path]:
-    """Rooted artifacts and everything they were built from (an audit needs a model's data too)."""
-    live, stack = set(), [p for _, p, _ in store.roots()]
+    """Rooted artifacts and what their rooted builds were made from (an audit needs a model's data too).
+
+    Inputs are followed through each root's own build record (key), not through every build that ever
+    produced the same bytes: an artifact made identically from old and new data keeps only what it is
+    rooted by alive.
+    """
+    live, stack = set(), [(p, k) for _, p, k in store.roots()]
+    seen_keys = set()
     while stack:
-        p = stack.pop()
-        if p not in live:
-            live.add(p)
-            stack.extend(store.refs_of(p))
+        path, key = stack.pop()
+        if (path, key) in seen_keys:
+            continue
+        seen_keys.add((path, key))
+        live.add(path)
+        hit = store.lookup(key) if key else None
+        if hit is None:
+            stack.extend((p, None) for p in store.refs_of(path) if p not in live)
+            continue
+        for info in (hit[1].get("inputs") or {}).values():
+            if info.get("kind") == "step":
+                stack.append((store.root / info["path"], info.get("key")))
+            elif info.get("artifact"):
+                stack.append((store.root / info["artifact"], None))
     return live
 
 

@@ -1,0 +1,66 @@
+"""Shared fixtures: run the real CLI in a subprocess against a temporary store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Cli:
+    """The `modelbuild` command, run in a subprocess with its own store, from a project folder."""
+
+    def __init__(self, project: Path, store: Path):
+        self.project, self.store = project, store
+
+    def __call__(self, *args, check: int | None = 0, env: dict | None = None, timeout: float = 300):
+        proc = subprocess.run([sys.executable, "-m", "modelbuild", "--store", str(self.store), *map(str, args)],
+                              cwd=self.project, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **(env or {})})
+        if check is not None and proc.returncode != check:
+            raise AssertionError(f"modelbuild {' '.join(map(str, args))} exited {proc.returncode}, expected "
+                                 f"{check}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        return proc
+
+    def build(self, recipe="recipe.yaml", *args, check: int | None = 0, env=None) -> dict:
+        proc = self("build", recipe, "--json", *args, check=check, env=env)
+        result = json.loads(proc.stdout)
+        result["by_step"] = {s["step"]: s for s in result["steps"]}
+        result["stderr"] = proc.stderr
+        return result
+
+    def statuses(self, result: dict) -> dict:
+        return {s["step"]: s["status"] for s in result["steps"]}
+
+    def popen(self, *args, env=None, **kw):
+        return subprocess.Popen([sys.executable, "-m", "modelbuild", "--store", str(self.store), *map(str, args)],
+                                cwd=self.project, env={**os.environ, **(env or {})}, **kw)
+
+
+class Project(type(Path())):
+    """A project folder; `write(name, text)` adds a dedented file to it."""
+
+    def write(self, name: str, text: str) -> Path:
+        path = self / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip())
+        return Path(path)
+
+
+@pytest.fixture
+def project(tmp_path):
+    root = Project(tmp_path / "project")
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def cli(project, tmp_path):
+    return Cli(project, tmp_path / "store")
