@@ -1,0 +1,298 @@
+"""The ingest builder: every supported format in, one normalised Parquet table and its table.json out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from modelbuild.builders import ingest  # noqa: E402
+from modelbuild.builders.base import BuildContext  # noqa: E402
+from modelbuild.builders.ingest import Ingest  # noqa: E402
+from modelbuild.errors import BuildError, RecipeError  # noqa: E402
+
+ADULT_NAMES = ["age", "workclass", "fnlwgt", "education", "income"]
+ADULT_DATA = ("39, State-gov, 77516, Bachelors, <=50K\n"
+              "50, ?, 83311, Bachelors, >50K\n"
+              "38, Private, 215646, HS-grad, <=50K\n"
+              "\n")
+ADULT_TEST = ("|1x3 Cross validator\n"
+              "25, Private, 226802, 11th, <=50K.\n"
+              "38, Private, 89814, HS-grad, >50K.\n")
+
+
+def ingest_path(tmp_path, path, out="out", **params):
+    """Run the builder on one input; return (table, table.json)."""
+    out = tmp_path / out
+    out.mkdir()
+    ctx = BuildContext(step="raw", inputs={"data": path}, out=out,
+                       params=Ingest().normalise(params, file="r.yaml", step="raw"), recipe_dir=tmp_path)
+    Ingest().build(ctx)
+    return pq.read_table(out / "data.parquet"), json.loads((out / "table.json").read_text())
+
+
+def write(tmp_path, name, content, mode="w"):
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    return path
+
+
+def types(table):
+    return {f.name: str(f.type) for f in table.schema}
+
+
+def test_csv_with_header_infers_types(tmp_path):
+    path = write(tmp_path, "iris.csv", "sepal,petal,species\n5.1,1.4,setosa\n7.0,4.7,versicolor\n")
+    table, meta = ingest_path(tmp_path, path)
+    assert types(table) == {"sepal": "double", "petal": "double", "species": "string"}
+    assert table.column("species").to_pylist() == ["setosa", "versicolor"]
+    assert meta["format"] == "csv" and meta["source_files"] == ["iris.csv"]
+
+
+def test_tsv_by_extension(tmp_path):
+    path = write(tmp_path, "x.tsv", "id\tcomment\n1\thello, world\n2\tbye\n")
+    table, meta = ingest_path(tmp_path, path)
+    assert meta["format"] == "tsv"
+    assert table.to_pylist() == [{"id": 1, "comment": "hello, world"}, {"id": 2, "comment": "bye"}]
+
+
+def test_adult_like_file_without_header(tmp_path):
+    """', ' separators, a trailing blank line, '?' for unknown: names given, cells stripped, '?' is null."""
+    path = write(tmp_path, "adult.data", ADULT_DATA)
+    table, meta = ingest_path(tmp_path, path, header=False, names=ADULT_NAMES, na_values=["?"])
+    assert table.num_rows == 3
+    assert types(table)["age"] == "int64" and types(table)["fnlwgt"] == "int64"
+    assert table.column("workclass").to_pylist() == ["State-gov", None, "Private"]
+    assert table.column("income").to_pylist() == ["<=50K", ">50K", "<=50K"]
+    assert meta["format"] == "csv"  # .data is read as csv
+
+
+@pytest.mark.parametrize("skip", [{"skip_rows": 1}, {"comment": "|"}])
+def test_adult_like_test_file_skips_its_first_line(tmp_path, skip):
+    path = write(tmp_path, "adult.test", ADULT_TEST)
+    table, _ = ingest_path(tmp_path, path, header=False, names=ADULT_NAMES, **skip)
+    assert table.column("age").to_pylist() == [25, 38]
+    assert table.column("income").to_pylist() == ["<=50K.", ">50K."]  # labels are kept as written
+
+
+def test_names_replace_the_header(tmp_path):
+    path = write(tmp_path, "x.csv", "A,B\n1,2\n")
+    table, _ = ingest_path(tmp_path, path, names=["a", "b"])
+    assert table.to_pylist() == [{"a": 1, "b": 2}]
+
+
+def test_header_false_without_names_generates_names(tmp_path):
+    path = write(tmp_path, "x.csv", "1,x\n2,y\n")
+    table, _ = ingest_path(tmp_path, path, header=False)
+    assert table.column_names == ["f0", "f1"] and table.num_rows == 2
+
+
+def test_jsonl_missing_keys_become_null(tmp_path):
+    path = write(tmp_path, "x.jsonl", '{"text": "good", "label": 1}\n{"text": "bad"}\n\n')
+    table, meta = ingest_path(tmp_path, path)
+    assert meta["format"] == "jsonl"
+    assert table.to_pylist() == [{"text": "good", "label": 1}, {"text": "bad", "label": None}]
+
+
+def test_jsonl_bad_line_names_line_and_column(tmp_path):
+    path = write(tmp_path, "x.jsonl", '{"a": 1}\n{"a": 2,}\n')
+    with pytest.raises(BuildError, match=r"x\.jsonl, line 2, column 9: invalid JSON"):
+        ingest_path(tmp_path, path)
+
+
+def test_jsonl_field_changing_json_type_is_named(tmp_path):
+    path = write(tmp_path, "x.jsonl", '{"a": 1}\n{"a": "one"}\n')
+    with pytest.raises(BuildError, match=r"line 2.*field 'a' is a string here but a number on line 1"):
+        ingest_path(tmp_path, path)
+
+
+def test_parquet_in_drops_input_metadata(tmp_path):
+    source = pa.table({"x": [1, 2, 3], "y": ["a", "b", None]}).replace_schema_metadata({"pandas": "{...}"})
+    pq.write_table(source, tmp_path / "in.parquet")
+    table, meta = ingest_path(tmp_path, tmp_path / "in.parquet")
+    assert table.to_pylist() == source.to_pylist()
+    assert meta["format"] == "parquet"
+    assert b"pandas" not in (table.schema.metadata or {})
+
+
+def test_text_one_row_per_line(tmp_path):
+    path = write(tmp_path, "corpus.txt", "first line\n\n  second line  \nthird\n")
+    table, meta = ingest_path(tmp_path, path)
+    assert meta["format"] == "text" and meta["columns"] == [{"name": "text", "type": "string"}]
+    assert table.column("text").to_pylist() == ["first line", "second line", "third"]
+
+
+def test_text_folder_one_row_per_file_sorted_by_name(tmp_path):
+    write(tmp_path, "docs/b.txt", "bravo\n")
+    write(tmp_path, "docs/a.txt", "alpha\nmore\n")
+    write(tmp_path, "docs/sub/c.txt", "charlie")
+    write(tmp_path, "docs/.meta.json", "{}")  # hidden files are not data
+    table, meta = ingest_path(tmp_path, tmp_path / "docs", unit="file")
+    assert table.to_pylist() == [{"path": "a.txt", "text": "alpha\nmore"}, {"path": "b.txt", "text": "bravo"},
+                                 {"path": "sub/c.txt", "text": "charlie"}]
+    assert meta["source_files"] == ["a.txt", "b.txt", "sub/c.txt"]
+
+
+def test_folder_of_csv_files_is_one_table(tmp_path):
+    write(tmp_path, "parts/2.csv", "id,score\n3,0.5\n")
+    write(tmp_path, "parts/1.csv", "id,score\n1,2\n2,3\n")  # ints here, a double in 2.csv
+    table, meta = ingest_path(tmp_path, tmp_path / "parts")
+    assert table.column("id").to_pylist() == [1, 2, 3]
+    assert types(table)["score"] == "double" and table.column("score").to_pylist() == [2.0, 3.0, 0.5]
+    assert meta["rows"] == 3 and meta["source_files"] == ["1.csv", "2.csv"]
+
+
+def test_folder_with_mixed_formats_is_an_error(tmp_path):
+    write(tmp_path, "mixed/a.csv", "x\n1\n")
+    write(tmp_path, "mixed/b.jsonl", '{"x": 1}\n')
+    with pytest.raises(BuildError, match=r"different formats: csv \(a\.csv\), jsonl \(b\.jsonl\)"):
+        ingest_path(tmp_path, tmp_path / "mixed")
+
+
+def test_type_change_after_the_first_block_widens_the_column(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest, "BLOCK_SIZE", 64)
+    path = write(tmp_path, "x.csv", "n,m\n" + "1,\n" * 100 + "2.5,7\n")
+    table, meta = ingest_path(tmp_path, path)
+    assert types(table) == {"n": "double", "m": "int64"}
+    assert table.column("n").to_pylist()[-2:] == [1.0, 2.5] and table.column("m").to_pylist()[-1] == 7
+    assert meta["rows"] == 101
+
+
+def test_jsonl_field_appearing_after_the_first_block(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest, "BLOCK_SIZE", 64)
+    path = write(tmp_path, "x.jsonl", '{"a": 1}\n' * 50 + '{"a": 2.5, "b": "new"}\n')
+    table, _ = ingest_path(tmp_path, path)
+    assert types(table) == {"a": "double", "b": "string"}
+    assert table.to_pylist()[-2:] == [{"a": 1.0, "b": None}, {"a": 2.5, "b": "new"}]
+
+
+def test_header_only_csv_gives_an_empty_table(tmp_path):
+    table, meta = ingest_path(tmp_path, write(tmp_path, "x.csv", "a,b\n"))
+    assert table.num_rows == 0 and table.column_names == ["a", "b"] and meta["rows"] == 0
+
+
+def test_progress_reaches_the_total(tmp_path):
+    path = write(tmp_path, "x.csv", "a\n1\n2\n")
+    (tmp_path / "out").mkdir()
+    ctx = BuildContext(step="raw", inputs={"data": path}, out=tmp_path / "out", recipe_dir=tmp_path,
+                       params=Ingest().normalise({}, file="r.yaml", step="raw"),
+                       progress_file=tmp_path / "progress.json")
+    Ingest().build(ctx)
+    progress = json.loads((tmp_path / "progress.json").read_text())
+    assert progress["done"] == progress["total"] == path.stat().st_size and "2 rows" in progress["message"]
+
+
+def test_whitespace_is_stripped_from_names_and_cells(tmp_path):
+    path = write(tmp_path, "x.csv", " name , city \n  Ada ,  London\n")
+    table, _ = ingest_path(tmp_path, path)
+    assert table.to_pylist() == [{"name": "Ada", "city": "London"}]
+    kept, _ = ingest_path(tmp_path, path, out="kept", strip_whitespace=False)
+    assert kept.to_pylist() == [{" name ": "  Ada ", " city ": "  London"}]
+
+
+def test_na_values_default_and_custom(tmp_path):
+    path = write(tmp_path, "x.csv", "a,b\nNA,-\n1,\n2,x\n")
+    table, _ = ingest_path(tmp_path, path)
+    assert table.column("a").to_pylist() == [None, 1, 2]
+    assert table.column("b").to_pylist() == ["-", None, "x"]
+    custom, _ = ingest_path(tmp_path, path, out="custom", na_values=["-"])
+    assert custom.column("b").to_pylist() == [None, "", "x"]
+    assert types(custom)["a"] == "string"  # "NA" is no longer null, so the column is text
+
+
+def test_columns_are_selected_in_order(tmp_path):
+    path = write(tmp_path, "x.csv", "a,b,c\n1,2,3\n")
+    table, meta = ingest_path(tmp_path, path, columns=["c", "a"])
+    assert table.to_pylist() == [{"c": 3, "a": 1}]
+    assert [c["name"] for c in meta["columns"]] == ["c", "a"]
+
+
+def test_unknown_column_suggests_the_close_one(tmp_path):
+    path = write(tmp_path, "x.csv", "label,text\n1,hi\n")
+    with pytest.raises(BuildError, match=r"'lable' \(did you mean 'label'\?\).*x\.csv.*label, text"):
+        ingest_path(tmp_path, path, columns=["lable"])
+
+
+def test_output_is_byte_identical_across_runs_and_locations(tmp_path):
+    content = "id,name,score\n" + "".join(f"{i},name {i},{i / 7}\n" for i in range(2000))
+    first = write(tmp_path, "a/data.csv", content)
+    second = write(tmp_path, "b/data.csv", content)
+    ingest_path(tmp_path, first, out="one")
+    ingest_path(tmp_path, second, out="two")
+    for name in ("data.parquet", "table.json"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+def test_ragged_row_names_file_and_line(tmp_path):
+    path = write(tmp_path, "people.csv", "# exported\nname,age\nAda,36\n\nBob\nCy,41\n")
+    with pytest.raises(BuildError) as e:
+        ingest_path(tmp_path, path, comment="#")
+    message = str(e.value)
+    assert "people.csv, line 5" in message and "expected 2 fields but found 1" in message
+    assert "Traceback" not in message
+
+
+def test_ragged_row_without_comment_filter(tmp_path):
+    path = write(tmp_path, "x.csv", "a,b\n1,2\n3,4,5\n")
+    with pytest.raises(BuildError, match=r"x\.csv, line 3: expected 2 fields but found 3"):
+        ingest_path(tmp_path, path)
+
+
+def test_bad_encoding_names_line_and_suggests_the_param(tmp_path):
+    path = write(tmp_path, "cafes.csv", "name,city\nLe Caf\xe9,Paris\n".encode("latin-1"))
+    with pytest.raises(BuildError, match=r"cafes\.csv, line 2, column 7: byte 0xe9 is not valid utf-8.*encoding:"):
+        ingest_path(tmp_path, path)
+    table, _ = ingest_path(tmp_path, path, out="latin", encoding="latin-1")
+    assert table.column("name").to_pylist() == ["Le Café"]
+
+
+def test_bad_encoding_in_text(tmp_path):
+    path = write(tmp_path, "x.txt", b"ok\n\xff\n")
+    with pytest.raises(BuildError, match=r"x\.txt, line 2, column 1: byte 0xff is not valid utf-8"):
+        ingest_path(tmp_path, path)
+
+
+def test_table_json_describes_the_parquet_exactly(tmp_path):
+    path = write(tmp_path, "x.csv", "id,flag,when,note\n1,true,2024-01-02,\n2,false,2024-03-04,\n")
+    table, meta = ingest_path(tmp_path, path)
+    assert meta == {"rows": 2, "format": "csv", "source_files": ["x.csv"],
+                    "columns": [{"name": "id", "type": "int64"}, {"name": "flag", "type": "bool"},
+                                {"name": "when", "type": "date32[day]"}, {"name": "note", "type": "null"}]}
+    schema = pq.read_schema(tmp_path / "out" / "data.parquet")
+    assert [{"name": f.name, "type": str(f.type)} for f in schema] == meta["columns"]
+    assert pq.ParquetFile(tmp_path / "out" / "data.parquet").metadata.num_rows == meta["rows"]
+
+
+def test_several_inputs_need_the_input_param(tmp_path):
+    a, b = write(tmp_path, "a.csv", "x\n1\n"), write(tmp_path, "b.csv", "x\n2\n")
+    (tmp_path / "out").mkdir()
+    params = Ingest().normalise({}, file="r.yaml", step="raw")
+    ctx = BuildContext(step="raw", inputs={"train": a, "test": b}, out=tmp_path / "out", params=params,
+                       recipe_dir=tmp_path)
+    with pytest.raises(BuildError, match=r"several inputs \(test, train\).*input:"):
+        Ingest().build(ctx)
+    ctx.params = Ingest().normalise({"input": "test"}, file="r.yaml", step="raw")
+    Ingest().build(ctx)
+    assert pq.read_table(tmp_path / "out" / "data.parquet").column("x").to_pylist() == [2]
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"delimiter": ", "}, r"one character.*use ','"),
+    ({"encoding": "utf-9"}, r"unknown encoding 'utf-9'"),
+    ({"format": "xlsx"}, r"'xlsx' is not one of"),
+    ({"columns": "a"}, r"expected a list"),
+])
+def test_bad_params_fail_before_building(params, match):
+    with pytest.raises(RecipeError, match=match):
+        Ingest().normalise(params, file="r.yaml", step="raw")
+
+
+def test_import_is_cheap():
+    code = "import sys, modelbuild.builders.ingest; assert 'pyarrow' not in sys.modules and 'pandas' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
