@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -21,14 +22,18 @@ def _store(args):
     return Store(args.store)
 
 
-def _recipe_and_overrides(args):
-    from .recipe import load_recipe
+def _overrides(args) -> list[str]:
     overrides = list(args.overrides)
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise UsageError(f"'{bad[0]}' is not an override: write KEY=VALUE, e.g. steps.train.params.lr=3e-4 "
                          "(to build some steps only, use --target STEP)")
-    recipe = load_recipe(args.recipe, overrides)
+    return overrides
+
+
+def _recipe_and_overrides(args):
+    from .recipe import load_recipe
+    recipe = load_recipe(args.recipe, _overrides(args))
     for t in args.target or []:
         if t not in recipe.steps:
             raise UsageError(f"--target {t}: the recipe {args.recipe} has no step '{t}'"
@@ -48,18 +53,30 @@ def cmd_build(args) -> int:
     states = realiser.build(args.target)
     code = exit_code(states)
     if args.json:
+        steps = [s.as_json(store) for s in states]
+        for out, st in zip(steps, states, strict=True):
+            if "error" in out and st.status == "failed":
+                out["error"] = _with_log(out["error"], st.key, store)
         print(json.dumps({"recipe": recipe.name, "store": str(store.root), "exit_code": code,
-                          "steps": [s.as_json(store) for s in states]}, indent=2))
+                          "steps": steps}, indent=2))
         return code
     _print_summary(states, store)
     for st in states:
         if st.status == "failed":
-            print(f"error: {st.error['message']}", file=sys.stderr)
+            print(f"error: {_with_log(st.error['message'], st.key, store)}", file=sys.stderr)
         if st.differences:
             print(f"error: step '{st.name}' is not reproducible: rebuilding it gave different content in "
                   f"{', '.join(st.differences[:10])}{' ...' if len(st.differences) > 10 else ''}. Look for "
                   "unseeded randomness, timestamps or unordered iteration in its builder", file=sys.stderr)
     return code
+
+
+def _with_log(message: str, key: str | None, store) -> str:
+    """A failed step's message, with where its build log is (a failed build has no artifact to `log`)."""
+    log = store.logs / f"{key}.log" if key else None
+    if log is None or not log.is_file() or str(log) in message:
+        return message
+    return f"{message.rstrip('.')}. Its build log is {log}"
 
 
 def _print_summary(states, store) -> None:
@@ -107,7 +124,7 @@ def cmd_why_depends(args) -> int:
     if chain is None:
         print(f"{args.a} does not depend on {args.b}")
         return 1
-    print("\n".join(("  " * i + ("└── " if i else "")) + c for i, c in enumerate(chain + [b.name])))
+    print("\n".join(("  " * i + ("└── " if i else "")) + c for i, c in enumerate(chain)))
     return 0
 
 
@@ -115,7 +132,7 @@ def cmd_graph(args) -> int:
     from . import graph
     if args.what.endswith((".yaml", ".yml")) or Path(args.what).is_file():
         from .recipe import load_recipe
-        recipe = load_recipe(args.what, args.overrides)
+        recipe = load_recipe(args.what, _overrides(args))
         nodes, edges = graph.recipe_edges(recipe)
         title = recipe.name
     else:
@@ -128,6 +145,12 @@ def cmd_graph(args) -> int:
 
 def cmd_log(args) -> int:
     store = _store(args)
+    attempt = store.last_attempt(args.artifact) if store.exists() else None
+    if attempt:  # RECIPE:STEP: its last build, failed or not
+        log = store.logs / f"{attempt[0]}.log"
+        if log.is_file():
+            sys.stdout.write(log.read_text(errors="replace"))
+            return 0
     path = store.resolve(args.artifact)
     info = store.meta_of(path) or {}
     log = store.root / info.get("log", "")
@@ -200,17 +223,27 @@ def cmd_tag(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one `error:` paragraph that says how to get help."""
+
+    def error(self, message):
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            message += errors.did_you_mean(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)))
+        self.exit(errors.USAGE, f"error: {self.prog}: {message}. See `{self.prog} --help`\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="modelbuild", description="Reproducible, content-addressed builds of ML "
-                                "models. Exit codes: 0 ok, 1 build failed, 2 usage or recipe error, 3 data "
-                                "invalid, 4 gate failed, 5 corrupt store or hash mismatch, 6 not reproducible.")
+    p = _Parser(prog="modelbuild", description="Reproducible, content-addressed builds of ML models. Exit "
+                "codes: 0 ok, 1 build failed, 2 usage or recipe error, 3 data invalid, 4 gate failed, 5 corrupt "
+                "store or hash mismatch, 6 not reproducible.")
     p.add_argument("--store", help="store directory (default: $MODELBUILD_STORE or ./store)")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def recipe_verb(name, fn, help_):
         sp = sub.add_parser(name, help=help_)
         sp.add_argument("recipe", help="recipe YAML file")
-        sp.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. steps.train.params.lr=3e-4")
+        sp.add_argument("overrides", nargs="*", default=[], help="Hydra overrides, e.g. steps.train.params.lr=3e-4")
         sp.add_argument("-t", "--target", action="append", help="build only this step and what it needs")
         sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
         sp.set_defaults(fn=fn)
@@ -240,7 +273,7 @@ def parser() -> argparse.ArgumentParser:
     pa.set_defaults(fn=cmd_path)
     g = sub.add_parser("graph", help="a recipe's or an artifact's graph as DOT or Mermaid")
     g.add_argument("what", help="a recipe YAML or an artifact")
-    g.add_argument("overrides", nargs="*")
+    g.add_argument("overrides", nargs="*", default=[])
     g.add_argument("--format", choices=("dot", "mermaid"), default="dot")
     g.set_defaults(fn=cmd_graph)
     gc = sub.add_parser("gc", help="delete artifacts no root reaches")
@@ -258,7 +291,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    # overrides may come after flags (`build r.yaml --json a.b=1`): argparse leaves those in `extra`
+    if extra and hasattr(args, "overrides") and not any(e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.fn(args)
     except ModelbuildError as e:

@@ -9,17 +9,17 @@ no host, no time, so the same work on another machine has the same key.
 from __future__ import annotations
 
 import sys
-from functools import lru_cache
+from functools import cache
 from importlib import metadata
 
 from .builders import builder_code_hash
-from .hashing import hash_json
+from .hashing import canonical_json, hash_json
 from .recipe import Step
 
 FORMAT = 1  # bump when the derivation layout changes; every key changes with it
 
 
-@lru_cache(maxsize=None)
+@cache
 def package_version(name: str) -> str | None:
     try:
         return metadata.version(name)
@@ -62,8 +62,23 @@ def _flatten(value, prefix=""):
     return {prefix: value}
 
 
+class _Unset:
+    def __repr__(self):
+        return "<unset>"
+
+
+_UNSET = _Unset()
+
+
+def _same(a, b) -> bool:
+    """Equal as the key sees them: 1 and 1.0 (or True) differ, NaN equals NaN."""
+    if a is _UNSET or b is _UNSET:
+        return a is b
+    return canonical_json(a) == canonical_json(b)
+
+
 def _short(value) -> str:
-    text = repr(value) if isinstance(value, str) else str(value)
+    text = repr(value) if isinstance(value, (str, _Unset)) else str(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -77,9 +92,12 @@ def explain(old: dict | None, new: dict) -> list[str]:
     elif old.get("builder_code") != new.get("builder_code"):
         reasons.append("builder code changed")
     a, b = _flatten(old.get("params", {}), "params"), _flatten(new.get("params", {}), "params")
-    for k in sorted(set(a) | set(b)):
-        if a.get(k, "<unset>") != b.get(k, "<unset>"):
-            reasons.append(f"{k} {_short(a.get(k, '<unset>'))} -> {_short(b.get(k, '<unset>'))}")
+    keys = sorted(set(a) | set(b))
+    for k in keys:
+        x, y = a.get(k, _UNSET), b.get(k, _UNSET)
+        if _same(x, y) or ({} in (x, y) and any(o.startswith(k + ".") for o in keys)):
+            continue  # unchanged, or an empty mapping whose new/removed entries are listed one by one
+        reasons.append(f"{k} {_short(x)} -> {_short(y)}")
     ea, eb = _flatten(old.get("extras", {}), "extras"), _flatten(new.get("extras", {}), "extras")
     reasons += [f"{k} changed" for k in sorted(set(ea) | set(eb)) if ea.get(k) != eb.get(k)]
     ia, ib = old.get("inputs", {}), new.get("inputs", {})

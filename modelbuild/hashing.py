@@ -24,7 +24,12 @@ META_FILE = ".meta.json"  # lineage beside the content; never part of an artifac
 def _normalise(value):
     """Make a value JSON-canonical: sorted mapping keys, tuples as lists, floats without aliases."""
     if isinstance(value, dict):
-        return {str(k): _normalise(v) for k, v in value.items()}
+        out = {}
+        for k, v in value.items():
+            if str(k) in out:  # {1: a, "1": b} must not hash like {"1": b}
+                raise TypeError(f"cannot hash a mapping whose keys {k!r} and {str(k)!r} are spelled alike")
+            out[str(k)] = _normalise(v)
+        return out
     if isinstance(value, (list, tuple)):
         return [_normalise(v) for v in value]
     if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
@@ -35,7 +40,7 @@ def _normalise(value):
         return 0.0 if value == 0 else value  # -0.0 and 0.0 are one number
     if isinstance(value, Path):
         return str(value)
-    if hasattr(value, "item"):  # numpy scalars
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # numpy scalars, not arrays
         return _normalise(value.item())
     raise TypeError(f"cannot hash a value of type {type(value).__name__}: {value!r}")
 

@@ -79,7 +79,8 @@ class Realiser:
 
     def _source(self, step: Step, name: str, source: Source, fetch: bool) -> ResolvedSource | None:
         if (step.name, name) not in self.sources:
-            resolved = resolve(source, self.store, self.recipe.dir, step=step.name, input_name=name, fetch=fetch)
+            resolved = resolve(source, self.store, self.recipe.dir, step=step.name, input_name=name, fetch=fetch,
+                               recipe_file=str(self.recipe.file))
             if resolved is None:
                 return None
             self.sources[(step.name, name)] = resolved
@@ -159,6 +160,11 @@ class Realiser:
     def _build(self, targets: list[str] | None) -> list[StepState]:
         self.store.clean_tmp()
         order = self.recipe.closure(targets or self.recipe.order)
+        for name in order:  # a wrong pin or a missing package fails the build before any step runs
+            step = self.recipe.steps[name]
+            for input_name, ref in step.inputs.items():
+                if isinstance(ref, Source):
+                    self._source(step, input_name, ref, fetch=True)
         states = {name: StepState(name) for name in self.recipe.order}
         pending, running = list(order), {}
         stop = False
@@ -186,6 +192,8 @@ class Realiser:
         for name in order:
             if states[name].status in ("cached", "built"):
                 self._root(name, states[name])
+        self.store.record_attempts([(f"{self.recipe.name}:{n}", states[n].key, states[n].status) for n in order
+                                    if states[n].key and states[n].status in ("cached", "built", "failed")])
         self._report("finish", [states[n] for n in order])
         return [states[n] for n in order]
 

@@ -8,6 +8,7 @@ All three read numbers the same way (`1e-3` is a float, as in OmegaConf's YAML l
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,18 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads 1e-3 as a float, like OmegaConf and Hydra do."""
+    """SafeLoader that reads 1e-3 as a float and refuses duplicate keys, like OmegaConf and Hydra do."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError("while reading a mapping", node.start_mark,
+                                                            f"found duplicate key '{key_node.value}'",
+                                                            key_node.start_mark)
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -93,10 +105,12 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     return check_recipe(data, path)
 
 
-def _nearby(path: Path) -> str:
-    parent = path.parent if path.parent.is_dir() else Path(".")
-    choices = [str(p) for p in parent.glob("*.y*ml")]
-    return did_you_mean(str(path), choices)
+def _nearby(path: Path, pattern: str = "*.y*ml", base: Path = Path()) -> str:
+    """A 'did you mean' among the files next to `path` (as written, relative to `base`)."""
+    folder = base / path.parent
+    if not folder.is_dir():
+        return ""
+    return did_you_mean(str(path), [str(path.parent / p.name) for p in folder.glob(pattern)])
 
 
 def _compose(path: Path, overrides: list[str]) -> dict:
@@ -111,13 +125,14 @@ def _compose(path: Path, overrides: list[str]) -> dict:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise RecipeError(f"unreadable YAML{where}: {problem}. Fix the syntax (indentation, quotes, "
-                          "colons) at that place", file=file) from None
+        fix = ("Each key may appear once in a mapping: rename or remove one" if "duplicate key" in problem
+               else "Fix the syntax (indentation, quotes, colons) at that place")
+        raise RecipeError(f"unreadable YAML{where}: {problem}. {fix}", file=file) from None
     if not isinstance(data, dict):
         raise RecipeError("a recipe must be a YAML mapping with at least a `steps:` key, e.g.\n"
                           "  steps:\n    raw: {builder: ingest, inputs: {data: {path: data.csv}}}", file=file)
     if overrides or "defaults" in data:
-        return _compose_hydra(path, overrides)
+        return _compose_hydra(path, overrides, data)
     if "${" in text:
         return _resolve_omegaconf(data, file)
     return data
@@ -129,11 +144,20 @@ def _resolve_omegaconf(data: dict, file: str) -> dict:
     try:
         return OmegaConf.to_container(OmegaConf.create(data), resolve=True)
     except OmegaConfBaseException as e:
-        raise RecipeError(f"interpolation failed: {_first_line(e)}. Check the ${{...}} references name "
-                          "existing keys", file=file, key=getattr(e, "full_key", None)) from None
+        raise RecipeError(f"interpolation failed: {_first_line(e).rstrip('.')}. {_interpolation_fix(e)}",
+                          file=file, key=getattr(e, "full_key", None)) from None
 
 
-def _compose_hydra(path: Path, overrides: list[str]) -> dict:
+def _interpolation_fix(e: Exception) -> str:
+    """How to fix a failed ${...}: a shell variable in a command is the usual culprit."""
+    missing = re.search(r"Interpolation key '([^']+)' not found", str(e))
+    if missing and re.fullmatch(r"[A-Z][A-Z0-9_]*", missing.group(1)):
+        return (f"For the shell variable write ${missing.group(1)} (no braces) or escape it as "
+                f"\\${{{missing.group(1)}}}; ${{...}} refers to a key of the recipe")
+    return "Check that each ${...} names an existing key of the recipe, e.g. ${vars.lr} or ${seed}"
+
+
+def _compose_hydra(path: Path, overrides: list[str], data: dict) -> dict:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -143,16 +167,42 @@ def _compose_hydra(path: Path, overrides: list[str]) -> dict:
     file = str(path)
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(path.parent.absolute()), version_base=None):
+        with initialize_config_dir(config_dir=str(path.parent.absolute()), version_base=None), \
+                warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Defaults list is missing `_self_`")
             cfg = compose(config_name=path.stem, overrides=list(overrides))
         return OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException, yaml.YAMLError, ValueError) as e:
-        msg = _first_line(e)
-        hint = (" To add a key that the recipe does not have, prefix the override with '+'"
-                if "not in struct" in msg or "Could not override" in msg else "")
-        raise RecipeError(f"cannot compose the recipe with overrides {overrides}: {msg}.{hint}", file=file) from None
+        msg = _first_line(e).rstrip(".")
+        key, hint = getattr(e, "full_key", None) or None, ""
+        if "Could not override" in msg:
+            key, hint = _override_hint(msg, data)
+        elif "Could not load" in msg:
+            hint = " Each `defaults:` entry names a YAML file next to the recipe, without .yaml (`- base` reads base.yaml)"
+        elif "Interpolation key" in msg:
+            hint = f" {_interpolation_fix(e)}"
+        with_overrides = f" with the overrides {' '.join(overrides)}" if overrides else ""
+        raise RecipeError(f"cannot compose the recipe{with_overrides}: {msg}.{hint}", file=file, key=key) from None
     finally:
         GlobalHydra.instance().clear()
+
+
+def _override_hint(msg: str, data: dict) -> tuple[str | None, str]:
+    """For an override of a key the recipe lacks: the key, and the nearest key that it has."""
+    failed = re.search(r"Could not override '([^']+)'", msg)
+    if not failed:
+        return None, " To add a key that the recipe does not have, prefix the override with '+'"
+    key, node = failed.group(1), data
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict):
+            break
+        if part not in node:
+            where = ".".join(parts[:i]) or "the top level"
+            return key, (f" The recipe has no '{part}' under {where}{did_you_mean(part, node)}. To add a key "
+                         f"that the recipe does not have, prefix the override with '+': +{key}=...")
+        node = node[part]
+    return key, " To add a key that the recipe does not have, prefix the override with '+'"
 
 
 def _first_line(e: Exception) -> str:
@@ -225,7 +275,8 @@ def _check_inputs(step: str, raw, all_steps: dict, path: Path) -> dict:
                 raise RecipeError(f"unknown input step '{value}'{did_you_mean(value, all_steps)}; to read a file, "
                                   f"write it as a source: {{path: {value}}}", file=file, step=step, key=key)
             if value == step:
-                raise RecipeError("a step cannot be its own input", file=file, step=step, key=key)
+                raise RecipeError(f"a step cannot be its own input: remove '{value}' from `inputs:`, or name the "
+                                  "step that builds what it needs", file=file, step=step, key=key)
             inputs[str(name)] = value
         elif isinstance(value, dict):
             inputs[str(name)] = _check_source(value, path, step, key)
@@ -264,7 +315,8 @@ def _check_source(spec: dict, path: Path, step: str, key: str) -> Source:
                           file=file, step=step, key=key)
     local = (path.parent / spec["path"]).absolute()
     if not local.exists():
-        raise RecipeError(f"source file {local} does not exist{_nearby(local)}; paths are relative to the "
+        raise RecipeError(f"source file {local} does not exist"
+                          f"{_nearby(Path(spec['path']), '*', path.parent)}; paths are relative to the "
                           "recipe's folder", file=file, step=step, key=f"{key}.path")
     return Source("path", {"path": spec["path"]}, expected)
 

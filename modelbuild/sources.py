@@ -36,13 +36,14 @@ class ResolvedSource:
 
 
 def resolve(source: Source, store: Store, recipe_dir: Path, *, step: str, input_name: str,
-            fetch: bool = True) -> ResolvedSource | None:
+            fetch: bool = True, recipe_file: str | None = None) -> ResolvedSource | None:
     """Hash (and fetch, for PyPI) a source. Returns None if it is not fetched and `fetch` is False."""
     if source.kind == "path":
         path = (recipe_dir / source.spec["path"]).absolute()
-        cache = store.stat_cache()
+        cache = store.stat_cache() if store.exists() else None  # a dry run creates no store
         digest = hash_tree(path, cache).digest
-        cache.flush()
+        if cache is not None:
+            cache.flush()
         resolved = ResolvedSource(path, digest, {"kind": "path", "path": str(path), "hash": digest})
     elif source.kind == "pypi":
         resolved = _resolve_pypi(source, store, fetch=fetch)
@@ -52,9 +53,11 @@ def resolve(source: Source, store: Store, recipe_dir: Path, *, step: str, input_
         from .sources_dvc import resolve_dvc  # a later issue's module
         resolved = resolve_dvc(source, store, recipe_dir)
     if source.expected_hash and source.expected_hash != resolved.digest:
-        raise HashMismatch(f"step '{step}', input '{input_name}': source {resolved.lineage} has content hash "
-                           f"{resolved.digest}, but the recipe pins hash {source.expected_hash}. If the new "
-                           "content is intended, update the `hash:` pin; otherwise restore the original data")
+        what = source.spec.get("pypi", "") + (" " if "pypi" in source.spec else "") + str(source.spec.get("path", ""))
+        raise HashMismatch(f"file {recipe_file or recipe_dir}, step '{step}', key 'inputs.{input_name}.hash': the "
+                           f"source {what} has content hash {resolved.digest}, but the recipe pins "
+                           f"{source.expected_hash}. If the new content is intended, set `hash: {resolved.digest}`; "
+                           "otherwise restore the original data")
     return resolved
 
 

@@ -30,6 +30,8 @@ CREATE TABLE IF NOT EXISTS trace (key TEXT PRIMARY KEY, path TEXT NOT NULL, meta
 CREATE INDEX IF NOT EXISTS trace_path ON trace(path);
 CREATE TABLE IF NOT EXISTS refs (path TEXT NOT NULL, ref TEXT NOT NULL, PRIMARY KEY (path, ref));
 CREATE TABLE IF NOT EXISTS roots (name TEXT PRIMARY KEY, path TEXT NOT NULL, key TEXT, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS attempts (name TEXT PRIMARY KEY, key TEXT NOT NULL, status TEXT NOT NULL,
+    time REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS stat_cache (path TEXT PRIMARY KEY, ino INTEGER, size INTEGER, mtime_ns INTEGER,
     ctime_ns INTEGER, digest TEXT NOT NULL);
 """
@@ -40,7 +42,7 @@ def default_store_root() -> Path:
 
 
 def _make_writable(path: Path) -> None:
-    for dirpath, dirnames, _ in os.walk(path):
+    for dirpath, _dirnames, _ in os.walk(path):
         os.chmod(dirpath, 0o755)
 
 
@@ -60,8 +62,8 @@ def tree_fingerprint(path: Path) -> str:
     """A cheap identity of an artifact's files (inode, size, mtime): a change means 're-hash before use'."""
     parts = []
     for rel, _, st in walk_tree(path):
-        ino, size, mtime, _ = stat_identity(st)
-        parts.append(f"{rel}:{ino}:{size}:{mtime}:{st.st_mode & 0o777:o}")
+        ino, size, mtime, ctime = stat_identity(st)
+        parts.append(f"{rel}:{ino}:{size}:{mtime}:{ctime}:{st.st_mode & 0o777:o}")
     return "\n".join(parts)
 
 
@@ -229,10 +231,12 @@ class Store:
             (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
             self._freeze(out, tree)
             try:
-                os.rename(out, path)
+                os.rename(out, path)  # the top dir is still writable: moving a dir needs it, as non-root
             except OSError:
                 if not self._usable_existing(path, tree.digest):
                     raise
+            else:
+                os.chmod(path, 0o555)
         rel = self.rel(path)
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
@@ -272,8 +276,11 @@ class Store:
                     os.link(p, link)
             except OSError:
                 pass  # a filesystem without hard links: keep the copy
+        if (out / META_FILE).exists():
+            os.chmod(out / META_FILE, 0o444)
         for dirpath, _, _ in os.walk(out, topdown=False):
-            os.chmod(dirpath, 0o555)
+            if dirpath != str(out):
+                os.chmod(dirpath, 0o555)
 
     def _link_is_sound(self, link: Path, digest: str) -> bool:
         from .hashing import hash_file
@@ -304,21 +311,21 @@ class Store:
         """Files of an artifact whose content no longer matches the deduplicated original."""
         meta = self.meta_of(path) or {}
         files = meta.get("files") or {}
-        tree = hash_tree(path)
+        now = {rel: e.digest for rel, e in hash_tree(path).entries.items() if not rel.endswith("/")}
         if not files:
-            return sorted(tree.entries)
-        return sorted(rel for rel in set(files) | set(tree.entries)
-                      if files.get(rel) != (tree.entries[rel].digest if rel in tree.entries else None))
+            return sorted(now)
+        return sorted(rel for rel in set(files) | set(now) if files.get(rel) != now.get(rel))
 
     def quarantine(self, path: Path) -> Path:
         """Move a damaged artifact out of objects/ and forget it, so it is rebuilt, never used."""
         rel = self.rel(path)
-        bad = self.root / "corrupt" / f"{path.name}.{int(time.time())}"
+        bad = self.root / "corrupt" / f"{path.name}.{int(time.time())}.{uuid.uuid4().hex[:6]}"
         bad.parent.mkdir(parents=True, exist_ok=True)
-        for _, abspath, st in walk_tree(path):  # shared hard links may carry the damage: drop them
+        for _, _abspath, st in walk_tree(path):  # shared hard links may carry the damage: drop them
             if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
                 for link in self._links_for(st):
                     link.unlink(missing_ok=True)
+        os.chmod(path, 0o755)  # moving a dir to another parent needs write access to it
         os.rename(path, bad)
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
@@ -342,6 +349,16 @@ class Store:
         tmp = link.with_name(f".{link.name}.{uuid.uuid4().hex[:6]}")
         os.symlink(os.path.relpath(path, link.parent), tmp)
         os.replace(tmp, link)
+
+    def record_attempts(self, rows: list[tuple[str, str, str]]) -> None:
+        """The last build of each RECIPE:STEP, failed ones too, so `log` can show why it failed."""
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO attempts VALUES (?,?,?,?)",
+                                [(n, k, st, time.time()) for n, k, st in rows])
+
+    def last_attempt(self, name: str) -> tuple[str, str] | None:
+        row = self.db.execute("SELECT key, status FROM attempts WHERE name=?", (name,)).fetchone()
+        return (row[0], row[1]) if row else None
 
     def get_root(self, name: str) -> tuple[Path, str | None] | None:
         row = self.db.execute("SELECT path, key FROM roots WHERE name=?", (name,)).fetchone()

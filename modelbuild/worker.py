@@ -56,7 +56,7 @@ def run_job(job: dict) -> dict:
         log = store.logs / f"{key}.log"
         return {"error": {"type": "BuildError", "message":
                           f"step '{job['step']}' failed: {type(e).__name__}: {e}. The full traceback is in "
-                          f"{log} (`modelbuild log {job['recipe']}:{job['step']}` after a build)"},
+                          f"{log} (`modelbuild log {job['recipe']}:{job['step']}`)"},
                 "seconds": time.time() - started}
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from ..errors import RecipeError, did_you_mean
@@ -47,7 +47,7 @@ def load_builder(name: str, *, recipe_dir: Path | None = None, file: str | None 
     return cls()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _source_hash(path: str) -> str:
     return hash_file(path)
 

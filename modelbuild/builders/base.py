@@ -35,7 +35,9 @@ class Param:
             value = float(value)
         expected = _TYPES.get(self.type)
         if expected and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
-            raise RecipeError(f"expected a {self.type}, got {type(value).__name__} {value!r}", **where)
+            hint = " (quote it in the YAML to make it a string)" if self.type == "str" else ""
+            raise RecipeError(f"expected a {self.type}, got {type(value).__name__} {value!r}{hint}; "
+                              f"set it to a {self.type}" + (f": {self.help}" if self.help else ""), **where)
         if self.choices and value not in self.choices:
             raise RecipeError(f"{value!r} is not one of {', '.join(map(repr, self.choices))}"
                               f"{did_you_mean(value, self.choices)}", **where)
@@ -64,7 +66,7 @@ class Builder:
     def normalise(self, params: dict, *, file: str | None, step: str) -> dict:
         """Check names and types, fill defaults. Cheap: no heavy imports."""
         out = {}
-        for key, value in params.items():
+        for key in params:
             if key not in self.params and not self.open_params:
                 raise RecipeError(f"unknown param for builder '{self.name}'{did_you_mean(key, self.params)}; "
                                   f"it takes: {', '.join(sorted(self.params)) or 'no params'}",

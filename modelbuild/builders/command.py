@@ -44,5 +44,5 @@ class Command(Builder):
         if proc.returncode != 0:
             how = f"was killed by signal {-proc.returncode}" if proc.returncode < 0 else \
                 f"exited with code {proc.returncode}"
-            raise BuildError(f"step '{ctx.step}': the command {ctx.params['cmd']!r} {how}; its output is in the "
-                             "step log (`modelbuild log RECIPE:STEP`)")
+            raise BuildError(f"step '{ctx.step}': the command {ctx.params['cmd']!r} {how}. Fix the command "
+                             "(`params.cmd`) or its inputs and build again")

@@ -11,7 +11,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from ..errors import BuildError, RecipeError
+from ..errors import BuildError, RecipeError, did_you_mean
 from ..hashing import hash_file
 from .base import BuildContext, Builder, Param
 
@@ -41,13 +41,15 @@ class Python(Builder):
     def check(self, params, *, file, step):
         module, sep, func = params["function"].partition(":")
         if not sep or not module or not func:
-            raise RecipeError(f"expected 'module:function', got {params['function']!r}", file=file, step=step,
-                              key="params.function")
+            raise RecipeError(f"expected 'module:function', got {params['function']!r}: write the module and the "
+                              "function it defines, e.g. `function: steps:train` for def train(ctx) in steps.py",
+                              file=file, step=step, key="params.function")
         recipe_dir = Path(file).parent.absolute() if file else Path.cwd()
         if _module_file(module, recipe_dir) is None:
-            raise RecipeError(f"cannot find module '{module}' from {recipe_dir}: put {module.replace('.', '/')}.py "
-                              "next to the recipe or make it importable", file=file, step=step,
-                              key="params.function")
+            nearby = did_you_mean(module, [p.stem for p in recipe_dir.glob("*.py")])
+            raise RecipeError(f"cannot find module '{module}'{nearby} from {recipe_dir}: put "
+                              f"{module.replace('.', '/')}.py next to the recipe or make it importable",
+                              file=file, step=step, key="params.function")
 
     def key_extras(self, params, recipe_dir):
         module = params["function"].partition(":")[0]

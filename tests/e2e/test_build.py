@@ -171,3 +171,15 @@ def test_diff_names_exactly_the_param_and_the_source_that_changed(project, cli):
     text = cli("diff", before, after).stdout
     assert "causes:" in text and "params.suffix" in text
     assert cli("diff", after, after).stdout.strip().endswith("identical lineage")
+
+
+def test_log_of_a_failed_step_shows_why_it_failed(project, cli):
+    project.write("recipe.yaml", """
+        name: flaky
+        steps:
+          s: {builder: command, params: {cmd: 'echo "the reason: $REASON" >&2; test -z "$REASON"'}}
+    """)
+    cli.build(env={"REASON": "disk full"}, check=1)
+    assert "the reason: disk full" in cli("log", "flaky:s").stdout
+    cli.build()
+    assert "the reason: disk full" not in cli("log", "flaky:s").stdout

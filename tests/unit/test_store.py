@@ -1,0 +1,419 @@
+"""Specification of the content-addressed store: commit, lookup, early cutoff, dedup, damage, roots, locks."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import stat
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+
+from modelbuild.errors import USAGE, UsageError
+from modelbuild.hashing import META_FILE, hash_tree
+from modelbuild.store import Store
+
+KEY1, KEY2, KEY3 = "1" * 32, "2" * 32, "3" * 32
+FILES = {"model.bin": b"\x00weights\x01" * 100, "config.json": '{"lr": 0.0003}', "sub/tokenizer.txt": "a b c"}
+
+fork = multiprocessing.get_context("fork")
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "store").init()
+    yield s
+    s.close()
+
+
+def make_out(store: Store, key: str, files: dict[str, bytes | str] = FILES) -> Path:
+    """A finished build in tmp/, as a builder would leave it."""
+    out = store.new_tmp(key)
+    for rel, content in files.items():
+        p = out / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(content.encode() if isinstance(content, str) else content)
+    return out
+
+
+def commit(store: Store, key: str, name: str = "train", files=FILES) -> Path:
+    return store.commit(key, name, make_out(store, key, files), {"key": key, "step": name}, refs=[])
+
+
+def flip_a_byte(path: Path) -> None:
+    path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0xFF
+    with open(path, "r+b") as f:  # in place: same inode, same size
+        f.write(data)
+
+
+# ---- commit and lookup ------------------------------------------------------------------------------
+
+def test_init_creates_the_layout(store):
+    for d in ("objects", "drv", "logs", "roots", "tmp"):
+        assert (store.root / d).is_dir()
+    assert (store.root / "trace.sqlite").is_file()
+    assert store.exists()
+
+
+def test_commit_names_the_artifact_by_the_hash_of_its_content(store, tmp_path):
+    expected = hash_tree(_plain_tree(tmp_path / "expected", FILES)).digest
+    path = commit(store, KEY1)
+    assert path == store.objects / f"{expected}-train"
+    assert path.is_dir()
+    assert hash_tree(path).digest == expected  # .meta.json, added beside the content, is not part of it
+    files = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
+    assert files == set(FILES) | {META_FILE}
+
+
+def test_committed_files_and_folders_are_read_only(store):
+    path = commit(store, KEY1)
+    for p in [path, *path.rglob("*")]:
+        if p.name != META_FILE:
+            assert p.stat().st_mode & 0o222 == 0, f"{p} is writable"
+
+
+def test_the_lineage_record_is_read_only_too(store):
+    path = commit(store, KEY1)
+    assert (path / META_FILE).stat().st_mode & 0o222 == 0
+
+
+def test_meta_json_records_the_key_digest_and_files(store):
+    path = commit(store, KEY1)
+    meta = json.loads((path / META_FILE).read_text())
+    assert meta["key"] == KEY1
+    assert meta["digest"] == path.name[:32]
+    assert meta["path"] == f"objects/{path.name}"
+    assert set(meta["files"]) == set(FILES)
+    assert store.meta_of(path)["key"] == KEY1
+
+
+def test_lookup_returns_the_artifact_and_its_meta(store):
+    path = commit(store, KEY1)
+    hit = store.lookup(KEY1)
+    assert hit is not None
+    assert hit[0] == path and hit[1]["key"] == KEY1
+    assert store.lookup(KEY2) is None
+
+
+def test_the_trace_survives_reopening_the_store(store):
+    path = commit(store, KEY1)
+    store.close()
+    again = Store(store.root)
+    assert again.lookup(KEY1)[0] == path
+    again.close()
+
+
+def test_identical_content_under_another_key_is_the_same_artifact(store):
+    first = commit(store, KEY1)
+    second = commit(store, KEY2)  # rebuilt (another key), same bytes: early cutoff
+    assert second == first
+    assert store.lookup(KEY1)[0] == first and store.lookup(KEY2)[0] == first
+    assert store.keys_of(first) == [KEY1, KEY2]
+    assert json.loads((first / META_FILE).read_text())["key"] == KEY1  # the lineage of the first build stays
+    assert store.artifacts() == [first]
+
+
+def test_different_content_is_a_different_artifact(store):
+    a = commit(store, KEY1)
+    b = commit(store, KEY2, files={**FILES, "config.json": '{"lr": 0.001}'})
+    assert a != b and a.is_dir() and b.is_dir()
+
+
+def test_identical_files_in_two_artifacts_are_one_inode(store):
+    a = commit(store, KEY1)
+    b = commit(store, KEY2, files={**FILES, "config.json": "other"})
+    assert a != b
+    sa, sb = (a / "model.bin").stat(), (b / "model.bin").stat()
+    assert sa.st_ino == sb.st_ino
+    assert sa.st_nlink > 1
+    assert (a / "config.json").stat().st_ino != (b / "config.json").stat().st_ino
+
+
+def test_commit_records_references(store):
+    dep = commit(store, KEY1, name="data")
+    out = make_out(store, KEY2, {"m": "model"})
+    path = store.commit(KEY2, "train", out, {"key": KEY2}, refs=[dep])
+    assert store.refs_of(path) == [dep]
+
+
+# ---- checking and damage -----------------------------------------------------------------------------
+
+def test_a_fresh_artifact_checks_out(store):
+    path = commit(store, KEY1)
+    assert store.check_artifact(path)
+    assert store.check_artifact(path, deep=True)
+
+
+def test_an_intact_artifact_has_no_changed_files(store):
+    path = commit(store, KEY1)
+    assert store.changed_files(path) == []
+
+
+def test_a_flipped_byte_is_detected_and_named(store):
+    path = commit(store, KEY1)
+    flip_a_byte(path / "model.bin")
+    assert not store.check_artifact(path)
+    assert not store.check_artifact(path, deep=True)
+    assert "model.bin" in store.changed_files(path)
+
+
+def test_changed_files_names_only_the_damaged_file(store):
+    path = commit(store, KEY1)
+    flip_a_byte(path / "model.bin")
+    assert store.changed_files(path) == ["model.bin"]
+
+
+def test_a_damaged_file_with_restored_mtime_and_mode_is_still_detected(store):
+    path = commit(store, KEY1)
+    target = path / "model.bin"
+    before = target.stat()
+    time.sleep(0.05)
+    flip_a_byte(target)
+    target.chmod(stat.S_IMODE(before.st_mode))
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert not store.check_artifact(path)
+
+
+def test_a_removed_file_is_detected(store):
+    path = commit(store, KEY1)
+    (path / "sub").chmod(0o755)
+    (path / "sub" / "tokenizer.txt").unlink()
+    assert not store.check_artifact(path)
+    assert "sub/tokenizer.txt" in store.changed_files(path)
+
+
+def test_quarantine_moves_a_damaged_artifact_aside_and_forgets_it(store):
+    path = commit(store, KEY1)
+    flip_a_byte(path / "model.bin")
+    bad = store.quarantine(path)
+    assert not path.exists()
+    assert bad.parent == store.root / "corrupt" and bad.is_dir()
+    assert (bad / "model.bin").exists()
+    assert store.lookup(KEY1) is None
+    assert store.artifacts() == []
+
+
+def test_a_damaged_copy_is_not_reused_by_the_next_commit(store):
+    path = commit(store, KEY1)
+    flip_a_byte(path / "model.bin")
+    again = commit(store, KEY2)  # the same content built again
+    assert again == path
+    assert store.check_artifact(again, deep=True)
+    assert (again / "model.bin").read_bytes() == FILES["model.bin"]
+    assert list((store.root / "corrupt").iterdir())  # the damaged one was moved aside
+
+
+def test_commit_works_for_a_user_without_root():
+    with tempfile.TemporaryDirectory() as d:
+        os.chmod(d, 0o777)
+        error = _run_unprivileged(_commit_and_check, str(Path(d) / "store"))
+        assert error is None, error
+
+
+def _commit_and_check(root: str) -> None:
+    s = Store(root).init()
+    path = commit(s, KEY1)
+    assert s.lookup(KEY1)[0] == path and s.check_artifact(path, deep=True)
+
+
+def _run_unprivileged(fn, *args) -> str | None:
+    """Run fn in a child process, as 'nobody' when we are root; return its error text, or None."""
+    q = fork.Queue()
+
+    def child():
+        try:
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            fn(*args)
+            q.put(None)
+        except BaseException:
+            q.put(traceback.format_exc())
+
+    p = fork.Process(target=child)
+    p.start()
+    result = q.get(timeout=60)
+    p.join(60)
+    return result
+
+
+def _plain_tree(root: Path, files) -> Path:
+    for rel, content in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(content.encode() if isinstance(content, str) else content)
+    return root
+
+
+# ---- roots and names ------------------------------------------------------------------------------------
+
+def test_set_root_records_it_and_links_it_under_roots(store):
+    path = commit(store, KEY1)
+    store.set_root("demo:train", path, KEY1)
+    assert store.get_root("demo:train") == (path, KEY1)
+    link = store.roots_dir / "demo" / "train"
+    assert link.is_symlink()
+    assert link.resolve() == path.resolve()
+    assert not os.path.isabs(os.readlink(link))  # relative: the store can be moved
+    assert store.get_root("demo:other") is None
+
+
+def test_a_root_moves_to_the_latest_build(store):
+    a = commit(store, KEY1)
+    b = commit(store, KEY2, files={"x": "2"})
+    store.set_root("demo:train", a, KEY1)
+    store.set_root("demo:train", b, KEY2)
+    assert store.get_root("demo:train") == (b, KEY2)
+    assert (store.roots_dir / "demo" / "train").resolve() == b.resolve()
+    assert [n for n, _, _ in store.roots()] == ["demo:train"]
+
+
+def test_resolve_by_recipe_and_step(store):
+    path = commit(store, KEY1)
+    store.set_root("demo:train", path, KEY1)
+    assert store.resolve("demo:train") == path
+
+
+def test_resolve_by_tag(store):
+    path = commit(store, KEY1)
+    store.set_root("tag:best", path, None)
+    assert store.resolve("best") == path
+    assert (store.roots_dir / "tag" / "best").is_symlink()
+
+
+def test_resolve_by_digest_prefix_and_by_path(store):
+    path = commit(store, KEY1)
+    assert store.resolve(path.name[:8]) == path
+    assert store.resolve(path.name) == path
+    assert store.resolve(str(path)) == path
+
+
+def test_resolve_an_ambiguous_prefix_asks_for_more(store):
+    (store.objects / ("abcdef01" + "0" * 24 + "-a")).mkdir()
+    (store.objects / ("abcdef02" + "0" * 24 + "-b")).mkdir()
+    with pytest.raises(UsageError, match="give more of the digest"):
+        store.resolve("abcdef0")
+    assert store.resolve("abcdef01").name.endswith("-a")
+
+
+def test_resolve_an_unknown_name_is_a_usage_error_with_a_hint(store):
+    path = commit(store, KEY1)
+    store.set_root("demo:train", path, KEY1)
+    with pytest.raises(UsageError) as e:
+        store.resolve("demo:trian")
+    assert e.value.exit_code == USAGE
+    assert "no artifact named 'demo:trian'" in str(e.value)
+    assert "did you mean 'demo:train'" in str(e.value)
+
+
+def test_resolve_without_a_store_says_so(tmp_path):
+    with pytest.raises(UsageError, match="there is no store"):
+        Store(tmp_path / "nothing").resolve("demo:train")
+
+
+# ---- locks and tmp ---------------------------------------------------------------------------------------
+
+def _hold_lock(root: str, key: str, held, release) -> None:
+    s = Store(root)
+    with s.lock(key) as got:
+        assert got
+        held.set()
+        release.wait(30)
+
+
+def _hold_lock_and_die(root: str, key: str, held) -> None:
+    s = Store(root)
+    cm = s.lock(key)
+    cm.__enter__()
+    held.set()
+    os._exit(0)  # no cleanup: the kernel must release the lock
+
+
+def test_two_processes_cannot_hold_one_keys_lock(store):
+    held, release = fork.Event(), fork.Event()
+    p = fork.Process(target=_hold_lock, args=(str(store.root), KEY1, held, release))
+    p.start()
+    try:
+        assert held.wait(30)
+        with store.lock(KEY1, blocking=False) as got:
+            assert got is False
+        with store.lock(KEY2, blocking=False) as got:  # another key is independent
+            assert got is True
+    finally:
+        release.set()
+        p.join(30)
+    assert p.exitcode == 0
+    with store.lock(KEY1, blocking=False) as got:
+        assert got is True
+
+
+def test_a_lock_is_released_when_its_holder_dies(store):
+    held = fork.Event()
+    p = fork.Process(target=_hold_lock_and_die, args=(str(store.root), KEY1, held))
+    p.start()
+    assert held.wait(30)
+    p.join(30)
+    with store.lock(KEY1, blocking=False) as got:
+        assert got is True
+
+
+def test_a_lock_is_exclusive_within_one_process_too(store):
+    with store.lock(KEY1) as got:
+        assert got
+        with store.lock(KEY1, blocking=False) as again:
+            assert again is False
+
+
+def test_clean_tmp_removes_leftovers_and_keeps_builds_in_progress(store):
+    leftover = make_out(store, KEY1)  # a killed build: nobody holds its lock
+    running = make_out(store, KEY2)
+    (leftover / "sub").chmod(0o555)  # leftovers may be partly read-only
+    kept_area = store.tmp / "work"  # not a key: owned by builders (checkpoints)
+    kept_area.mkdir()
+    held, release = fork.Event(), fork.Event()
+    p = fork.Process(target=_hold_lock, args=(str(store.root), KEY2, held, release))
+    p.start()
+    try:
+        assert held.wait(30)
+        assert store.clean_tmp() == 1
+    finally:
+        release.set()
+        p.join(30)
+    assert not leftover.exists()
+    assert running.is_dir() and (running / "model.bin").exists()
+    assert kept_area.is_dir()
+
+
+def test_new_tmp_dirs_are_distinct_and_empty(store):
+    a, b = store.new_tmp(KEY1), store.new_tmp(KEY1)
+    assert a != b and a.parent == b.parent == store.tmp
+    assert a.name.startswith(KEY1 + ".") and not any(a.iterdir())
+
+
+# ---- the source stat cache kept in trace.sqlite ------------------------------------------------------
+
+def test_sqlite_stat_cache_remembers_until_the_file_changes(store, tmp_path):
+    p = tmp_path / "data.csv"
+    p.write_text("a,b\n1,2\n")
+    cache = store.stat_cache()
+    digest = hash_tree(p, cache).digest
+    cache.flush()
+    st = os.stat(p)
+    assert store.stat_cache().get(str(p), st) is not None
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert store.stat_cache().get(str(p), os.stat(p)) is None
+    assert hash_tree(p, store.stat_cache()).digest == digest
+
+
+def test_drv_files_are_written_once(store):
+    store.write_drv(KEY1, {"a": 1})
+    store.write_drv(KEY1, {"a": 2})
+    assert store.read_drv(KEY1) == {"a": 1}
+    assert store.read_drv(KEY2) is None
