@@ -214,9 +214,10 @@ def check_recipe(data: dict, path: Path) -> Recipe:
     """Turn composed YAML into a Recipe, or raise the first problem as a RecipeError."""
     file = str(path)
     for key in data:
-        if key not in RECIPE_KEYS:
+        if key not in RECIPE_KEYS and not (path.parent / str(key)).is_dir():  # a Hydra config group's values
             raise RecipeError(f"unknown top-level key{did_you_mean(key, RECIPE_KEYS)}; a recipe has "
-                              f"{', '.join(RECIPE_KEYS)}", file=file, key=str(key))
+                              f"{', '.join(RECIPE_KEYS)}, and the config groups in folders next to it",
+                              file=file, key=str(key))
     name = data.get("name") or path.stem
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise RecipeError(f"recipe name {name!r} must be letters, digits, '-', '_' or '.'", file=file, key="name")
