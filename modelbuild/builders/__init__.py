@@ -20,6 +20,10 @@ BUILTIN = {
     "command": "modelbuild.builders.command:Command",
     "python": "modelbuild.builders.python:Python",
     "ingest": "modelbuild.builders.ingest:Ingest",
+    "clean": "modelbuild.builders.clean:Clean",
+    "validate": "modelbuild.builders.validate:Validate",
+    "split": "modelbuild.builders.split:Split",
+    "profile": "modelbuild.builders.profile:Profile",
 }
 
 __all__ = ["BUILTIN", "BuildContext", "Builder", "Param", "load_builder", "builder_code_hash"]
