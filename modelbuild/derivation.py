@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 from functools import cache
-from importlib import metadata
 
 from .builders import builder_code_hash
 from .hashing import canonical_json, hash_json
@@ -21,6 +20,8 @@ FORMAT = 1  # bump when the derivation layout changes; every key changes with it
 
 @cache
 def package_version(name: str) -> str | None:
+    from importlib import metadata  # imported here: it costs ~20 ms and most steps declare no packages
+
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:

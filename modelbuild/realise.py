@@ -185,7 +185,7 @@ class Realiser:
                 self._poll_progress(states, running)
                 self._report("update", [states[n] for n in order])
                 if not progressed:
-                    time.sleep(0.03)
+                    time.sleep(0.01)
         except KeyboardInterrupt:
             self._interrupt(running)
             raise

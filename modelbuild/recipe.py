@@ -23,7 +23,7 @@ SOURCE_KINDS = ("path", "pypi", "dvc")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml when present: 10x faster
     """SafeLoader that reads 1e-3 as a float and refuses duplicate keys, like OmegaConf and Hydra do."""
 
     def construct_mapping(self, node, deep=False):
