@@ -24,7 +24,7 @@ def _store(args):
 
 def _overrides(args) -> list[str]:
     overrides = list(args.overrides)
-    bad = [o for o in overrides if "=" not in o]
+    bad = [o for o in overrides if "=" not in o and not o.startswith("~")]
     if bad:
         raise UsageError(f"'{bad[0]}' is not an override: write KEY=VALUE, e.g. steps.train.params.lr=3e-4 "
                          "(to build some steps only, use --target STEP)")
@@ -216,10 +216,21 @@ def cmd_tag(args) -> int:
     from .recipe import NAME_RE
     if not NAME_RE.match(args.name) or ":" in args.name:
         raise UsageError(f"tag name {args.name!r} must be letters, digits, '-', '_' or '.'")
-    path = store.resolve(args.artifact)
-    keys = store.keys_of(path)
-    store.set_root(f"tag:{args.name}", path, keys[-1] if keys else None)
+    path, key = store.resolve_with_key(args.artifact)
+    store.set_root(f"tag:{args.name}", path, key)
     print(f"{args.name} -> {store.rel(path)}")
+    return 0
+
+
+def cmd_roots(args) -> int:
+    store = _store(args)
+    roots = store.roots() if store.exists() else []
+    if args.json:
+        print(json.dumps([{"name": n, "path": str(p), "key": k} for n, p, k in roots], indent=2))
+        return 0
+    width = max((len(n) for n, _, _ in roots), default=0)
+    for name, path, _ in roots:
+        print(f"{name:<{width}}  {store.rel(path)}{'' if path.exists() else '  (missing)'}")
     return 0
 
 
@@ -287,6 +298,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("artifact", nargs="?")
     t.add_argument("--delete", action="store_true")
     t.set_defaults(fn=cmd_tag)
+    r = sub.add_parser("roots", help="the gc roots: the last build of every recipe step, and tags")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(fn=cmd_roots)
     return p
 
 

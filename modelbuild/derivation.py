@@ -15,7 +15,7 @@ from .builders import builder_code_hash
 from .hashing import canonical_json, hash_json
 from .recipe import Step
 
-FORMAT = 1  # bump when the derivation layout changes; every key changes with it
+FORMAT = 2  # bump when the derivation layout changes; every key changes with it
 
 
 @cache
@@ -78,9 +78,16 @@ def _same(a, b) -> bool:
     return canonical_json(a) == canonical_json(b)
 
 
-def _short(value) -> str:
+def _short(value, other=None) -> str:
+    """A value in at most ~40 characters; a long string is shown around where it differs from `other`."""
     text = repr(value) if isinstance(value, (str, _Unset)) else str(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    if len(text) <= 40:
+        return text
+    start = 0
+    if isinstance(value, str) and isinstance(other, str):
+        start = next((i for i, (a, b) in enumerate(zip(value, other, strict=False)) if a != b), min(len(value), len(other)))
+        start = max(0, start - 15)
+    return ("..." if start else "") + text[start:start + 37] + "..."
 
 
 def explain(old: dict | None, new: dict) -> list[str]:
@@ -98,7 +105,7 @@ def explain(old: dict | None, new: dict) -> list[str]:
         x, y = a.get(k, _UNSET), b.get(k, _UNSET)
         if _same(x, y) or ({} in (x, y) and any(o.startswith(k + ".") for o in keys)):
             continue  # unchanged, or an empty mapping whose new/removed entries are listed one by one
-        reasons.append(f"{k} {_short(x)} -> {_short(y)}")
+        reasons.append(f"{k} {_short(x, y)} -> {_short(y, x)}")
     ea, eb = _flatten(old.get("extras", {}), "extras"), _flatten(new.get("extras", {}), "extras")
     reasons += [f"{k} changed" for k in sorted(set(ea) | set(eb)) if ea.get(k) != eb.get(k)]
     ia, ib = old.get("inputs", {}), new.get("inputs", {})

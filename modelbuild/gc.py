@@ -50,7 +50,8 @@ def _size(path: Path) -> int:
     for dirpath, _, files in os.walk(path):
         for f in files:
             st = os.lstat(os.path.join(dirpath, f))
-            total += st.st_size if st.st_nlink == 1 else 0  # shared files stay while another artifact holds them
+            # a file linked only here and from .links goes with this artifact; one shared by others stays
+            total += st.st_size if st.st_nlink <= 2 else 0
     return total
 
 
@@ -83,7 +84,23 @@ def collect(store: Store, dry_run: bool = False) -> GcReport:
     if not dry_run:
         _drop_unshared_links(store, report)
         _drop_stale_jobs(store)
+        _drop_orphan_records(store)
     return report
+
+
+def _drop_orphan_records(store: Store) -> None:
+    """Derivations no build record or root names, check logs, stat-cache rows of files that are gone."""
+    keep = {r[0] for r in store.db.execute("SELECT key FROM trace UNION SELECT key FROM roots "
+                                           "UNION SELECT key FROM attempts")}
+    for e in os.scandir(store.drv_dir):
+        if e.name.endswith(".json") and e.name[:-5] not in keep:
+            os.unlink(e.path)
+    for e in os.scandir(store.logs):
+        if e.name.endswith(".check.log") or (e.name.endswith(".log") and e.name.split(".")[0] not in keep):
+            os.unlink(e.path)
+    gone = [(p,) for (p,) in store.db.execute("SELECT path FROM stat_cache") if not os.path.exists(p)]
+    with store.db:
+        store.db.executemany("DELETE FROM stat_cache WHERE path=?", gone)
 
 
 def _drop_unshared_links(store: Store, report: GcReport) -> None:

@@ -18,7 +18,8 @@ def recipe_edges(recipe) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         for input_name, ref in step.inputs.items():
             if isinstance(ref, Source):
                 src_id = f"{name}.{input_name}"
-                label = ref.spec.get("pypi") or ref.spec.get("path") or "dvc"
+                dvc = ref.spec.get("dvc") or {}
+                label = ref.spec.get("pypi") or ref.spec.get("path") or f"dvc {dvc.get('path')}@{dvc.get('rev', 'HEAD')}"
                 nodes.append((src_id, f"{input_name}: {label}"))
                 edges.append((src_id, name))
             else:

@@ -89,11 +89,12 @@ class Realiser:
     def prepare(self, step: Step, states: dict[str, StepState], fetch: bool = True) -> Prepared | None:
         """The step's derivation, once every input's content is known; None while one is not."""
         inputs, addrs, lineage, stats, refs = {}, {}, {}, {}, []
+        known = [self._source(step, n, r, fetch) is not None for n, r in step.inputs.items() if isinstance(r, Source)]
+        if not all(known):
+            return None
         for name, ref in step.inputs.items():
             if isinstance(ref, Source):
-                src = self._source(step, name, ref, fetch)
-                if src is None:
-                    return None
+                src = self.sources[(step.name, name)]
                 inputs[name] = src.path
                 addrs[name] = {"kind": "source", "digest": src.digest}
                 lineage[name] = src.lineage
@@ -112,8 +113,9 @@ class Realiser:
         drv = make_derivation(step, addrs, self.recipe.dir, self.recipe.seed)
         return Prepared(drv, derivation_key(drv), inputs, lineage, stats, refs)
 
-    def _cached(self, key: str) -> Path | None:
-        """A trace hit whose artifact is intact; a damaged artifact is moved aside so it gets rebuilt."""
+    def _cached(self, key: str, repair: bool = True) -> Path | None:
+        """A trace hit whose artifact is intact; a damaged artifact is moved aside so it gets rebuilt
+        (unless `repair` is off: a dry run changes nothing)."""
         if not self.store.exists():
             return None
         hit = self.store.lookup(key)
@@ -122,6 +124,8 @@ class Realiser:
         path = hit[0]
         if self.store.check_artifact(path):
             return path
+        if not repair:
+            return None
         if path.exists():
             self.store.quarantine(path)
         else:
@@ -138,12 +142,13 @@ class Realiser:
             prepared = self.prepare(step, states, fetch=False)
             if prepared is None:
                 st.status = "build"
-                missing = [n for n, r in step.inputs.items()
-                           if (isinstance(r, str) and states[r].path is None) or isinstance(r, Source)]
-                st.reasons = [f"input {m} will be built first" for m in missing]
+                st.reasons = [f"input {n} will be built first" for n, r in step.inputs.items()
+                              if isinstance(r, str) and states[r].path is None]
+                st.reasons += [f"source {n} will be fetched first" for n, r in step.inputs.items()
+                               if isinstance(r, Source) and (name, n) not in self.sources]
                 continue
             st.key = prepared.key
-            st.path = self._cached(prepared.key)
+            st.path = self._cached(prepared.key, repair=False)
             if st.path is not None:
                 st.status = "cached"
             else:

@@ -310,7 +310,7 @@ def _check_source(spec: dict, path: Path, step: str, key: str) -> Source:
                               file=file, step=step, key=f"{key}.path")
         return Source("pypi", {"pypi": pin, "path": spec["path"].strip("/")}, expected)
     if "dvc" in spec:
-        return Source("dvc", {"dvc": spec["dvc"]}, expected)
+        return Source("dvc", {"dvc": _check_dvc(spec, path, step, key)}, expected)
     if not kinds or not isinstance(spec.get("path"), str):
         raise RecipeError("a source needs `path:` (a file or folder, relative to the recipe)",
                           file=file, step=step, key=key)
@@ -320,6 +320,53 @@ def _check_source(spec: dict, path: Path, step: str, key: str) -> Source:
                           f"{_nearby(Path(spec['path']), '*', path.parent)}; paths are relative to the "
                           "recipe's folder", file=file, step=step, key=f"{key}.path")
     return Source("path", {"path": spec["path"]}, expected)
+
+
+DVC_KEYS = ("repo", "path", "rev")
+DVC_EXAMPLE = "{dvc: {repo: ../data-registry, path: data/table.csv, rev: v1}}"
+
+
+def _check_dvc(spec: dict, path: Path, step: str, key: str) -> dict:
+    """`dvc: {repo, path, rev}`, checked without importing dvc; resolved at build time by sources_dvc."""
+    file, dvc = str(path), spec["dvc"]
+    if "path" in spec:
+        raise RecipeError(f"a DVC source names its file inside `dvc:`, e.g. {DVC_EXAMPLE}; move `path:` there",
+                          file=file, step=step, key=f"{key}.path")
+    if not isinstance(dvc, dict):
+        raise RecipeError(f"a DVC source is a mapping with `repo:`, `path:` and an optional `rev:`, e.g. "
+                          f"{DVC_EXAMPLE}; got {dvc!r}", file=file, step=step, key=f"{key}.dvc")
+    for k in dvc:
+        if k not in DVC_KEYS:
+            prefix = [d for d in DVC_KEYS if str(k).startswith(d) or d.startswith(str(k))]  # revision -> rev
+            hint = did_you_mean(k, DVC_KEYS) or (f" (did you mean '{prefix[0]}'?)" if prefix else "")
+            raise RecipeError(f"unknown DVC source key{hint}; a DVC source has `repo:` (a "
+                              "git URL, or a local repo relative to the recipe), `path:` (relative to the repo's "
+                              "root) and an optional `rev:` (a tag, branch or commit; default HEAD)",
+                              file=file, step=step, key=f"{key}.dvc.{k}")
+    for k, what in (("repo", "a git URL, or the path of a local git+DVC repo relative to the recipe's folder"),
+                    ("path", "the DVC-tracked file or folder, relative to the repo's root")):
+        if not isinstance(dvc.get(k), str) or not dvc[k].strip():
+            raise RecipeError(f"a DVC source needs `{k}:`, {what}, e.g. {DVC_EXAMPLE}"
+                              + (f"; got {dvc[k]!r}" if k in dvc else ""), file=file, step=step,
+                              key=f"{key}.dvc.{k}")
+    inner = dvc["path"].strip().strip("/")
+    if not inner or ".." in inner.split("/"):
+        raise RecipeError(f"a DVC source's `path:` is a path inside the repo, without '..', got {dvc['path']!r}",
+                          file=file, step=step, key=f"{key}.dvc.path")
+    out = {"repo": dvc["repo"].strip(), "path": inner}
+    is_url = re.match(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|[^/:@\s]+@[^/:\s]+:)", out["repo"])  # as sources_dvc.is_url
+    if not is_url and not (path.parent / Path(out["repo"]).expanduser()).is_dir():
+        raise RecipeError(f"the DVC repo {out['repo']} does not exist{_nearby(Path(out['repo']), '*', path.parent)}; "
+                          "`repo:` is a git URL, or the folder of a git+DVC repo relative to the recipe's folder",
+                          file=file, step=step, key=f"{key}.dvc.repo")
+    if dvc.get("rev") is not None:
+        rev = dvc["rev"]
+        if not isinstance(rev, str) or not rev.strip():
+            raise RecipeError(f"a DVC source's `rev:` is a tag, branch or commit written as a string, got {rev!r}; "
+                              f"quote it (rev: '{rev}') so YAML does not read it as a number",
+                              file=file, step=step, key=f"{key}.dvc.rev")
+        out["rev"] = rev.strip()
+    return out
 
 
 def _topological_order(steps: dict[str, Step], file: str) -> list[str]:

@@ -30,9 +30,16 @@ class ResolvedSource:
     lineage: dict  # what an auditor needs to find it again
 
     @property
-    def stat_identity(self) -> list:
-        st = os.stat(self.path)
-        return [st.st_ino, st.st_size, st.st_mtime_ns]
+    def stat_identity(self) -> str:
+        """Every file's (inode, size, mtime, ctime): a change during a build means its input moved under it."""
+        return source_fingerprint(self.path)
+
+
+def source_fingerprint(path: Path) -> str:
+    from .hashing import stat_identity, walk_tree
+    if not Path(path).is_dir():
+        return ":".join(map(str, stat_identity(os.stat(path))))
+    return "\n".join(f"{rel}:{':'.join(map(str, stat_identity(st)))}" for rel, _, st in walk_tree(Path(path), ()))
 
 
 def resolve(source: Source, store: Store, recipe_dir: Path, *, step: str, input_name: str,
@@ -51,9 +58,12 @@ def resolve(source: Source, store: Store, recipe_dir: Path, *, step: str, input_
             return None
     else:
         from .sources_dvc import resolve_dvc  # a later issue's module
-        resolved = resolve_dvc(source, store, recipe_dir)
+        resolved = resolve_dvc(source, store, recipe_dir, fetch=fetch)
+        if resolved is None:
+            return None
     if source.expected_hash and source.expected_hash != resolved.digest:
-        what = source.spec.get("pypi", "") + (" " if "pypi" in source.spec else "") + str(source.spec.get("path", ""))
+        what = {"path": lambda s: s["path"], "pypi": lambda s: f"{s['pypi']} {s['path']}",
+                "dvc": lambda s: f"{s['dvc'].get('repo')}:{s['dvc'].get('path')}"}[source.kind](source.spec)
         raise HashMismatch(f"file {recipe_file or recipe_dir}, step '{step}', key 'inputs.{input_name}.hash': the "
                            f"source {what} has content hash {resolved.digest}, but the recipe pins "
                            f"{source.expected_hash}. If the new content is intended, set `hash: {resolved.digest}`; "

@@ -20,11 +20,11 @@ import uuid
 from pathlib import Path
 
 from .errors import HashMismatch, UsageError
-from .hashing import DIGEST_CHARS, META_FILE, hash_tree, stat_identity, walk_tree
+from .hashing import DIGEST_CHARS, META_FILE, hash_file, hash_tree, stat_identity, walk_tree
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS artifacts (path TEXT PRIMARY KEY, digest TEXT NOT NULL, fingerprint TEXT NOT NULL,
-    created REAL NOT NULL);
+    created REAL NOT NULL, meta_digest TEXT);
 CREATE TABLE IF NOT EXISTS trace (key TEXT PRIMARY KEY, path TEXT NOT NULL, meta TEXT NOT NULL,
     created REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS trace_path ON trace(path);
@@ -240,8 +240,10 @@ class Store:
         rel = self.rel(path)
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("INSERT OR IGNORE INTO artifacts VALUES (?,?,?,?)",
-                            (rel, tree.digest, tree_fingerprint(path), time.time()))
+            meta_file = path / META_FILE
+            self.db.execute("INSERT OR IGNORE INTO artifacts VALUES (?,?,?,?,?)",
+                            (rel, tree.digest, tree_fingerprint(path), time.time(),
+                             hash_file(meta_file) if meta_file.exists() else None))
             self.db.executemany("INSERT OR IGNORE INTO refs VALUES (?,?)", [(rel, self.rel(r)) for r in refs])
             self.db.execute("INSERT OR REPLACE INTO trace VALUES (?,?,?,?)",
                             (key, rel, json.dumps(meta, sort_keys=True), time.time()))  # the commit point
@@ -283,7 +285,6 @@ class Store:
                 os.chmod(dirpath, 0o555)
 
     def _link_is_sound(self, link: Path, digest: str) -> bool:
-        from .hashing import hash_file
         return hash_file(link) == digest.rstrip("x")
 
     # ---- checking ----------------------------------------------------------------------------------
@@ -301,6 +302,11 @@ class Store:
             if row and row[0] == tree_fingerprint(path):
                 return True
         ok = hash_tree(path).digest == digest
+        if ok and deep:  # the lineage record is checked too: an edited .meta.json is tampering
+            row = self.db.execute("SELECT meta_digest FROM artifacts WHERE path=?", (self.rel(path),)).fetchone()
+            meta_file = path / META_FILE
+            if row and row[0] and (not meta_file.exists() or hash_file(meta_file) != row[0]):
+                return False
         if ok and not deep:
             with self.db:
                 self.db.execute("UPDATE artifacts SET fingerprint=? WHERE path=?",
@@ -312,9 +318,12 @@ class Store:
         meta = self.meta_of(path) or {}
         files = meta.get("files") or {}
         now = {rel: e.digest for rel, e in hash_tree(path).entries.items() if not rel.endswith("/")}
-        if not files:
-            return sorted(now)
-        return sorted(rel for rel in set(files) | set(now) if files.get(rel) != now.get(rel))
+        changed = sorted(rel for rel in set(files) | set(now) if files.get(rel) != now.get(rel)) if files else sorted(now)
+        row = self.db.execute("SELECT meta_digest FROM artifacts WHERE path=?", (self.rel(path),)).fetchone()
+        meta_file = Path(path) / META_FILE
+        if row and row[0] and (not meta_file.exists() or hash_file(meta_file) != row[0]):
+            changed.append(META_FILE)
+        return changed
 
     def quarantine(self, path: Path) -> Path:
         """Move a damaged artifact out of objects/ and forget it, so it is rebuilt, never used."""
@@ -331,8 +340,7 @@ class Store:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute("DELETE FROM trace WHERE path=?", (rel,))
             self.db.execute("DELETE FROM artifacts WHERE path=?", (rel,))
-            self.db.execute("DELETE FROM roots WHERE path=?", (rel,))
-        return bad
+        return bad  # roots stay: a rebuild brings the same path back, and verify reports it missing till then
 
     def _links_for(self, st: os.stat_result):
         if not self.links.exists():
@@ -379,6 +387,16 @@ class Store:
                                               (self.rel(path),))]
 
     # ---- naming artifacts on the command line ------------------------------------------------------
+    def resolve_with_key(self, name: str) -> tuple[Path, str | None]:
+        """Like `resolve`, plus the key of the build that a root names (None for a bare path)."""
+        for root_name in (f"tag:{name}", name):
+            hit = self.get_root(root_name) if self.exists() else None
+            if hit:
+                return hit
+        path = self.resolve(name)
+        keys = self.keys_of(path)
+        return path, (keys[-1] if keys else None)
+
     def resolve(self, name: str) -> Path:
         """An artifact named by store path, digest prefix, RECIPE:STEP (its last build) or tag."""
         if not self.exists():
@@ -404,7 +422,7 @@ class Store:
         hint = did_you_mean(name, known + [n.removeprefix("tag:") for n in known])
         raise UsageError(f"no artifact named '{name}' in the store {self.root}{hint}. Name an artifact by its "
                          "store path, a digest prefix, RECIPE:STEP (its last build) or a tag; "
-                         "`modelbuild gc --dry-run` lists what is rooted")
+                         "`modelbuild roots` lists the named ones")
 
     def verify_or_raise(self, path: Path) -> None:
         if not self.check_artifact(path, deep=True):

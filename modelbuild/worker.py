@@ -48,7 +48,8 @@ def run_job(job: dict) -> dict:
             path = _build(store, job, started)
             return {"status": "built", "path": str(path), "seconds": round(time.time() - started, 3)}
     except ModelbuildError as e:
-        return {"error": {"type": type(e).__name__, "message": str(e)}, "seconds": time.time() - started}
+        message = str(e) if f"'{job['step']}'" in str(e) else f"step '{job['step']}': {e}"
+        return {"error": {"type": type(e).__name__, "message": message}, "seconds": time.time() - started}
     except KeyboardInterrupt:
         return {"error": {"type": "BuildError", "message": "interrupted"}, "interrupted": True}
     except BaseException as e:  # noqa: BLE001 - any builder failure becomes a step failure, never a crash
@@ -75,6 +76,7 @@ def _log_to(path: Path) -> None:
 
 def _context(store: Store, job: dict, out: Path) -> BuildContext:
     work = store.tmp / "work" / job["key"]
+    work.mkdir(parents=True, exist_ok=True)
     return BuildContext(step=job["step"], inputs={k: Path(v) for k, v in job["inputs"].items()}, out=out,
                         params=job["params"], recipe_dir=Path(job["recipe_dir"]), seed=job["seed"],
                         work=work, log=logging.getLogger(f"modelbuild.{job['step']}"),
@@ -88,9 +90,9 @@ def _run_builder(store: Store, job: dict, out: Path) -> None:
     builder.build(_context(store, job, out))
     sys.stdout.flush()
     sys.stderr.flush()
+    from .sources import source_fingerprint
     for name, expected in job.get("source_stats", {}).items():
-        st = os.stat(job["inputs"][name])
-        if [st.st_ino, st.st_size, st.st_mtime_ns] != expected:
+        if source_fingerprint(job["inputs"][name]) != expected:
             raise BuildError(f"step '{job['step']}': source input '{name}' ({job['inputs'][name]}) changed while "
                              "the step was building, so the result cannot be trusted. Build again")
 

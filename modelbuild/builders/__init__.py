@@ -9,11 +9,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
-from functools import cache
 from pathlib import Path
 
 from ..errors import RecipeError, did_you_mean
-from ..hashing import hash_file
 from .base import BuildContext, Builder, Param
 
 BUILTIN = {
@@ -51,11 +49,11 @@ def load_builder(name: str, *, recipe_dir: Path | None = None, file: str | None 
     return cls()
 
 
-@cache
-def _source_hash(path: str) -> str:
-    return hash_file(path)
-
-
 def builder_code_hash(builder: Builder) -> str:
-    """Hash of the builder's module source: editing a builder rebuilds what it built, and nothing else."""
-    return _source_hash(inspect.getsourcefile(type(builder)))
+    """Hash of the builder's module and the modelbuild modules it imports: editing any of them rebuilds
+    what the builder built, and nothing else."""
+    from ..codehash import PACKAGE_ROOT, package_code_hash, project_code
+    path = Path(inspect.getsourcefile(type(builder))).resolve()
+    if PACKAGE_ROOT in path.parents:
+        return package_code_hash(str(path))
+    return project_code(path, path.parent)["source"]  # a recipe's own builder class

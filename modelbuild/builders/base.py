@@ -62,6 +62,7 @@ class Builder:
     params: ClassVar[dict[str, Param]] = {}
     env: ClassVar[tuple[str, ...]] = ()  # distributions whose versions enter the key
     open_params: ClassVar[bool] = False  # accept params beyond the declared ones (e.g. `python`)
+    uses_seed: ClassVar[bool] = False  # the recipe's seed reaches build() and so enters the key
 
     def normalise(self, params: dict, *, file: str | None, step: str) -> dict:
         """Check names and types, fill defaults. Cheap: no heavy imports."""

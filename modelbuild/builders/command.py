@@ -26,13 +26,23 @@ class Command(Builder):
         "cmd": Param("str", required=True, help="the shell command, e.g. python $MB_IN_SCRIPT $MB_IN_DATA $MB_OUT"),
         "env": Param("dict", default={}, help="extra environment variables (part of the key)"),
         "shell": Param("str", default="bash", choices=("bash", "sh")),
+        "packages": Param("list", default=[], help="Python distributions the command uses; their versions "
+                          "enter the key, so an upgrade rebuilds the step"),
     }
+    uses_seed = True
 
     def check(self, params, *, file, step):
+        if not all(isinstance(p, str) for p in params["packages"]):
+            raise RecipeError("packages are distribution names, e.g. [pandas, scikit-learn]", file=file, step=step,
+                              key="params.packages")
         bad = [k for k, v in params["env"].items() if not isinstance(v, (str, int, float, bool))]
         if bad:
             raise RecipeError("environment values must be strings or numbers", file=file, step=step,
                               key=f"params.env.{bad[0]}")
+
+    def key_extras(self, params, recipe_dir):
+        from ..derivation import package_version
+        return {"packages": {p: package_version(p) for p in sorted(params["packages"])}} if params["packages"] else {}
 
     def build(self, ctx: BuildContext) -> None:
         env = {**os.environ, **{k: str(v) for k, v in ctx.params["env"].items()},

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from ..errors import BuildError, RecipeError, did_you_mean
-from ..hashing import hash_file
 from .base import BuildContext, Builder, Param
 
 
@@ -36,6 +35,7 @@ def _module_file(module: str, recipe_dir: Path) -> Path | None:
 class Python(Builder):
     name = "python"
     open_params = True
+    uses_seed = True
     params = {"function": Param("str", required=True, help="the function to call, as module:function")}
 
     def check(self, params, *, file, step):
@@ -52,8 +52,12 @@ class Python(Builder):
                               file=file, step=step, key="params.function")
 
     def key_extras(self, params, recipe_dir):
+        """The module, the project and modelbuild modules it imports, and the versions of the packages
+        it imports: a change to any of them rebuilds the step."""
+        from ..codehash import project_code
         module = params["function"].partition(":")[0]
-        return {"module_source": hash_file(_module_file(module, Path(recipe_dir)))}
+        code = project_code(_module_file(module, Path(recipe_dir)), Path(recipe_dir))
+        return {"module": code["source"], "packages": code["packages"]}
 
     def build(self, ctx: BuildContext) -> None:
         module_name, _, func_name = ctx.params["function"].partition(":")

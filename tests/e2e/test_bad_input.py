@@ -122,7 +122,7 @@ CASES = {
         ("recipe.yaml", "step 'train'", "key 'params.shell'", "'zsh' is not one of 'bash', 'sh'")),
     "unknown-param": Case(
         step(builder="command", params="{cmd: 'true', shel: sh}"), BUILD, 2,
-        ("recipe.yaml", "step 'train'", "key 'params.shel'", "did you mean 'shell'?", "cmd, env, shell")),
+        ("recipe.yaml", "step 'train'", "key 'params.shel'", "did you mean 'shell'?", "cmd, env, packages, shell")),
     "params-not-a-mapping": Case(
         step(builder="command", params="[cmd]"), BUILD, 2,
         ("recipe.yaml", "step 'train'", "key 'params'", "must be a mapping")),

@@ -81,7 +81,7 @@ def test_editing_a_python_step_rebuilds_it(project, cli):
     project.write("steps.py", STEPS.replace("text.upper()", "text.title()"))
     result = cli.build()
     assert cli.statuses(result) == {"raw": "cached", "upper": "built", "count": "cached", "report": "built"}
-    assert result["by_step"]["upper"]["reasons"] == ["extras.module_source changed"]
+    assert result["by_step"]["upper"]["reasons"] == ["extras.module changed"]
 
 
 def test_plan_says_what_and_why_without_building(project, cli):

@@ -134,7 +134,7 @@ def test_derivation_keys_match_the_golden_file(tmp_path):
 
 
 def test_format_is_the_one_the_golden_keys_were_made_with():
-    assert FORMAT == 1, "FORMAT changed: regenerate the golden keys (see this module's docstring)"
+    assert FORMAT == 2, "FORMAT changed: regenerate the golden keys (see this module's docstring)"
 
 
 def test_recipe_derivation_has_the_expected_fields(tmp_path):
@@ -142,7 +142,8 @@ def test_recipe_derivation_has_the_expected_fields(tmp_path):
     train = drvs["recipe-train"]
     assert train["builder"] == "command"
     assert train["params"] == {"cmd": "python train.py $MB_IN_DATA $MB_OUT", "env": {"LR": 3e-4, "EPOCHS": 2},
-                               "shell": "sh"}
+                               "shell": "sh", "packages": []}
+    assert train["seed"] == 7  # a command step sees MB_SEED, so the seed is in its key
     assert train["inputs"] == {"data": {"kind": "step", "digest": DATA}}  # the path does not enter the key
     assert drvs["recipe-data"]["params"]["env"] == {} and drvs["recipe-data"]["params"]["shell"] == "bash"
 

@@ -1,0 +1,122 @@
+"""What code a step runs: a module plus every project or modelbuild module it imports, found statically.
+
+A key that hashed only the named module would miss an edit to a helper it imports (a cache hit that
+should have been a miss). Imports are read from the source (no execution), including imports inside
+functions; third-party imports are reported by distribution so their versions can enter the key.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from functools import cache
+from pathlib import Path
+
+from .hashing import hash_bytes, hash_file
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the folder that holds the modelbuild package
+
+
+def _module_file(dotted: str, roots: tuple[Path, ...]) -> Path | None:
+    parts = dotted.split(".")
+    for root in roots:
+        base = root.joinpath(*parts)
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return candidate.resolve()
+    return None
+
+
+def _package_of(path: Path, roots: tuple[Path, ...]) -> list[str]:
+    for root in roots:
+        try:
+            rel = path.resolve().relative_to(root.resolve())
+        except ValueError:
+            continue
+        parts = list(rel.with_suffix("").parts)
+        return parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+    return []
+
+
+def _imports(path: Path, roots: tuple[Path, ...]) -> list[str]:
+    """Absolute dotted names imported anywhere in the file (relative imports resolved)."""
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    package = _package_of(path, roots)
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module.split(".") if node.module else []
+            if node.level:
+                base = package[: len(package) - node.level + 1] + base
+            prefix = ".".join(base)
+            names.append(prefix)
+            names += [f"{prefix}.{a.name}" if prefix else a.name for a in node.names]
+    return [n for n in names if n]
+
+
+def closure(path: Path, roots: tuple[Path, ...]) -> tuple[list[Path], set[str]]:
+    """(files of the module and every module it imports under `roots`, top-level names imported from elsewhere)."""
+    files, external, stack = {}, set(), [Path(path).resolve()]
+    while stack:
+        current = stack.pop()
+        if current in files:
+            continue
+        files[current] = True
+        for name in _imports(current, roots):
+            found = _module_file(name, roots)
+            if found is not None:
+                stack.append(found)
+                parent = found.parent / "__init__.py"
+                if found.name != "__init__.py" and parent.is_file():
+                    stack.append(parent.resolve())
+            elif _module_file(name.split(".")[0], roots) is None:
+                external.add(name.split(".")[0])
+    return sorted(files), external
+
+
+@cache
+def package_code_hash(path: str) -> str:
+    """Hash of a modelbuild module and the modelbuild modules it imports (a builder's code identity)."""
+    files, _ = closure(Path(path), (PACKAGE_ROOT,))
+    return _hash_files(files, PACKAGE_ROOT)
+
+
+def project_code(path: Path, project: Path) -> dict:
+    """Identity of a user's module: its source and imported project/modelbuild sources, and the versions
+    of the third-party distributions it imports."""
+    roots = (project.resolve(), PACKAGE_ROOT)
+    files, external = closure(path, roots)
+    return {"source": _hash_files(files, project.resolve()), "packages": distribution_versions(external)}
+
+
+def _hash_files(files: list[Path], base: Path) -> str:
+    def name(f: Path) -> str:
+        for root in (base, PACKAGE_ROOT):
+            try:
+                return str(f.relative_to(root))
+            except ValueError:
+                pass
+        return f.name
+    return hash_bytes("".join(f"{name(f)}\0{hash_file(f)}\n" for f in sorted(files, key=name)))
+
+
+@cache
+def _distributions() -> dict[str, list[str]]:
+    from importlib import metadata
+    return metadata.packages_distributions()
+
+
+def distribution_versions(top_level_names: set[str]) -> dict[str, str]:
+    """{distribution: version} for imported top-level names that are installed packages (not stdlib)."""
+    from .derivation import package_version
+    out = {}
+    for name in sorted(top_level_names):
+        if name in sys.stdlib_module_names or name == "modelbuild":
+            continue
+        for dist in _distributions().get(name, []):
+            version = package_version(dist)
+            if version:
+                out[dist] = version
+    return out
