@@ -1,15 +1,25 @@
 """Lineage: where an artifact came from (`show`), why two differ (`diff`), how one reaches another
 (`why-depends`). Reads only `.meta.json` files and the trace: no ML library is imported here.
+
+`diff` also compares the tables it meets (an artifact's own, its subfolders' such as a split's train/,
+and those of its inputs, recursively) from the small files modelbuild.table writes beside each
+data.parquet: rows added and removed by a merge of the two sorted `rows.xxh` fingerprint files (stdlib
+`array`), column and type changes from `table.json`, and statistic shifts from `stats.json`.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import sys
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
 from .store import Store
+
+TABLE, STATS, ROWS = "table.json", "stats.json", "rows.xxh"  # as modelbuild.table names them
 
 
 def meta(store: Store, path: Path) -> dict:
@@ -30,7 +40,7 @@ def _input_path(store: Store, info: dict) -> Path | None:
 def table_summary(path: Path) -> dict | None:
     """Rows and columns of a table artifact, from the table.json its builder wrote."""
     try:
-        return json.loads((Path(path) / "table.json").read_text())
+        return json.loads((Path(path) / TABLE).read_text())
     except (OSError, ValueError):
         return None
 
@@ -159,11 +169,36 @@ def _diff(store: Store, a: Path, b: Path, trail: str, out: Diff, seen: set) -> N
 
 
 def _diff_table(a: Path, b: Path, label: str, out: Diff) -> None:
+    """Compare two table artifacts, and the tables in their subfolders (a split's train/, test/, ...)."""
+    _diff_one_table(Path(a), Path(b), label, out)
+    subs_a, subs_b = _subtables(a), _subtables(b)
+    for name in sorted(subs_a | subs_b):
+        if name not in subs_a or name not in subs_b:
+            what, where = ("added", b) if name not in subs_a else ("removed", a)
+            rows = (table_summary(Path(where) / name) or {}).get("rows")
+            out.effects.append(f"{label}/{name}: table {what} ({rows} rows)")
+        else:
+            _diff_one_table(Path(a) / name, Path(b) / name, f"{label}/{name}", out)
+
+
+def _subtables(path: Path) -> set[str]:
+    try:
+        return {p.name for p in Path(path).iterdir()
+                if p.is_dir() and not p.name.startswith(".") and (p / TABLE).is_file()}
+    except OSError:
+        return set()
+
+
+def _diff_one_table(a: Path, b: Path, label: str, out: Diff) -> None:
     ta, tb = table_summary(a), table_summary(b)
     if not (ta and tb):
         return
-    if ta.get("rows") != tb.get("rows"):
-        out.effects.append(f"{label}: table rows {ta.get('rows')} -> {tb.get('rows')}")
+    changes = _row_changes(a / ROWS, b / ROWS)  # None for tables written without rows.xxh
+    if changes is not None and any(changes):
+        out.effects.append(f"{label}: rows: {changes[0]} added, {changes[1]} removed "
+                           f"({ta.get('rows')} -> {tb.get('rows')})")
+    elif changes is None and ta.get("rows") != tb.get("rows"):
+        out.effects.append(f"{label}: rows: {ta.get('rows')} -> {tb.get('rows')}")
     ca = {c["name"]: c.get("type") for c in ta.get("columns", [])}
     cb = {c["name"]: c.get("type") for c in tb.get("columns", [])}
     for name in sorted(set(ca) | set(cb)):
@@ -173,6 +208,101 @@ def _diff_table(a: Path, b: Path, label: str, out: Diff) -> None:
             out.effects.append(f"{label}: column {name} removed")
         elif ca[name] != cb[name]:
             out.effects.append(f"{label}: column {name} type {ca[name]} -> {cb[name]}")
+    sa, sb = _column_stats(a), _column_stats(b)
+    for name in [c["name"] for c in tb.get("columns", [])]:
+        if name in sa and name in sb:
+            out.effects += [f"{label}: {name}: {shift}" for shift in _stat_shifts(sa[name], sb[name])]
+
+
+def _row_changes(a: Path, b: Path) -> tuple[int, int] | None:
+    """(added, removed) rows between two sorted row-fingerprint files, by a merge; None if either is missing.
+
+    Rows are a multiset: a row present twice in a and three times in b counts as one added.
+    """
+    try:
+        raw_a, raw_b = a.read_bytes(), b.read_bytes()
+    except OSError:
+        return None
+    if raw_a == raw_b:
+        return 0, 0
+    xs, ys = array("Q"), array("Q")
+    try:
+        xs.frombytes(raw_a)
+        ys.frombytes(raw_b)
+    except ValueError:  # not a whole number of fingerprints: not a file this version wrote
+        return None
+    if sys.byteorder == "big":
+        xs.byteswap()
+        ys.byteswap()
+    i = j = same = 0
+    na, nb = len(xs), len(ys)
+    while i < na and j < nb:
+        x, y = xs[i], ys[j]
+        if x == y:
+            same, i, j = same + 1, i + 1, j + 1
+        elif x < y:
+            i += 1
+        else:
+            j += 1
+    return nb - same, na - same
+
+
+def _column_stats(path: Path) -> dict:
+    try:
+        stats = json.loads((Path(path) / STATS).read_text())
+        return {c["name"]: c for c in stats.get("columns", [])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+SHIFT_TOLERANCE = 1e-3  # a mean or std that moves less than this share of the column's scale is not reported
+NULL_RATE_TOLERANCE = 1e-3  # nor a null rate that moves less than this (0.1 percentage point)
+
+
+def _stat_shifts(x: dict, y: dict) -> list[str]:
+    """'mean 38.58 -> 39.10 (+1.3%)', 'null rate 0.00% -> 1.20%', 'min 17 -> 16', 'distinct 9 -> 10'."""
+    shifts = []
+    ra, rb = _null_rate(x), _null_rate(y)
+    if ra is not None and rb is not None and abs(rb - ra) > NULL_RATE_TOLERANCE:
+        shifts.append(f"null rate {100 * ra:.2f}% -> {100 * rb:.2f}%")
+    for key in ("mean", "std"):
+        a, b = x.get(key), y.get(key)
+        if not (_number(a) and _number(b)):
+            continue
+        spread = [abs(s) for s in (x.get("std"), y.get("std")) if _number(s)] if key == "mean" else []
+        scale = max(abs(a), abs(b), *spread)
+        if abs(b - a) > SHIFT_TOLERANCE * scale:
+            pa, pb = _pair(a, b)
+            shifts.append(f"{key} {pa} -> {pb}" + (f" ({(b - a) / abs(a):+.1%})" if a else ""))
+    for key in ("min", "max", "distinct"):
+        a, b = x.get(key), y.get(key)
+        if a is not None and b is not None and a != b:
+            pa, pb = _pair(a, b) if _number(a) and _number(b) else (a, b)
+            shifts.append(f"{key} {pa} -> {pb}")
+    return shifts
+
+
+def _null_rate(s: dict) -> float | None:
+    count, nulls = s.get("count"), s.get("nulls")
+    if not (isinstance(count, int) and isinstance(nulls, int)) or count + nulls == 0:
+        return None
+    return nulls / (count + nulls)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _pair(a, b) -> tuple[str, str]:
+    """Two numbers spelled alike: ints as they are, floats to 4 significant digits of the larger (more if
+    they would read the same)."""
+    if isinstance(a, int) and isinstance(b, int):
+        return str(a), str(b)
+    top = max(abs(a), abs(b))
+    digits = max(0, 3 - math.floor(math.log10(top))) if top else 0
+    while f"{a:.{digits}f}" == f"{b:.{digits}f}" and digits < 12:
+        digits += 1
+    return f"{a:.{digits}f}", f"{b:.{digits}f}"
 
 
 def format_diff(d: Diff, a: str, b: str) -> str:

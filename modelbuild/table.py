@@ -1,24 +1,69 @@
-"""Table artifacts: `data.parquet` plus `table.json` (rows, columns, types).
+"""Table artifacts: `data.parquet` plus `table.json` (rows, columns, types), `stats.json` and `rows.xxh`.
 
 Every builder that writes a table goes through this module, so tables are byte-identical for identical
-data (fixed compression, no timestamps, no pandas metadata) and the lineage CLI can describe them from
-table.json alone, without importing pandas or pyarrow. Large tables stream: `TableWriter` takes
-batches, `iter_batches` yields them, so a step holds one batch in memory, not the table.
+data (fixed compression, no timestamps, no pandas metadata) and the lineage CLI can describe and compare
+them from small files alone, without importing pandas or pyarrow. Large tables stream: `TableWriter`
+takes batches, `iter_batches` yields them, so a step holds one batch in memory, not the table.
+
+Beside `table.json`, `TableWriter.close()` writes two files computed while the batches went by:
+
+`stats.json`: per-column summary statistics, in table order::
+
+    {"rows": 3, "columns": [
+      {"name": "age", "count": 2, "nulls": 1, "min": 17, "max": 90, "mean": 53.5, "std": 51.6187950771},
+      {"name": "city", "count": 3, "nulls": 0, "distinct": 2},
+      {"name": "member", "count": 3, "nulls": 0, "mean": 0.333333333333},
+      {"name": "joined", "count": 3, "nulls": 0, "min": "2024-01-02", "max": "2024-03-04"}]}
+
+    count: values present; nulls: nulls, and NaN in float columns (as pandas counts them).
+    integer and float columns: min, max, mean, std (sample, ddof=1; null below two values or when not finite).
+    boolean: mean (the share of true). string and binary: distinct (null above DISTINCT_CAP values).
+    dates and times: min, max as ISO strings. Other types: count and nulls only.
+    Keys are sorted and floats rounded to 12 significant digits, so batching does not show in the bytes.
+
+`rows.xxh`: one 64-bit fingerprint per row, sorted, as raw little-endian uint64. A row's fingerprint
+depends on its values in column order, never on its position or on how the table was batched, so two
+versions of a table compare by a sorted merge (`modelbuild diff`: rows added and removed). Numbers hash by
+value (an int64 5 and a double 5.0 are the same), so widening a column's type does not change its rows;
+a null differs from every value. The hash is this module's own, fixed by its code rather than by a
+library version: splitmix64 over a canonical 64-bit form of each value (xxh3-64 of a string's bytes),
+chained across the columns.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
-DATA, SUMMARY = "data.parquet", "table.json"
+from .errors import BuildError, did_you_mean
+
+DATA, SUMMARY, STATS, ROWS = "data.parquet", "table.json", "stats.json", "rows.xxh"
 ROW_GROUP_BYTES = 64 << 20
 COMPRESSION = {"compression": "zstd", "compression_level": 3}
+DISTINCT_CAP = 10_000  # string columns count distinct values up to this many
+SIGNIFICANT = 12  # digits kept of every float in stats.json (and profile.json)
 
 
 def table_json(schema, rows: int, **extra) -> dict:
     return {"rows": rows, "columns": [{"name": f.name, "type": str(f.type)} for f in schema], **extra}
+
+
+def rounded(value, digits: int = SIGNIFICANT):
+    """`value` with every float rounded to `digits` significant digits and non-finite floats as None."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}") if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v, digits) for v in value]
+    return value
+
+
+def stable_json(value) -> str:
+    """The one spelling of a statistics file: rounded floats, sorted keys, two-space indent, final newline."""
+    return json.dumps(rounded(value), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
 def _arrow(data):
@@ -32,28 +77,47 @@ def _arrow(data):
 
 
 class TableWriter:
-    """Write a table artifact batch by batch; `close()` writes table.json and returns it.
+    """Write a table artifact batch by batch; `close()` writes table.json, stats.json, rows.xxh.
 
     Batches are buffered up to ~64 MB per row group, so the file layout (and its bytes) depends on the
-    data only, not on how a builder happened to batch it.
+    data only, not on how a builder happened to batch it. Statistics and row fingerprints are computed
+    from each batch as it is written, so the table is never held whole. With `summary=None` only the
+    Parquet file is written.
     """
 
     def __init__(self, out: str | Path, path: str = DATA, summary: str | None = SUMMARY):
         self.out, self.path, self.summary = Path(out), path, summary
         self.writer, self.schema, self.rows = None, None, 0
         self.pending, self.pending_bytes = [], 0
+        self.stats: list[_ColumnStats] = []
+        self.hashes: list = []  # one uint64 array of row fingerprints per batch
 
     def write(self, data) -> None:
         table = _arrow(data)
         if self.schema is None:
             self.schema = table.schema
+            self.stats = [_ColumnStats(f.type) for f in self.schema]
         elif table.schema != self.schema:
             table = table.cast(self.schema)
+        self._observe(table)
         self.pending.append(table)
         self.pending_bytes += table.nbytes
         self.rows += table.num_rows
         if self.pending_bytes >= ROW_GROUP_BYTES:
             self._flush()
+
+    def _observe(self, table) -> None:
+        if self.summary is None or table.num_rows == 0:
+            return
+        import numpy as np
+
+        rows = np.full(table.num_rows, _ROW_SEED, dtype=np.uint64)
+        for column, stats in zip(table.columns, self.stats, strict=True):
+            column = _plain(column)
+            hashes = column_hashes(column)
+            stats.add(column, hashes)
+            rows = mix64(rows ^ hashes)
+        self.hashes.append(rows)
 
     def _flush(self) -> None:
         import pyarrow as pa
@@ -73,12 +137,21 @@ class TableWriter:
 
         if self.schema is None:
             self.schema = schema if schema is not None else pa.schema([])
+            self.stats = [_ColumnStats(f.type) for f in self.schema]
             self.pending.append(self.schema.empty_table())
         self._flush()
         self.writer.close()
         summary = table_json(self.schema, self.rows, **extra)
         if self.summary:
+            import numpy as np
+
+            folder = (self.out / self.summary).parent
             (self.out / self.summary).write_text(json.dumps(summary, indent=2) + "\n")
+            columns = [{"name": f.name, **s.result()} for f, s in zip(self.schema, self.stats, strict=True)]
+            (folder / STATS).write_text(stable_json({"rows": self.rows, "columns": columns}))
+            rows = np.sort(np.concatenate(self.hashes)) if self.hashes else np.empty(0, np.uint64)
+            (folder / ROWS).write_bytes(rows.astype("<u8").tobytes())
+            self.hashes = []
         return summary
 
     def __enter__(self):
@@ -129,3 +202,221 @@ def summary(artifact: str | Path) -> dict | None:
         return json.loads((Path(artifact) / SUMMARY).read_text())
     except (OSError, ValueError):
         return None
+
+
+# ---- helpers for builders that read a table ------------------------------------------------------------
+def input_table(ctx, table: str | None = None) -> Path:
+    """The folder of a step's one input, checked to be a table artifact; `table` picks a table inside it
+    (one of a split's train/, validation/, test/)."""
+    if len(ctx.inputs) != 1:
+        have = ", ".join(sorted(ctx.inputs)) or "none"
+        raise BuildError(f"step '{ctx.step}' reads one table; it has {len(ctx.inputs)} inputs ({have}). "
+                         f"Give it exactly one, e.g. `inputs: {{data: raw}}` where raw is an ingest step")
+    name, root = next(iter(ctx.inputs.items()))
+    root = Path(root)
+    inner = sorted(p.name for p in root.iterdir() if (p / DATA).is_file()) if root.is_dir() else []
+    path = root / table if table else root
+    if (path / DATA).is_file():
+        return path
+    if table:
+        raise BuildError(f"params.table of step '{ctx.step}' names {table!r}{did_you_mean(table, inner)}, which "
+                         f"input {name} ({root}) does not hold; its tables are: {', '.join(inner) or 'none'}")
+    if inner:
+        raise BuildError(f"input {name} of step '{ctx.step}' holds several tables ({', '.join(inner)}); "
+                         f"pick one with `params: {{table: {inner[0]}}}`")
+    raise BuildError(f"input {name} of step '{ctx.step}' ({root}) is not a table artifact: it has no {DATA}. "
+                     f"Read files into a table first with an `ingest` step")
+
+
+def require_columns(wanted: dict[str, str | None], schema, step: str) -> None:
+    """Raise a BuildError naming the first column, given by a param, that the table lacks."""
+    names = list(schema.names)
+    for param, column in wanted.items():
+        if column is not None and column not in names:
+            raise BuildError(f"step '{step}': params.{param} names column {column!r}{did_you_mean(column, names)}, "
+                             f"which the input table does not have; its columns are: {', '.join(names)}")
+
+
+# ---- row fingerprints --------------------------------------------------------------------------------
+_ROW_SEED = 0x9E3779B97F4A7C15
+_NULL = 0x6A09E667F3BCC908  # the hash input of a null, whatever the column type
+_BIG_INT = 0xBB67AE8584CAA73B  # marks integers too large to equal a double
+_VALUE_SEED = 0x3C6EF372FE94F82B
+_STRING_SLICE = 1 << 16  # string values turned into Python bytes at a time
+
+
+def mix64(x):
+    """splitmix64's finaliser over a uint64 array: a bijection that spreads every input bit."""
+    import numpy as np
+
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _plain(column):
+    """One contiguous array, dictionaries decoded: the values a reader sees."""
+    import pyarrow as pa
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    return column
+
+
+def _is_bytes_like(t) -> bool:
+    import pyarrow as pa
+
+    return (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+            or pa.types.is_large_binary(t) or str(t) in ("string_view", "binary_view"))
+
+
+def _is_plain_time(t) -> bool:
+    """Dates, times, timestamps and durations: one 32- or 64-bit integer per value."""
+    import pyarrow as pa
+
+    return pa.types.is_temporal(t) and not pa.types.is_interval(t) and t.bit_width in (32, 64)
+
+
+def _type_tag(type_) -> int:
+    import xxhash
+
+    return xxhash.xxh3_64_intdigest(str(type_).encode())
+
+
+def column_hashes(column):
+    """A uint64 per value of an Arrow array: equal values (5 and 5.0 included) hash alike, nulls to one value."""
+    import numpy as np
+    import pyarrow as pa
+
+    arr = _plain(column)
+    t, n = arr.type, len(arr)
+    if pa.types.is_null(t) or n == 0:
+        return mix64(np.full(n, _NULL, dtype=np.uint64))
+    if pa.types.is_integer(t):
+        v = arr.cast(pa.int64(), safe=False).fill_null(0).to_numpy()
+        exact = (v >= -(1 << 53)) & (v <= 1 << 53)
+        bits = np.where(exact, v.astype(np.float64).view(np.uint64), v.view(np.uint64) ^ np.uint64(_BIG_INT))
+    elif pa.types.is_floating(t):
+        f = arr.cast(pa.float64()).fill_null(0).to_numpy(zero_copy_only=False).copy()
+        f[f == 0] = 0.0  # -0.0 is 0.0
+        f[np.isnan(f)] = np.nan  # one NaN
+        bits = f.view(np.uint64)
+    elif pa.types.is_boolean(t):
+        bits = arr.fill_null(False).to_numpy(zero_copy_only=False).astype(np.uint64) ^ np.uint64(_type_tag(t))
+    elif _is_plain_time(t):
+        width = pa.int32() if t.bit_width == 32 else pa.int64()
+        v = arr.view(width).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        bits = v.view(np.uint64) ^ np.uint64(_type_tag(t))
+    elif _is_bytes_like(t):
+        bits = _bytes_hashes(arr.cast(pa.large_binary()))
+    elif pa.types.is_decimal(t):
+        bits = _bytes_hashes(arr.cast(pa.string()).cast(pa.large_binary())) ^ np.uint64(_type_tag(t))
+    else:  # lists, structs, maps: rare enough to go through Python
+        text = [None if v is None else json.dumps(v, sort_keys=True, default=str) for v in arr.to_pylist()]
+        bits = _bytes_hashes(pa.array(text, pa.large_binary())) ^ np.uint64(_type_tag(t))
+    bits = np.asarray(bits, dtype=np.uint64)
+    if arr.null_count:
+        bits = np.where(arr.is_null().to_numpy(zero_copy_only=False), np.uint64(_NULL), bits)
+    return mix64(bits ^ np.uint64(_VALUE_SEED))
+
+
+def _bytes_hashes(arr):
+    """xxh3-64 of each value of a large_binary array (nulls as empty), a slice of values at a time."""
+    import numpy as np
+    import xxhash
+
+    arr = arr.fill_null(b"")
+    out = np.empty(len(arr), dtype=np.uint64)
+    for start in range(0, len(arr), _STRING_SLICE):
+        values = arr.slice(start, _STRING_SLICE).to_pylist()
+        out[start:start + len(values)] = np.fromiter(map(xxhash.xxh3_64_intdigest, values), np.uint64, len(values))
+    return out
+
+
+def row_hashes(table):
+    """The uint64 fingerprint of each row of a pyarrow Table (unsorted), as TableWriter computes them."""
+    import numpy as np
+
+    rows = np.full(table.num_rows, _ROW_SEED, dtype=np.uint64)
+    for column in table.columns:
+        rows = mix64(rows ^ column_hashes(column))
+    return rows
+
+
+# ---- column statistics -------------------------------------------------------------------------------
+class _ColumnStats:
+    """Count, nulls and the moments or distinct values of one column, merged batch by batch."""
+
+    def __init__(self, type_):
+        import pyarrow as pa
+
+        if pa.types.is_dictionary(type_):
+            type_ = type_.value_type
+        self.kind = ("number" if pa.types.is_integer(type_) or pa.types.is_floating(type_) else
+                     "bool" if pa.types.is_boolean(type_) else
+                     "string" if _is_bytes_like(type_) else
+                     "time" if _is_plain_time(type_) else "other")
+        self.floating = pa.types.is_floating(type_)
+        self.count = self.nulls = 0
+        self.n, self.mean, self.m2, self.min, self.max = 0, 0.0, 0.0, None, None
+        self.true = 0
+        self.distinct: set | None = set()
+
+    def add(self, arr, hashes) -> None:
+        import numpy as np
+        import pyarrow.compute as pc
+
+        nulls = arr.null_count
+        if self.kind in ("number", "time"):
+            valid = arr.drop_null()
+            if self.floating:
+                nan = pc.is_nan(valid)
+                nulls += pc.sum(nan).as_py() or 0
+                valid = valid.filter(pc.invert(nan))
+            if len(valid):
+                both = pc.min_max(valid)
+                low, high = both["min"].as_py(), both["max"].as_py()
+                self.min = low if self.min is None else min(self.min, low)
+                self.max = high if self.max is None else max(self.max, high)
+            if self.kind == "number" and len(valid):
+                self._merge(len(valid), pc.mean(valid).as_py(), pc.variance(valid, ddof=0).as_py())
+        elif self.kind == "bool":
+            self.true += pc.sum(arr).as_py() or 0
+        elif self.kind == "string" and self.distinct is not None:
+            present = hashes if not arr.null_count else hashes[arr.is_valid().to_numpy(zero_copy_only=False)]
+            self.distinct.update(np.unique(present).tolist())
+            if len(self.distinct) > DISTINCT_CAP:
+                self.distinct = None
+        self.nulls += nulls
+        self.count += len(arr) - nulls
+
+    def _merge(self, n: int, mean: float, var: float) -> None:
+        """Chan et al.'s pairwise update of count, mean and the sum of squared deviations."""
+        total = self.n + n
+        delta = mean - self.mean
+        self.m2 += var * n + delta * delta * self.n * n / total
+        self.mean += delta * n / total
+        self.n = total
+
+    def result(self) -> dict:
+        out = {"count": self.count, "nulls": self.nulls}
+        if self.kind == "number":
+            std = math.sqrt(self.m2 / (self.n - 1)) if self.n > 1 and self.m2 >= 0 else None
+            out.update(min=self.min, max=self.max, mean=self.mean if self.n else None, std=std)
+        elif self.kind == "time":
+            out.update(min=_iso(self.min), max=_iso(self.max))
+        elif self.kind == "bool":
+            out["mean"] = self.true / self.count if self.count else None
+        elif self.kind == "string":
+            out["distinct"] = len(self.distinct) if self.distinct is not None else None
+        return out
+
+
+def _iso(value):
+    if value is None:
+        return None
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)

@@ -2,9 +2,11 @@
 
 Every later step reads `data.parquet`; `table.json` beside it records the row count, the column names
 with their Arrow types, the format and the source files, so the lineage CLI can describe a table
-without importing pyarrow. Files are streamed block by block, so a file larger than memory can be
-ingested, and the output is byte-identical for the same input and params: fixed compression, no
-timestamps, no metadata carried over from the input.
+without importing pyarrow. The table is written through `modelbuild.table.TableWriter`, which adds
+per-column statistics (`stats.json`) and row fingerprints (`rows.xxh`) for `modelbuild diff`. Files
+are streamed block by block, so a file larger than memory can be ingested, and the output is
+byte-identical for the same input and params: fixed compression, no timestamps, no metadata carried
+over from the input.
 
 Types are inferred from each file's first block. When a later block or file does not fit (a column of
 ints that turns out to hold '2.5', a column that is empty in one file), reading starts again with that
@@ -19,7 +21,7 @@ import re
 from pathlib import Path
 
 from ..errors import BuildError, RecipeError, did_you_mean
-from ..table import DATA, SUMMARY
+from ..table import TableWriter
 from .base import Builder, Param
 
 FORMATS = ("auto", "csv", "tsv", "jsonl", "parquet", "text")
@@ -28,7 +30,6 @@ EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".
 NA_VALUES = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
              "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]  # pandas' defaults
 BLOCK_SIZE = 16 << 20  # bytes parsed at a time: the extent of type inference; pyarrow reads ahead one per core
-ROW_GROUP_BYTES = 64 << 20  # tables are gathered to about this size before a row group is written
 TEXT_BATCH = 65536  # lines per table for format: text
 _WIDER = ("null", "int64", "double", "string")  # the order in which an inferred column type is widened
 
@@ -101,7 +102,7 @@ class Ingest(Builder):
         hints = {"types": {}, "whole": set()}
         while True:
             try:
-                rows, schema = _write(ctx, files, fmt, hints)
+                table = _write(ctx, files, fmt, hints)
                 break
             except _Retry as retry:
                 before = (dict(hints["types"]), set(hints["whole"]))
@@ -110,10 +111,8 @@ class Ingest(Builder):
                 if (hints["types"], hints["whole"]) == before:
                     raise BuildError(f"ingest could not settle the column types: {retry}") from None
                 ctx.log.info("reading again: %s", retry)
-        table = {"rows": rows, "columns": [{"name": f.name, "type": str(f.type)} for f in schema],
-                 "format": fmt, "source_files": [name for _, name in files]}
-        (ctx.out / SUMMARY).write_text(json.dumps(table, indent=2) + "\n")
-        ctx.log.info("ingested %d rows x %d columns from %d %s file(s)", rows, len(schema), len(files), fmt)
+        ctx.log.info("ingested %d rows x %d columns from %d %s file(s)", table["rows"], len(table["columns"]),
+                     len(files), fmt)
 
 
 def _pick_input(ctx, name: str | None) -> Path:
@@ -157,46 +156,27 @@ def _format(files, requested: str) -> str:
     return next(iter(kinds))
 
 
-def _write(ctx, files, fmt: str, hints: dict):
-    """Stream every file's tables into data.parquet; return (rows, schema)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+def _write(ctx, files, fmt: str, hints: dict) -> dict:
+    """Stream every file's tables through a TableWriter into data.parquet; return table.json's content."""
     total = sum(path.stat().st_size for path, _ in files) or 1
     read = {"csv": _read_csv, "tsv": _read_csv, "jsonl": _read_jsonl, "parquet": _read_parquet,
             "text": _read_text}[fmt]
-    writer, schema, first, pending, pending_bytes, rows, done = None, None, None, [], 0, 0, 0
-
-    def flush():  # row groups of about ROW_GROUP_BYTES, whatever the size of the files or blocks
-        if pending:
-            writer.write_table(pa.concat_tables(pending))
-            pending.clear()
-
-    try:
+    first, done = None, 0
+    with TableWriter(ctx.out) as writer:  # row groups of about 64 MB, whatever the size of the files or blocks
         for path, name in files:
             try:
                 for table, offset in read(path, name, fmt, ctx.params, hints):
                     table = _normalise(table, ctx.params, fmt, name)
-                    if writer is None:
-                        schema, first = table.schema, name
-                        writer = pq.ParquetWriter(ctx.out / DATA, schema, compression="zstd",
-                                                  compression_level=3)
-                    table = _conform(table, schema, name, first, fmt)
-                    if table.num_rows:
-                        pending.append(table)
-                        rows, pending_bytes = rows + table.num_rows, pending_bytes + table.nbytes
-                    if pending_bytes >= ROW_GROUP_BYTES:
-                        flush()
-                        pending_bytes = 0
-                    ctx.progress(done + offset, total, f"{name}: {rows} rows")
+                    first = first or name
+                    if writer.schema is not None:
+                        table = _conform(table, writer.schema, name, first, fmt)
+                    if table.num_rows or writer.schema is None:
+                        writer.write(table)
+                    ctx.progress(done + offset, total, f"{name}: {writer.rows} rows")
             except UnicodeDecodeError:
                 raise _encoding_error(path, name, ctx.params["encoding"]) from None
             done += path.stat().st_size
-        flush()
-    finally:
-        if writer is not None:
-            writer.close()
-    return rows, schema
+        return writer.close(format=fmt, source_files=[name for _, name in files])
 
 
 def _clean_names(names, p) -> list[str]:

@@ -49,6 +49,7 @@ def test_diff_of_quickstart_names_the_changed_param_and_source_file(quickstart):
         assert len(d["causes"]) == 2, d["causes"]
         assert any("params.min_age: 17 -> 21" in c for c in d["causes"])
         assert any("income_by_group.py" in c and "content" in c for c in d["causes"])
-        assert any("table rows" in e for e in d["effects"])
+        assert any(e.startswith("summary <- clean: rows: 0 added, ") and "removed (30162 -> " in e
+                   for e in d["effects"]), d["effects"]
     finally:
         script.write_text(original)
