@@ -22,6 +22,9 @@ BUILTIN = {
     "validate": "modelbuild.builders.validate:Validate",
     "split": "modelbuild.builders.split:Split",
     "profile": "modelbuild.builders.profile:Profile",
+    "tokenizer": "modelbuild.builders.tokenizer:Tokenizer",
+    "train": "modelbuild.builders.train:Train",
+    "finetune": "modelbuild.builders.finetune:Finetune",
 }
 
 __all__ = ["BUILTIN", "BuildContext", "Builder", "Param", "load_builder", "builder_code_hash"]
