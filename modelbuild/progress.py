@@ -22,7 +22,9 @@ def _detail(st) -> str:
     if st.status == "built":
         return "; ".join(st.reasons)
     if st.differences is not None:
-        return "reproducible" if not st.differences else f"NOT reproducible: {len(st.differences)} files differ"
+        how = "metrics within tolerance" if st.check == "metrics" else "bit-identical"
+        return f"reproducible ({how})" if not st.differences else \
+            f"NOT reproducible: {len(st.differences)} {'metrics' if st.check == 'metrics' else 'files'} differ"
     return ""
 
 

@@ -38,7 +38,8 @@ class StepState:
     error: dict | None = None
     started: float | None = None
     progress: dict | None = None
-    differences: list[str] | None = None  # --check: files that differ
+    differences: list[str] | None = None  # --check: files (or metrics) that differ
+    check: str | None = None  # --check compared "bytes" or, where bit-identity is not promised, "metrics"
 
     def as_json(self, store: Store) -> dict:
         out = {"step": self.name, "status": self.status, "path": str(self.path) if self.path else None,
@@ -50,6 +51,7 @@ class StepState:
         if self.differences is not None:
             out["reproducible"] = not self.differences
             out["differences"] = self.differences
+            out["check"] = self.check
         return out
 
 
@@ -265,7 +267,7 @@ class Realiser:
             if "error" in result:
                 st.status, st.error = "failed", result["error"]
             elif run["mode"] == "check":
-                st.status, st.differences = "cached", result["differences"]
+                st.status, st.differences, st.check = "cached", result["differences"], result.get("check")
             else:
                 st.status, st.path = result["status"], Path(result["path"])
             for f in (run["file"], Path(run["job"]["result"]), Path(run["job"]["progress"])):

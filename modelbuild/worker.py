@@ -74,8 +74,8 @@ def _log_to(path: Path) -> None:
                         force=True)
 
 
-def _context(store: Store, job: dict, out: Path) -> BuildContext:
-    work = store.tmp / "work" / job["key"]
+def _context(store: Store, job: dict, out: Path, work: Path | None = None) -> BuildContext:
+    work = work or store.tmp / "work" / job["key"]
     work.mkdir(parents=True, exist_ok=True)
     return BuildContext(step=job["step"], inputs={k: Path(v) for k, v in job["inputs"].items()}, out=out,
                         params=job["params"], recipe_dir=Path(job["recipe_dir"]), seed=job["seed"],
@@ -83,11 +83,11 @@ def _context(store: Store, job: dict, out: Path) -> BuildContext:
                         progress_file=Path(job["progress"]) if job.get("progress") else None)
 
 
-def _run_builder(store: Store, job: dict, out: Path) -> None:
+def _run_builder(store: Store, job: dict, out: Path, work: Path | None = None) -> None:
     builder = load_builder(job["builder"], recipe_dir=Path(job["recipe_dir"]), step=job["step"])
     logging.getLogger("modelbuild").info("building step %s (key %s) with builder %s", job["step"], job["key"],
                                          job["builder"])
-    builder.build(_context(store, job, out))
+    builder.build(_context(store, job, out, work))
     sys.stdout.flush()
     sys.stderr.flush()
     from .sources import source_fingerprint
@@ -119,14 +119,42 @@ def _check(store: Store, job: dict) -> dict:
     try:
         _log_to(store.logs / f"{job['key']}.check.log")
         started = time.time()
-        _run_builder(store, job, out)
-        new = {rel: e.digest for rel, e in hash_tree(out).entries.items() if not rel.endswith("/")}
-        old = (store.meta_of(Path(job["expect"])) or {}).get("files", {})
-        differ = sorted(rel for rel in set(old) | set(new) if old.get(rel) != new.get(rel))
-        return {"status": "checked", "path": job["expect"], "differences": differ,
+        _run_builder(store, job, out, work=tmp / "work")  # never resumes from the real build's checkpoints
+        metrics = _read_json(out / "metrics.json")
+        if metrics.get("reproducibility") == "tolerance":
+            mode, differ = "metrics", _metric_differences(_read_json(Path(job["expect"]) / "metrics.json"), metrics)
+        else:
+            new = {rel: e.digest for rel, e in hash_tree(out).entries.items() if not rel.endswith("/")}
+            old = (store.meta_of(Path(job["expect"])) or {}).get("files", {})
+            mode, differ = "bytes", sorted(rel for rel in set(old) | set(new) if old.get(rel) != new.get(rel))
+        return {"status": "checked", "path": job["expect"], "differences": differ, "check": mode,
                 "seconds": round(time.time() - started, 3)}
     finally:
         remove_tree(tmp)
+
+
+TIMING_METRICS = ("seconds", "per_second", "memory", "wall", "resumed")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _metric_differences(old: dict, new: dict) -> list[str]:
+    """Where bit-identity is not promised (GPU), a rebuild must reproduce the metrics within the recorded
+    relative tolerance; timings and memory are facts of the run, not results, and are not compared."""
+    tolerance = float(new.get("tolerance", old.get("tolerance", 0.0)) or 0.0)
+    differ = []
+    for name in sorted(set(old) & set(new)):
+        a, b = old[name], new[name]
+        if any(t in name for t in TIMING_METRICS) or isinstance(a, bool) or not isinstance(a, (int, float)):
+            continue
+        if not isinstance(b, (int, float)) or abs(a - b) > tolerance * max(abs(a), abs(b), 1e-12):
+            differ.append(f"metrics.json:{name} {a} -> {b} (tolerance {tolerance})")
+    return differ
 
 
 def _git_rev(directory: str) -> str | None:
