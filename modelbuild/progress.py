@@ -16,7 +16,8 @@ def _detail(st) -> str:
             return f"{100 * p['done'] / p['total']:.0f}% {p.get('message', '')}".strip()
         return p.get("message") or "; ".join(st.reasons)
     if st.status == "failed":
-        return (st.error or {}).get("message", "").split(". ")[0]
+        first = (st.error or {}).get("message", "").splitlines()[0] if (st.error or {}).get("message") else ""
+        return first if len(first) <= 100 else first[:97] + "..."
     if st.status == "skipped":
         return (st.error or {}).get("message", "")
     if st.status == "built":
