@@ -16,6 +16,22 @@ from .hashing import hash_bytes, hash_file
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the folder that holds the modelbuild package
 
+# The engine: how builds are planned, run, stored and reported. It decides *whether* a step runs, not
+# *what* it writes, so its source is not part of any step's code identity (else editing an error message
+# would rebuild every step of every recipe). Builders, BuildContext and the libraries builders call
+# (table, training, ...) are.
+ENGINE = frozenset(f"modelbuild/{m}" for m in (
+    "__init__.py", "__main__.py", "builders/__init__.py", "cli.py", "codehash.py", "derivation.py", "errors.py",
+    "gc.py", "graph.py", "lineage.py", "progress.py", "realise.py", "recipe.py", "sources.py", "sources_dvc.py",
+    "store.py", "worker.py"))
+
+
+def _is_engine(path: Path) -> bool:
+    try:
+        return str(path.relative_to(PACKAGE_ROOT)) in ENGINE
+    except ValueError:
+        return False
+
 
 def _module_file(dotted: str, roots: tuple[Path, ...]) -> Path | None:
     parts = dotted.split(".")
@@ -67,10 +83,8 @@ def closure(path: Path, roots: tuple[Path, ...]) -> tuple[list[Path], set[str]]:
         for name in _imports(current, roots):
             found = _module_file(name, roots)
             if found is not None:
-                stack.append(found)
-                parent = found.parent / "__init__.py"
-                if found.name != "__init__.py" and parent.is_file():
-                    stack.append(parent.resolve())
+                parent = (found.parent / "__init__.py").resolve()
+                stack += [f for f in (found, parent) if f.is_file() and not _is_engine(f)]
             elif _module_file(name.split(".")[0], roots) is None:
                 external.add(name.split(".")[0])
     return sorted(files), external

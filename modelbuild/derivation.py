@@ -80,7 +80,7 @@ def _same(a, b) -> bool:
 
 def _short(value, other=None) -> str:
     """A value in at most ~40 characters; a long string is shown around where it differs from `other`."""
-    text = repr(value) if isinstance(value, (str, _Unset)) else str(value)
+    text = repr(value) if isinstance(value, (str, _Unset)) else canonical_json(value)
     if len(text) <= 40:
         return text
     start = 0

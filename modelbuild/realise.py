@@ -153,6 +153,9 @@ class Realiser:
             st.path = self._cached(prepared.key, repair=False)
             if st.path is not None:
                 st.status = "cached"
+            elif self.store.exists() and self.store.lookup(prepared.key):
+                st.status = "build"
+                st.reasons = ["the stored artifact is damaged or missing: it will be moved aside and rebuilt"]
             else:
                 st.status = "build"
                 st.reasons = explain(self._previous_drv(name), prepared.drv)

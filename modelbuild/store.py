@@ -61,7 +61,7 @@ def remove_tree(path: Path) -> None:
 def tree_fingerprint(path: Path) -> str:
     """A cheap identity of an artifact's files (inode, size, mtime): a change means 're-hash before use'."""
     parts = []
-    for rel, _, st in walk_tree(path):
+    for rel, _, st in walk_tree(path, ()):  # .meta.json included: an edited lineage record is damage too
         ino, size, mtime, ctime = stat_identity(st)
         parts.append(f"{rel}:{ino}:{size}:{mtime}:{ctime}:{st.st_mode & 0o777:o}")
     return "\n".join(parts)
@@ -241,7 +241,7 @@ class Store:
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             meta_file = path / META_FILE
-            self.db.execute("INSERT OR IGNORE INTO artifacts VALUES (?,?,?,?,?)",
+            self.db.execute("INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?)",
                             (rel, tree.digest, tree_fingerprint(path), time.time(),
                              hash_file(meta_file) if meta_file.exists() else None))
             self.db.executemany("INSERT OR IGNORE INTO refs VALUES (?,?)", [(rel, self.rel(r)) for r in refs])
@@ -302,7 +302,7 @@ class Store:
             if row and row[0] == tree_fingerprint(path):
                 return True
         ok = hash_tree(path).digest == digest
-        if ok and deep:  # the lineage record is checked too: an edited .meta.json is tampering
+        if ok:  # the lineage record is checked too: an edited .meta.json is tampering
             row = self.db.execute("SELECT meta_digest FROM artifacts WHERE path=?", (self.rel(path),)).fetchone()
             meta_file = path / META_FILE
             if row and row[0] and (not meta_file.exists() or hash_file(meta_file) != row[0]):

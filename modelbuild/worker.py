@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 
 from .builders import BuildContext, load_builder
+from .builders.base import RANK_OF_ENV
 from .errors import BuildError, ModelbuildError
 from .hashing import hash_tree
 from .store import Store, remove_tree
@@ -26,6 +27,8 @@ from .store import Store, remove_tree
 
 def main(job_file: str) -> int:
     job = json.loads(Path(job_file).read_text())
+    if os.environ.get(RANK_OF_ENV) == str(os.getppid()):
+        return _run_rank(store=Store(job["store"]), job=job)
     result = run_job(job)
     tmp = Path(job["result"]).with_suffix(".part")
     tmp.write_text(json.dumps(result))
@@ -49,6 +52,7 @@ def run_job(job: dict) -> dict:
             return {"status": "built", "path": str(path), "seconds": round(time.time() - started, 3)}
     except ModelbuildError as e:
         message = str(e) if f"'{job['step']}'" in str(e) else f"step '{job['step']}': {e}"
+        print(f"error: {message}", file=sys.stderr, flush=True)  # the log says why, too
         return {"error": {"type": type(e).__name__, "message": message}, "seconds": time.time() - started}
     except KeyboardInterrupt:
         return {"error": {"type": "BuildError", "message": "interrupted"}, "interrupted": True}
@@ -59,6 +63,19 @@ def run_job(job: dict) -> dict:
                           f"step '{job['step']}' failed: {type(e).__name__}: {e}. The full traceback is in "
                           f"{log} (`modelbuild log {job['recipe']}:{job['step']}`)"},
                 "seconds": time.time() - started}
+
+
+def _run_rank(store: Store, job: dict) -> int:
+    """One more rank of a distributed build that a library (Lightning's DDP launcher) started by re-running
+    this worker's command line: run the builder beside the rank-0 worker, which holds the key's lock, keeps
+    the log (inherited stdout/stderr) and alone commits. Whatever this rank writes under `out` is dropped."""
+    tmp = store.new_tmp(job["key"])
+    (tmp / "out").mkdir()
+    try:
+        _run_builder(store, job, tmp / "out")
+    finally:
+        remove_tree(tmp)
+    return 0
 
 
 def _log_to(path: Path) -> None:
@@ -83,11 +100,13 @@ def _context(store: Store, job: dict, out: Path, work: Path | None = None) -> Bu
                         progress_file=Path(job["progress"]) if job.get("progress") else None)
 
 
-def _run_builder(store: Store, job: dict, out: Path, work: Path | None = None) -> None:
+def _run_builder(store: Store, job: dict, out: Path, work: Path | None = None) -> dict:
+    """Run the builder; return the facts of the run it recorded (`ctx.record_facts`)."""
     builder = load_builder(job["builder"], recipe_dir=Path(job["recipe_dir"]), step=job["step"])
     logging.getLogger("modelbuild").info("building step %s (key %s) with builder %s", job["step"], job["key"],
                                          job["builder"])
-    builder.build(_context(store, job, out, work))
+    ctx = _context(store, job, out, work)
+    builder.build(ctx)
     sys.stdout.flush()
     sys.stderr.flush()
     from .sources import source_fingerprint
@@ -95,6 +114,7 @@ def _run_builder(store: Store, job: dict, out: Path, work: Path | None = None) -
         if source_fingerprint(job["inputs"][name]) != expected:
             raise BuildError(f"step '{job['step']}': source input '{name}' ({job['inputs'][name]}) changed while "
                              "the step was building, so the result cannot be trusted. Build again")
+    return ctx.facts
 
 
 def _build(store: Store, job: dict, started: float) -> Path:
@@ -102,8 +122,8 @@ def _build(store: Store, job: dict, started: float) -> Path:
     out = tmp / "out"
     out.mkdir()
     try:
-        _run_builder(store, job, out)
-        meta = _lineage(job, started, out)
+        facts = _run_builder(store, job, out)
+        meta = _lineage(job, started, out, facts)
         path = store.commit(job["key"], job["step"], out, meta, refs=[Path(p) for p in job["refs"]])
         remove_tree(store.tmp / "work" / job["key"])  # checkpoints are no longer needed
         return path
@@ -133,7 +153,9 @@ def _check(store: Store, job: dict) -> dict:
         remove_tree(tmp)
 
 
-TIMING_METRICS = ("seconds", "per_second", "memory", "wall", "resumed")
+def _is_fact(name: str) -> bool:
+    """Facts of a run (time, speed, memory, resumption) differ between runs by nature: not compared."""
+    return name.endswith(("_seconds", "_per_second", "_mb")) or name in ("seconds", "resumed_from_step")
 
 
 def _read_json(path: Path) -> dict:
@@ -148,9 +170,9 @@ def _metric_differences(old: dict, new: dict) -> list[str]:
     relative tolerance; timings and memory are facts of the run, not results, and are not compared."""
     tolerance = float(new.get("tolerance", old.get("tolerance", 0.0)) or 0.0)
     differ = []
-    for name in sorted(set(old) & set(new)):
-        a, b = old[name], new[name]
-        if any(t in name for t in TIMING_METRICS) or isinstance(a, bool) or not isinstance(a, (int, float)):
+    for name in sorted(old):
+        a, b = old[name], new.get(name)
+        if _is_fact(name) or isinstance(a, bool) or not isinstance(a, (int, float)):
             continue
         if not isinstance(b, (int, float)) or abs(a - b) > tolerance * max(abs(a), abs(b), 1e-12):
             differ.append(f"metrics.json:{name} {a} -> {b} (tolerance {tolerance})")
@@ -166,13 +188,16 @@ def _git_rev(directory: str) -> str | None:
         return None
 
 
-def _lineage(job: dict, started: float, out: Path) -> dict:
-    """The facts kept beside an artifact: its derivation plus what does not enter the key."""
+def _lineage(job: dict, started: float, out: Path, facts: dict | None = None) -> dict:
+    """The facts kept beside an artifact: its derivation plus what does not enter the key. `metrics` is the
+    builder's metrics.json merged with the facts of the run it recorded (which are not in the artifact)."""
     metrics_file = out / "metrics.json"
     try:
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
     except ValueError:
         metrics = None
+    if facts:
+        metrics = {**(metrics or {}), **facts}
     return {
         "key": job["key"], "kind": "step", "recipe": job["recipe"], "recipe_file": job["recipe_file"],
         "step": job["step"], "builder": job["builder"], "derivation": job["drv"], "inputs": job["lineage"],

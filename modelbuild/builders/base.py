@@ -14,6 +14,11 @@ from typing import Any, ClassVar
 
 from ..errors import RecipeError, did_you_mean
 
+# Set by a builder while a library it calls (Lightning's DDP launcher) re-runs `python -m modelbuild.worker JOB`
+# for extra ranks: the value is the pid of the worker that launched them. Such a worker process builds but never
+# locks, logs to its own file or commits (see worker.main).
+RANK_OF_ENV = "MODELBUILD_RANK_OF"
+
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict}
 
 
@@ -111,6 +116,7 @@ class BuildContext:
     work: Path | None = None  # scratch space that survives a killed build of this key (checkpoints)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("modelbuild.build"))
     progress_file: Path | None = None
+    facts: dict = field(default_factory=dict)  # facts of this run for the lineage only: see record_facts
 
     def input(self, name: str) -> Path:
         try:
@@ -125,6 +131,12 @@ class BuildContext:
         """Report progress for the live build view (cheap; safe to call often)."""
         if self.progress_file is not None:
             self.progress_file.write_text(json.dumps({"done": done, "total": total, "message": message}))
+
+    def record_facts(self, facts: dict) -> None:
+        """Facts of this run that are not results (wall time, throughput, peak memory, a resumed build):
+        merged into the lineage's metrics (`show`, `diff`) but not written into the artifact, so that two
+        builds that differ only in them have the same bytes and `build --check` compares results only."""
+        self.facts.update(facts)
 
     def write_metrics(self, metrics: dict) -> None:
         """Merge values into out/metrics.json; they are copied into the artifact's lineage."""

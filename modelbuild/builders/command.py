@@ -35,6 +35,12 @@ class Command(Builder):
         if not all(isinstance(p, str) for p in params["packages"]):
             raise RecipeError("packages are distribution names, e.g. [pandas, scikit-learn]", file=file, step=step,
                               key="params.packages")
+        from ..derivation import package_version
+        missing = [p for p in params["packages"] if package_version(p) is None]
+        if missing:
+            raise RecipeError(f"package {missing[0]!r} is not installed, so its version cannot enter the key: "
+                              f"`pip install {missing[0]}` or remove it from packages", file=file, step=step,
+                              key="params.packages")
         bad = [k for k, v in params["env"].items() if not isinstance(v, (str, int, float, bool))]
         if bad:
             raise RecipeError("environment values must be strings or numbers", file=file, step=step,

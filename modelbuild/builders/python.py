@@ -36,7 +36,9 @@ class Python(Builder):
     name = "python"
     open_params = True
     uses_seed = True
-    params = {"function": Param("str", required=True, help="the function to call, as module:function")}
+    params = {"function": Param("str", required=True, help="the function to call, as module:function"),
+              "packages": Param("list", default=[], help="distributions the function uses without importing "
+                                "them (e.g. pandas through pyarrow's to_pandas); their versions enter the key")}
 
     def check(self, params, *, file, step):
         module, sep, func = params["function"].partition(":")
@@ -57,7 +59,9 @@ class Python(Builder):
         from ..codehash import project_code
         module = params["function"].partition(":")[0]
         code = project_code(_module_file(module, Path(recipe_dir)), Path(recipe_dir))
-        return {"module": code["source"], "packages": code["packages"]}
+        from ..derivation import package_version
+        declared = {p: package_version(p) for p in params.get("packages") or []}
+        return {"module": code["source"], "packages": {**code["packages"], **declared}}
 
     def build(self, ctx: BuildContext) -> None:
         module_name, _, func_name = ctx.params["function"].partition(":")

@@ -164,3 +164,18 @@ def test_ctrl_c_interrupts_with_exit_130_and_keeps_nothing_partial(project, cli)
     assert not [p for p in (cli.store / "tmp").iterdir() if p.name not in ("jobs", "work")]
     conn = sqlite3.connect(cli.store / "trace.sqlite")
     assert conn.execute("SELECT count(*) FROM trace").fetchone()[0] == 1
+
+
+def test_an_edited_lineage_record_is_damage_that_the_next_build_repairs(project, cli, tmp_path):
+    make(project, tmp_path)
+    first = cli.build()
+    meta = os.path.join(first["by_step"]["a"]["path"], ".meta.json")
+    os.chmod(meta, 0o644)
+    with open(meta, "a") as f:
+        f.write(" ")
+    assert ".meta.json" in cli("verify", check=5).stderr
+    plan = json.loads(cli("plan", "recipe.yaml", "--json").stdout)
+    assert plan["steps"][0]["reasons"] == ["the stored artifact is damaged or missing: it will be moved aside and "
+                                           "rebuilt"]
+    assert cli.build()["by_step"]["a"]["status"] == "built"
+    cli("verify")

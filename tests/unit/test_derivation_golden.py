@@ -229,7 +229,7 @@ def test_explain_added_and_removed_params():
 def test_explain_a_change_of_type_only_is_still_a_reason():
     # the key sees 1, 1.0 and true as different values; the reason must say so too
     assert explain(base_drv(params={"x": 1}), base_drv(params={"x": 1.0})) == ["params.x 1 -> 1.0"]
-    assert explain(base_drv(params={"x": 1}), base_drv(params={"x": True})) == ["params.x 1 -> True"]
+    assert explain(base_drv(params={"x": 1}), base_drv(params={"x": True})) == ["params.x 1 -> true"]
 
 
 def test_explain_an_unchanged_nan_is_not_a_reason():
