@@ -13,7 +13,9 @@ The format (every key optional except `columns`)::
       rows: {min: 1, max: 1000000}
       coerce: false          # cast columns to their dtype before checking (the output has those dtypes)
 
-`check_schema` imports nothing heavy (it runs when the recipe is loaded); `to_pandera` builds the
+`check_schema` imports nothing heavy (it runs when the recipe is loaded): besides the keys and values, it
+refuses a check that cannot apply to its column's declared dtype (`str_matches` on an int64 column, `ge: a`
+on a number), which Pandera would only find by raising in every batch. `to_pandera` builds the
 `pandera.pandas.DataFrameSchema` a whole-table validation would use. Each check is named the way the
 recipe writes it (`ge(0)`, `isin(['CA', 'NY'])`), and `canonical` renames Pandera's structural checks
 (`not null`, `unique`, `dtype(int64)`, `required`, `strict`), so a failure report reads back against
@@ -34,6 +36,19 @@ COLUMN_KEYS = ("dtype", "nullable", "unique", "required", "checks")
 BOUNDS = ("ge", "le", "gt", "lt")  # a number, or a string for str and datetime columns
 CHECKS = (*BOUNDS, "in_range", "isin", "notin", "str_matches", "str_length")
 TABLE = "(table)"  # the "column" of a failure of the table as a whole
+ALIASES = {  # a check's other names (Pandera's long ones, other libraries') -> how this schema writes it
+    "greater_than": "gt", "greater_than_or_equal_to": "ge", "less_than": "lt", "less_than_or_equal_to": "le",
+    "min": "ge", "max": "le", "min_value": "ge", "max_value": "le", "between": "in_range", "range": "in_range",
+    "in": "isin", "is_in": "isin", "one_of": "isin", "in_set": "isin", "not_in": "notin", "not_isin": "notin",
+    "eq": "isin: [value]", "equal_to": "isin: [value]", "ne": "notin: [value]", "not_equal_to": "notin: [value]",
+    "matches": "str_matches", "regex": "str_matches", "pattern": "str_matches",
+    "str_contains": "str_matches: '.*text'", "contains": "str_matches: '.*text'",
+    "str_startswith": "str_matches: '^text'", "startswith": "str_matches: '^text'",
+    "str_endswith": "str_matches: '.*text$'", "endswith": "str_matches: '.*text$'",
+    "length": "str_length", "len": "str_length", "str_len": "str_length",
+    "unique": "`unique: true` beside `checks:`, a column key", "nullable": "`nullable:` beside `checks:`, a column key",
+    "not_null": "`nullable: false` beside `checks:`, a column key (the default)",
+}
 RENAMED = {"not_nullable": "not null", "field_uniqueness": "unique", "multiple_fields_uniqueness": "unique",
            "column_in_dataframe": "required", "column_in_schema": "strict"}  # Pandera's names -> the recipe's
 
@@ -48,12 +63,13 @@ def _scalar(v) -> bool:
     return v is None or isinstance(v, (str, int, float, bool))
 
 
-def _keys(value, allowed, key: str, what: str, fail: Fail) -> dict:
+def _keys(value, allowed, key: str, what: str, fail: Fail, aliases: dict | None = None) -> dict:
     if not isinstance(value, dict):
         fail(key, f"{what} must be a mapping, got {type(value).__name__} {value!r}")
     for k in value:
         if k not in allowed:
-            fail(f"{key}.{k}", f"unknown {what} key '{k}'{did_you_mean(k, allowed)}; it takes: {', '.join(allowed)}")
+            hint = f" (write it as {aliases[k]})" if k in (aliases or {}) else did_you_mean(k, allowed)
+            fail(f"{key}.{k}", f"unknown {what} key '{k}'{hint}; it takes: {', '.join(allowed)}")
     return value
 
 
@@ -70,7 +86,7 @@ def _min_max(value, key: str, fail: Fail, *, ok=_number, kind="a number", both=T
 
 
 def _check_checks(checks, key: str, fail: Fail) -> None:
-    _keys(checks, CHECKS, key, "check", fail)
+    _keys(checks, CHECKS, key, "check", fail, ALIASES)
     for name, value in checks.items():
         where = f"{key}.{name}"
         if name in BOUNDS and not (_number(value) or isinstance(value, str)):
@@ -91,6 +107,30 @@ def _check_checks(checks, key: str, fail: Fail) -> None:
                      kind="a whole number, 0 or more", both=False)
 
 
+def _check_fits(dtype: str, checks: dict, key: str, fail: Fail) -> None:
+    """Refuse a check that cannot apply to a column of this dtype: Pandera would raise, not report rows."""
+    kind = ("number" if dtype.startswith(("int", "uint", "float")) or dtype == "bool"
+            else "datetime" if dtype.startswith("datetime") else dtype)  # number, str, category or datetime
+    for name, value in checks.items():
+        where = f"{key}.{name}"
+        if name in ("str_matches", "str_length") and kind not in ("str", "category"):
+            fail(where, f"{name} checks text, and the column's dtype is {dtype}: drop the check, or declare "
+                        f"`dtype: str` if the column holds text")
+        bounds = [value] if name in BOUNDS else [value.get("min"), value.get("max")] if name == "in_range" else []
+        for bound in (b for b in bounds if b is not None):
+            if kind == "category":
+                fail(where, f"the column is category, whose values have no order, so {name} cannot compare them: "
+                            f"use isin, or declare `dtype: str` to compare them as text")
+            elif kind == "number" and not _number(bound):
+                fail(where, f"the column is {dtype}, so {name} takes a number, got {bound!r}")
+            elif kind == "str" and not isinstance(bound, str):
+                fail(where, f"the column is str, so {name} compares text and takes a string (quote it: '{bound}'), "
+                            f"got {bound!r}")
+            elif kind == "datetime" and not isinstance(bound, str):
+                fail(where, f"the column is {dtype}, so {name} takes a date or time as a string, e.g. "
+                            f"'2024-01-31', got {bound!r}")
+
+
 def check_schema(schema, fail: Fail) -> None:
     """Raise (through `fail`) on the first unknown key, unknown dtype or check, or wrongly typed value."""
     _keys(schema, SCHEMA_KEYS, "schema", "schema", fail)
@@ -107,6 +147,8 @@ def check_schema(schema, fail: Fail) -> None:
                 fail(f"{key}.{k}", f"{k} must be true or false, got {v!r}")
             elif k == "checks":
                 _check_checks(v, f"{key}.checks", fail)
+        if spec and spec.get("dtype") and spec.get("checks"):
+            _check_fits(spec["dtype"], spec["checks"], f"{key}.checks", fail)
     strict = schema.get("strict", False)
     if not isinstance(strict, bool) and strict != "filter":
         fail("schema.strict", f"strict must be true, false or filter, got {strict!r}")
@@ -176,22 +218,28 @@ def rows_label(bounds: dict) -> str:
     return "rows(" + ", ".join(f"{k}={bounds[k]}" for k in ("min", "max") if bounds.get(k) is not None) + ")"
 
 
-def canonical(fc):
+def canonical(fc, dtypes=None):
     """Pandera's failure cases as records (column, check, failure_case, index), named as the recipe names
-    them; index is the row's position, or null for a failure of the table as a whole (which a value that
-    cannot be coerced is). A dataframe-wide check's failures are one record per row (Pandera gives one per
-    row and column)."""
+    them; index is the row's position, or null for a failure of the table as a whole. A wrong dtype is one:
+    one record per column, whose case is the column's dtype (from `dtypes`, the frame's, when given: for a
+    column of text Pandera lists the values that do not parse instead). A value that cannot be coerced fails
+    its row. A dataframe-wide check's failures are one record per row (Pandera gives one per row and column)."""
     import pandas as pd
 
     fc = fc.reset_index(drop=True)
     raw = fc["check"].astype(str)
     check = raw.map({c: _rename(c) for c in raw.unique()})
+    dtype = check.str.startswith("dtype(").to_numpy()
+    once = ~(dtype & pd.DataFrame({"column": fc["column"], "check": check}).duplicated().to_numpy())
+    fc, check, dtype = fc[once].reset_index(drop=True), check[once].reset_index(drop=True), dtype[once]
     index = pd.to_numeric(fc["index"], errors="coerce").astype("Int64")
-    index = index.mask(check.str.startswith("coerce(").to_numpy())  # a dtype coercion cannot fix: table-wide
+    index = index.mask(dtype)  # a wrong dtype is the column's, not a set of rows'
+    case = fc["failure_case"]
+    if dtypes is not None and dtype.any():
+        case = case.where(~dtype, fc["column"].map(lambda c: str(dtypes[c]) if c in dtypes else None))
     named = check.isin(["required", "strict"]).to_numpy()  # the failure case is the column's name
     column = fc["column"].astype(object).where(fc["column"].notna(), TABLE).where(~named, fc["failure_case"])
-    out = pd.DataFrame({"column": column.astype(str), "check": check, "failure_case": fc["failure_case"],
-                        "index": index})
+    out = pd.DataFrame({"column": column.astype(str), "check": check, "failure_case": case, "index": index})
     wide = ((fc["schema_context"] == "DataFrameSchema") & index.notna()).to_numpy() & ~named
     if wide.any():
         rows: dict = {}

@@ -11,6 +11,11 @@ over from the input.
 Types are inferred from each file's first block. When a later block or file does not fit (a column of
 ints that turns out to hold '2.5', a column that is empty in one file), reading starts again with that
 column widened, so the result never depends on where block boundaries fall.
+
+A quoted csv value may hold line breaks, so a quote that is never closed would silently swallow the rest
+of the file into one value: the last value read is checked for that, and such a file fails with the line
+where the quote opens. A file that looks like UTF-16 or UTF-32 (a byte-order mark, or NUL bytes between its
+characters) fails unless `encoding:` says so, rather than being read as something else.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ NA_VALUES = ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan
              "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]  # pandas' defaults
 BLOCK_SIZE = 16 << 20  # bytes parsed at a time: the extent of type inference; pyarrow reads ahead one per core
 TEXT_BATCH = 65536  # lines per table for format: text
+SNIFF = 65536  # bytes read from the top of each file to tell UTF-16 and UTF-32 from the encoding it is read as
 _WIDER = ("null", "int64", "double", "string")  # the order in which an inferred column type is widened
 
 
@@ -64,6 +70,8 @@ class Ingest(Builder):
         "names": Param("list", help="column names: name headerless columns, or replace the header's"),
         "encoding": Param("str", default="utf-8"),
         "skip_rows": Param("int", default=0, help="lines to skip at the top of each file"),
+        "quoting": Param("bool", default=True,
+                         help='csv/tsv: a value may be quoted ("a, b"); false: a \'"\' is an ordinary character'),
         "comment": Param("str", help="skip lines starting with this string (csv, tsv, text)"),
         "strip_whitespace": Param("bool", default=True,
                                   help="strip column names, and string cells of csv, tsv and text"),
@@ -164,6 +172,8 @@ def _write(ctx, files, fmt: str, hints: dict) -> dict:
     first, done = None, 0
     with TableWriter(ctx.out) as writer:  # row groups of about 64 MB, whatever the size of the files or blocks
         for path, name in files:
+            if fmt != "parquet":
+                _check_not_utf16(path, name, ctx.params["encoding"])
             try:
                 for table, offset in read(path, name, fmt, ctx.params, hints):
                     table = _normalise(table, ctx.params, fmt, name)
@@ -271,8 +281,8 @@ def _read_csv(path: Path, name: str, fmt: str, p: dict, hints: dict):
                                 skip_rows=(0 if p["comment"] else p["skip_rows"]) + bool(p["header"] and p["names"]),
                                 column_names=p["names"] or None,
                                 autogenerate_column_names=not p["header"] and not p["names"])
-        parse = pcsv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
-                                  invalid_row_handler=lambda row: bad.append(row) or "error")
+        parse = pcsv.ParseOptions(delimiter=delimiter, quote_char='"' if p["quoting"] else False,
+                                  newlines_in_values=True, invalid_row_handler=lambda row: bad.append(row) or "error")
         convert = pcsv.ConvertOptions(null_values=p["na_values"] or [], strings_can_be_null=True,
                                       column_types=types)
         reader = pcsv.open_csv(_without_comments(f, p) if p["comment"] else f, read_options=read,
@@ -290,8 +300,15 @@ def _read_csv(path: Path, name: str, fmt: str, p: dict, hints: dict):
         if any(pa.types.is_binary(field.type) for field in reader.schema):
             raise _encoding_error(path, name, p["encoding"])
         yield reader.schema.empty_table(), 0  # fixes the schema even when there are no rows
+        last = raw[-1] if p["header"] and not p["names"] else None  # the last value read: a header's, or a row's
         for batch in reader:
+            if batch.num_rows:
+                last = batch.column(batch.num_columns - 1)[-1].as_py()
             yield pa.Table.from_batches([batch]), f.tell()
+        if p["quoting"] and isinstance(last, str) and _may_end_quoted(path, p, last):
+            line = _open_quote(path, p, delimiter)
+            if line:
+                raise _unclosed_quote(name, line)
     except pa.ArrowInvalid as e:
         raise _csv_error(e, bad, path, name, p, delimiter, _clean_names(raw, p)) from None
     finally:
@@ -306,6 +323,11 @@ def _arrow_encoding(encoding: str) -> str:
 
 def _csv_error(e, bad, path, name, p, delimiter, names):
     message = str(e)
+    if p["quoting"] and (("\n" in bad[0].text or "\r" in bad[0].text) if bad else
+                         "straddl" in message or "Empty CSV" in message):
+        line = _open_quote(path, p, delimiter)  # a ragged row, a value over two blocks or a header, to the end
+        if line:
+            return _unclosed_quote(name, line)
     if bad:
         row = bad[0]
         where = _find_line(path, p, row.text)
@@ -325,6 +347,53 @@ def _csv_error(e, bad, path, name, p, delimiter, names):
         return BuildError(f"{name} is empty; remove it from the input or add rows to it")
     return BuildError(f"cannot read {name} as {'TSV' if delimiter == chr(9) else 'CSV'}: {message}. "
                       f"Check `format:`, `delimiter:` and `header:` in the step's params")
+
+
+def _may_end_quoted(path: Path, p: dict, value: str) -> bool:
+    """Whether the last value read may be a quoted one that is never closed, from the end of the file alone:
+    it ends with the value's last line as a quoted value would write it. A quoted value that is closed ends
+    the file with its closing quote instead, so this is rarely true but for an unclosed one."""
+    last = re.split(r"\r\n|\r|\n", '"' + value.replace('"', '""'))[-1]
+    with open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, 2) - len(last.encode(p["encoding"], errors="replace")) - 4))
+        return f.read().decode(p["encoding"], errors="replace").endswith(last)
+
+
+def _open_quote(path: Path, p: dict, delimiter: str) -> int | None:
+    """The line on which a quoted value opens that no quote closes before the end of the file, or None.
+
+    The file is read the way pyarrow reads it: a quote opens a value only at the start of a field, "" inside
+    it is a quote, and after the closing quote the value runs on to the next delimiter.
+    """
+    quoted, opened = False, None
+    with open(path, encoding=p["encoding"], errors="replace", newline="") as f:
+        for n, line in enumerate(f, 1):
+            if (n <= p["skip_rows"] or (p["comment"] and line.lstrip().startswith(p["comment"]))  # as the stream
+                    or (not quoted and '"' not in line)):
+                continue
+            i = 0
+            while i < len(line):
+                if quoted:
+                    j = line.find('"', i)
+                    if j < 0:
+                        break
+                    if line.startswith('""', j):
+                        i = j + 2
+                        continue
+                    quoted, i = False, j + 1
+                elif line[i] == '"':
+                    quoted, opened, i = True, n, i + 1
+                    continue
+                j = line.find(delimiter, i)  # to the start of the next field
+                i = len(line) if j < 0 else j + 1
+    return opened if quoted else None
+
+
+def _unclosed_quote(name: str, line: int) -> BuildError:
+    return BuildError(f"{name}, line {line}: a quoted value opens here and no quote closes it, so it would run to "
+                      f"the end of the file and swallow every line after it. Close the quote (a quote inside a "
+                      f"quoted value is written twice, \"\"), or set `quoting: false` if a '\"' in this file is "
+                      f"an ordinary character")
 
 
 def _type_of(value: str, failed: str):
@@ -470,6 +539,27 @@ def _find_line(path: Path, p: dict, text: str) -> int | None:
             if line.rstrip("\r\n") == text:
                 return n
     return None
+
+
+def _check_not_utf16(path: Path, name: str, encoding: str) -> None:
+    """Fail on a file that looks like UTF-16 or UTF-32 (a byte-order mark, or NUL bytes between the characters
+    of ASCII text) when it is to be read as another encoding: it would be read as ragged rows or NULs."""
+    if codecs.lookup(encoding).name.startswith(("utf-16", "utf-32")):
+        return
+    with open(path, "rb") as f:
+        head = f.read(SNIFF)
+    boms = {codecs.BOM_UTF32_LE: "utf-32", codecs.BOM_UTF32_BE: "utf-32", codecs.BOM_UTF16_LE: "utf-16",
+            codecs.BOM_UTF16_BE: "utf-16"}  # UTF-32 first: its little-endian BOM starts like UTF-16's
+    found = next(((f"a {enc.upper()} byte-order mark", enc) for bom, enc in boms.items() if head.startswith(bom)), None)
+    if found is None and b"\0" in head:  # which of each 4 bytes are mostly NUL: the zero bytes of ASCII text
+        nul = tuple(head[i::4].count(0) > len(head[i::4]) / 2 for i in range(4))
+        enc = {(False, True, False, True): "utf-16-le", (True, False, True, False): "utf-16-be",
+               (False, True, True, True): "utf-32-le", (True, True, True, False): "utf-32-be"}.get(nul)
+        found = ("NUL bytes between its characters", enc) if enc else None
+    if found:
+        why, enc = found
+        raise BuildError(f"{name} looks like {enc[:6].upper()} ({why}), not {encoding}: set `encoding: {enc}` in "
+                         f"the step's params, or re-save the file as {encoding}")
 
 
 def _encoding_error(path: Path, name: str, encoding: str) -> BuildError:

@@ -19,6 +19,13 @@ here across batches, so the result is the one Pandera gives on the whole DataFra
 A check that aggregates a whole column (a custom check returning one bool, e.g. a mean) sees one batch
 at a time; checks that return one bool per row are exact.
 
+A column whose dtype is not the declared one fails the table as a whole, whatever it holds (a column of
+text declared int64 fails even if most of its values would parse). With `coerce`, each batch is cast to
+the declared dtypes first: a value that cannot be cast fails its row, and the other rows are checked, and
+written, cast. A check that cannot apply to its column's type (`str_matches` on a number) is refused when
+the recipe is checked, if the schema declares the dtype, and otherwise fails the step as an error in the
+schema, not in the data; unless the column's dtype fails too, which says why.
+
 `on_fail: quarantine` writes failing rows to `quarantine/data.parquet` with a `failure` column (which
 checks each row failed) and a `row` column (its position in the input); the step still fails when more
 than `max_bad_fraction` of the rows are bad, or when the table as a whole fails (a missing column, a
@@ -35,7 +42,7 @@ from pathlib import Path
 from ..errors import BuildError, DataValidationError, RecipeError, did_you_mean
 from ..table import TableWriter, data_file, input_table, iter_batches
 from . import _schema
-from ._schema import TABLE, canonical, declared, rows_label, show
+from ._schema import TABLE, canonical, declared, label, rows_label, show
 from .base import Builder, Param
 from .python import _module_file
 
@@ -118,13 +125,15 @@ class Validate(Builder):
         with TableWriter(ctx.out) as out, TableWriter(ctx.out, "quarantine/data.parquet",
                                                       "quarantine/table.json") as aside:
             for batch, df in _frames(source, p["batch_rows"]):
-                validated, records = _validate_batch(batch_schema, df)
-                frame = validated if validated is not None else _coerce(batch_schema, df, coerced)
-                records = _concat([records, *(u.duplicates(frame) for u in uniques)])
+                frame, uncast = _coerce(batch_schema, df, coerced)
+                validated, records = _validate_batch(batch_schema, frame)
+                frame = validated if validated is not None else frame
+                records = _concat([uncast, records, *(u.duplicates(frame) for u in uniques)])
                 bad = failures.add(records)
                 bad_rows += len(bad)
                 if quarantine or not failures.entries:  # once the step is bound to fail, stop writing
-                    out.write(_passing(batch, frame, ~df.index.isin(bad), coerced, kept))
+                    keep = ~df.index.isin(bad)
+                    out.write(_passing(batch, keep, frame.loc[df.index[keep]], coerced, kept))
                 if quarantine and len(bad):
                     aside.write(_failing(batch, df, bad, records))
                 ctx.progress(df.index.stop, total, f"{bad_rows} failing rows")
@@ -236,13 +245,29 @@ def _widened(f) -> dict:
 
 
 def _validate_batch(schema, df):
-    """(the validated frame, None) when the batch passes, else (None, its failure records)."""
-    from pandera.errors import SchemaErrors
+    """(the validated frame, None) when the batch passes, else (None, its failure records).
+
+    A check that raised (a comparison of text with a number) is no failure of the data: on a column whose
+    dtype fails too it is dropped, as that failure says why; on any other it is an error in the schema."""
+    from pandera.errors import SchemaErrorReason, SchemaErrors
 
     try:
         return schema.validate(df, lazy=True), None
     except SchemaErrors as e:
-        return None, canonical(e.failure_cases)
+        fc = e.failure_cases
+        raised = [err for err in e.schema_errors if err.reason_code == SchemaErrorReason.CHECK_ERROR]
+        if raised:
+            wrong = set(fc.loc[fc["check"].astype(str).str.startswith("dtype("), "column"])
+            for err in raised:
+                if err.column_name not in wrong:
+                    on = (f"column {err.column_name!r}, which is {df[err.column_name].dtype}"
+                          if err.column_name in df else "the table")
+                    raise BuildError(f"check {label(err.check)} cannot apply to {on}: it raised "
+                                     f"{err.failure_cases}. Fix the check, or the column's type upstream; "
+                                     f"declaring the column's dtype in the schema has such checks refused "
+                                     f"before anything runs") from None
+            fc = fc[~(fc["index"].isna() & fc["failure_case"].isin([str(err.failure_cases) for err in raised]))]
+        return None, canonical(fc, df.dtypes)
 
 
 def _concat(frames):
@@ -379,6 +404,12 @@ class _Failures:
                 else ", or set `on_fail: quarantine` to set the failing rows aside")
         if any(e["check"].startswith("dtype(int") and "'float64'" in e["cases"] for e in table):
             fix += ". An int column with nulls reads as float64: declare it float64, or fill its nulls upstream"
+        if any(e["check"].startswith("dtype(") and e["check"] != "dtype(str)" and (  # a bool with nulls is object
+                {"'str'", "'string'"} & set(e["cases"]) or ("'object'" in e["cases"] and e["check"] != "dtype(bool)"))
+               for e in table):
+            fix += (". A column of text has the wrong dtype however many of its values would parse: convert it "
+                    "upstream (a `coerce` rule in a `clean` step), or set `coerce: true` in the schema to convert "
+                    "it here, where a value that does not convert fails its row")
         return f"{head}:\n{self.table()}\n{fix}. Every failure is listed in the step's build log"
 
     def as_json(self) -> list:
@@ -392,19 +423,25 @@ def _free(name: str, taken) -> str:
 
 
 def _coerce(schema, df, coerced: list):
-    """A failing batch coerced as validate() would have (it returns nothing when a batch fails)."""
-    from pandera.errors import SchemaError, SchemaErrors
+    """(the batch's rows whose values cast to their declared dtypes, cast; the failure records of the others,
+    or None): a value that cannot be cast fails its row, so the rest are checked as the declared dtypes."""
+    from pandera.errors import SchemaErrors
 
     if not coerced:
-        return df
+        return df, None
     try:
-        return schema.coerce_dtype(df)
-    except (SchemaError, SchemaErrors):  # a value that cannot be coerced fails the table, and so the step
-        return df
+        return schema.coerce_dtype(df), None
+    except SchemaErrors as e:
+        records = canonical(e.failure_cases)
+        try:
+            return schema.coerce_dtype(df.drop(index=records["index"].dropna().unique())), records
+        except SchemaErrors:  # a failure no row is blamed for: the column's dtype fails the table
+            return df, records
 
 
-def _passing(batch, frame, keep, coerced: list, kept: set | None):
-    """The batch's passing rows as Arrow: the input's own columns, and with `coerce` the coerced ones."""
+def _passing(batch, keep, frame, coerced: list, kept: set | None):
+    """The batch's passing rows (`keep`) as Arrow: the input's own columns, and with `coerce` the cast ones
+    from `frame`, which holds those rows."""
     import pyarrow as pa
 
     table = pa.Table.from_batches([batch])
@@ -414,7 +451,7 @@ def _passing(batch, frame, keep, coerced: list, kept: set | None):
         table = table.filter(pa.array(keep))
     for c in coerced:
         if c in table.column_names:
-            table = table.set_column(table.column_names.index(c), c, pa.array(frame[c][keep], from_pandas=True))
+            table = table.set_column(table.column_names.index(c), c, pa.array(frame[c], from_pandas=True))
     return table
 
 

@@ -244,6 +244,82 @@ def test_ragged_row_without_comment_filter(tmp_path):
         ingest_path(tmp_path, path)
 
 
+UNCLOSED = "a quoted value opens here and no quote closes it"
+
+
+@pytest.mark.parametrize("content, line", [
+    ('id,name\n0,"Ann\n1,Bob\n2,Cy\n', 2),  # would be one row, name 'Ann\n1,Bob\n2,Cy\n'
+    ('id,name\n0,"Ann\r1,Bob\r', 2),  # bare CRs
+    ('id,name\n0,"Ann', 2),  # nothing swallowed, but still never closed
+    ('id,name\n0,"Ann\nLee"\n1,"Bob\n', 4),  # after a closed value with a line break
+    ('id,name\n0,"Ann\nB""ob"\n1,"a""b\n2,Cy\n', 4),  # "" inside a value is a quote, not a close
+    ('id,name\n"0,Ann\n1,Bob\n', 2),  # swallows the row's second field: a ragged row, to the end
+    ('id,"name\n0,Ann\n', 1),  # in the header: no rows at all
+])
+def test_an_unclosed_quote_names_its_line_and_the_fix(tmp_path, content, line):
+    path = write(tmp_path, "people.csv", content)
+    with pytest.raises(BuildError) as e:
+        ingest_path(tmp_path, path)
+    message = str(e.value)
+    assert message.startswith(f"people.csv, line {line}: {UNCLOSED}")
+    assert "Close the quote" in message and "`quoting: false`" in message
+
+
+def test_an_unclosed_quote_after_comment_lines_counts_every_line(tmp_path):
+    path = write(tmp_path, "people.csv", '# exported\nid,name\n# more\n0,"Ann\n# inside\n1,Bob\n')
+    with pytest.raises(BuildError, match=f"people.csv, line 4: {UNCLOSED}"):
+        ingest_path(tmp_path, path, comment="#")
+
+
+def test_an_unclosed_quote_past_two_blocks_is_named_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingest, "BLOCK_SIZE", 64)  # pyarrow gives up on a value over two blocks
+    path = write(tmp_path, "people.csv", 'id,name\n0,Ann\n1,"Bob\n' + "".join(f"{i},x\n" for i in range(2, 100)))
+    with pytest.raises(BuildError, match=f"people.csv, line 3: {UNCLOSED}"):
+        ingest_path(tmp_path, path)
+
+
+def test_quoted_values_keep_their_line_breaks_and_quotes(tmp_path):
+    path = write(tmp_path, "notes.csv", 'id,note\n0,"two\nlines"\n1,"a ""quote"""\n2,5\'10"\n3,"last\rone"\n')
+    table, _ = ingest_path(tmp_path, path)
+    assert table.column("note").to_pylist() == ["two\nlines", 'a "quote"', "5'10\"", "last\rone"]
+
+
+def test_quoting_false_reads_quotes_as_characters(tmp_path):
+    path = write(tmp_path, "x.tsv", 'id\ttext\n0\t"so it begins\n1\tand ends\n')
+    table, _ = ingest_path(tmp_path, path, quoting=False)
+    assert table.column("text").to_pylist() == ['"so it begins', 'and ends']
+    with pytest.raises(BuildError, match=f"x.tsv, line 2: {UNCLOSED}"):
+        ingest_path(tmp_path, path, out="quoted")
+
+
+@pytest.mark.parametrize("encoding, why, param", [
+    ("utf-16", "a UTF-16 byte-order mark", "utf-16"),
+    ("utf-16-le", "NUL bytes between its characters", "utf-16-le"),
+    ("utf-16-be", "NUL bytes between its characters", "utf-16-be"),
+    ("utf-32", "a UTF-32 byte-order mark", "utf-32"),
+])
+def test_utf16_read_as_utf8_is_named_with_the_param(tmp_path, encoding, why, param):
+    path = write(tmp_path, "people.csv", "id,name\n0,Ann\n1,Bob\n".encode(encoding))
+    with pytest.raises(BuildError) as e:
+        ingest_path(tmp_path, path)
+    assert str(e.value).startswith(f"people.csv looks like {param[:6].upper()} ({why}), not utf-8: "
+                                   f"set `encoding: {param}`")
+    table, _ = ingest_path(tmp_path, path, out="right", encoding=param)
+    assert table.to_pylist() == [{"id": 0, "name": "Ann"}, {"id": 1, "name": "Bob"}]
+
+
+@pytest.mark.parametrize("name", ["x.jsonl", "x.txt"])
+def test_utf16_is_named_in_every_text_format(tmp_path, name):
+    path = write(tmp_path, name, '{"a": 1}\n'.encode("utf-16"))
+    with pytest.raises(BuildError, match=f"{name} looks like UTF-16"):
+        ingest_path(tmp_path, path)
+
+
+def test_a_stray_nul_in_utf8_is_not_taken_for_utf16(tmp_path):
+    table, _ = ingest_path(tmp_path, write(tmp_path, "x.csv", "id,name\n0,A\x00nn\n1,Bob\n"))
+    assert table.column("name").to_pylist() == ["A\x00nn", "Bob"]
+
+
 def test_bad_encoding_names_line_and_suggests_the_param(tmp_path):
     path = write(tmp_path, "cafes.csv", "name,city\nLe Caf\xe9,Paris\n".encode("latin-1"))
     with pytest.raises(BuildError, match=r"cafes\.csv, line 2, column 7: byte 0xe9 is not valid utf-8.*encoding:"):

@@ -22,7 +22,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 from modelbuild.builders import _schema  # noqa: E402
 from modelbuild.builders.base import BuildContext  # noqa: E402
 from modelbuild.builders.validate import Validate  # noqa: E402
-from modelbuild.errors import DATA_INVALID, DataValidationError, RecipeError  # noqa: E402
+from modelbuild.errors import DATA_INVALID, BuildError, DataValidationError, RecipeError  # noqa: E402
 from modelbuild.table import write_table  # noqa: E402
 
 PEOPLE = pd.DataFrame({
@@ -32,6 +32,7 @@ PEOPLE = pd.DataFrame({
     "state": ["CA", "NY", "TX", "CA", "NY", "TX"],
     "score": [0.5, 0.9, 0.1, 0.7, 0.3, 0.8],
 })
+TEXT = repr(str(pd.Series(["a"]).dtype))  # the dtype of a column of text: 'str' (pandas 3) or 'object'
 SCHEMA = {"columns": {
     "id": {"dtype": "int64", "unique": True},
     "age": {"dtype": "int64", "checks": {"ge": 0, "le": 120}},
@@ -200,12 +201,59 @@ def test_coerce_casts_before_checking_and_the_output_has_the_dtypes(tmp_path):
     assert table.column("age").to_pylist() == PEOPLE["age"].tolist()
 
 
-def test_a_value_that_cannot_be_coerced_fails_the_table(tmp_path):
-    df = PEOPLE.assign(age=["34", "51", "x", "90", "42", "28"])
-    message = failure(tmp_path, df, schema={**SCHEMA, "coerce": True}, on_fail="quarantine",
-                      max_bad_fraction=1.0, batch_rows=4)
-    assert line_of(message, "age", "coerce(int64)")[2:4] == ["table", "'x'"]
-    assert "cannot be quarantined" in message
+def test_a_value_that_cannot_be_coerced_fails_its_row(tmp_path):
+    df = PEOPLE.assign(age=["34", "51", "x", "90", "-1", "28"])
+    message = failure(tmp_path, df, schema={**SCHEMA, "coerce": True}, batch_rows=4)
+    assert message.startswith("step 'check': 2 rows of 6 fail the schema:\n")
+    assert line_of(message, "age", "coerce(int64)")[2:] == ["1", "'x'", "2"]
+    assert line_of(message, "age", "ge(0)")[2:] == ["1", "-1", "4"]  # the other rows are checked as int64
+    assert "TypeError" not in message
+
+
+def test_quarantine_sets_values_that_cannot_be_coerced_aside_and_the_rest_have_the_dtype(tmp_path):
+    df = PEOPLE.assign(age=["34", "51", "x", "90", "-1", "28"])
+    out = run(tmp_path, df, schema={**SCHEMA, "coerce": True}, on_fail="quarantine", max_bad_fraction=0.5,
+              batch_rows=4)
+    kept = pq.read_table(out / "data.parquet")
+    assert kept.schema.field("age").type == pa.int64()
+    assert kept.column("age").to_pylist() == [34, 51, 90, 28] and kept.column("id").to_pylist() == [1, 2, 4, 6]
+    aside = pq.read_table(out / "quarantine" / "data.parquet").to_pylist()
+    assert [(r["age"], r["failure"], r["row"]) for r in aside] == [("x", "age: coerce(int64)", 2),
+                                                                   ("-1", "age: ge(0)", 4)]
+
+
+@pytest.mark.parametrize("dtype", ["int64", "float64", "bool", "category", "datetime64[ns]"])
+def test_a_column_of_text_with_another_dtype_fails_the_table_however_many_values_parse(tmp_path, dtype):
+    df = PEOPLE.assign(age=["34", "51", "forty", "90", "42", "28"])
+    schema = with_columns(age={"dtype": dtype})
+    message = failure(tmp_path, df, schema=schema, on_fail="quarantine", max_bad_fraction=1.0, batch_rows=4)
+    assert message.startswith("step 'check': the table (6 rows) fails the schema as a whole:\n")
+    assert line_of(message, "age", f"dtype({dtype})")[2:] == ["table", TEXT, "-"]  # once, and the dtype
+    assert "cannot be quarantined" in message and "set `coerce: true` in the schema" in message
+    assert not (tmp_path / "out" / "quarantine" / "data.parquet").exists()
+
+
+def test_a_check_on_a_column_whose_dtype_fails_is_not_reported_apart(tmp_path):
+    df = PEOPLE.assign(age=["34", "51", "forty", "90", "42", "28"])
+    message = failure(tmp_path, df, schema=SCHEMA, batch_rows=4)  # age: int64 with ge(0), le(120)
+    assert line_of(message, "age", "dtype(int64)")[2:4] == ["table", TEXT]
+    assert "ge(0)" not in message and "TypeError" not in message
+
+
+@pytest.mark.parametrize("column, checks, check, dtype", [
+    ("age", {"str_matches": "^[0-9]+$"}, "str_matches('^[0-9]+$')", "int64"),
+    ("score", {"str_length": {"max": 3}}, "str_length(None, 3)", "float64"),
+    ("age", {"ge": "a"}, "ge('a')", "int64"),
+    ("state", {"lt": 5}, "lt(5)", TEXT.strip("'")),
+])
+def test_a_check_that_cannot_apply_to_its_column_is_a_build_error(tmp_path, column, checks, check, dtype):
+    """With no dtype declared, only the data says the check cannot apply: an error in the schema, not the data."""
+    with pytest.raises(BuildError) as e:
+        run(tmp_path, PEOPLE, schema={"columns": {column: {"checks": checks}}}, batch_rows=4)
+    assert not isinstance(e.value, DataValidationError)
+    message = str(e.value)
+    assert message.startswith(f"check {check} cannot apply to column '{column}', which is {dtype}: it raised ")
+    assert "declaring the column's dtype" in message
 
 
 def test_strict_filter_drops_the_columns_the_schema_does_not_name(tmp_path):
@@ -355,6 +403,28 @@ BAD_RECIPES = {  # params -> (key named, words in the message)
                       "did you mean 'str'"),
     "unknown check": ({"schema": with_columns(age={"checks": {"greater_equal": 0}})},
                       "params.schema.columns.age.checks.greater_equal", "it takes: ge, le"),
+    "check alias": ({"schema": with_columns(age={"checks": {"greater_than": 0}})},
+                    "params.schema.columns.age.checks.greater_than", "unknown check key 'greater_than' "
+                    "(write it as gt); it takes: ge, le"),
+    "check alias with a value": ({"schema": with_columns(state={"checks": {"equal_to": "CA"}})},
+                                 "params.schema.columns.state.checks.equal_to", "(write it as isin: [value])"),
+    "unique as a check": ({"schema": with_columns(id={"checks": {"unique": True}})},
+                          "params.schema.columns.id.checks.unique", "`unique: true` beside `checks:`"),
+    "str check on a number": ({"schema": with_columns(age={"dtype": "int64", "checks": {"str_matches": "^1"}})},
+                              "params.schema.columns.age.checks.str_matches",
+                              "str_matches checks text, and the column's dtype is int64"),
+    "str_length on a date": ({"schema": {"columns": {"d": {"dtype": "datetime64[ns]",
+                                                           "checks": {"str_length": {"max": 3}}}}}},
+                             "params.schema.columns.d.checks.str_length", "the column's dtype is datetime64[ns]"),
+    "text bound on a number": ({"schema": with_columns(age={"dtype": "float64", "checks": {"ge": "a"}})},
+                               "params.schema.columns.age.checks.ge", "the column is float64, so ge takes a number, got 'a'"),
+    "number bound on text": ({"schema": with_columns(state={"dtype": "str", "checks": {"in_range": {
+        "min": "A", "max": 9}}})}, "params.schema.columns.state.checks.in_range",
+                             "so in_range compares text and takes a string (quote it: '9'), got 9"),
+    "bound on a category": ({"schema": with_columns(state={"dtype": "category", "checks": {"le": "TX"}})},
+                            "params.schema.columns.state.checks.le", "the column is category, whose values have no order, so le cannot"),
+    "number bound on a date": ({"schema": {"columns": {"d": {"dtype": "datetime64[ns]", "checks": {"gt": 0}}}}},
+                               "params.schema.columns.d.checks.gt", "takes a date or time as a string"),
     "bound not a number": ({"schema": with_columns(age={"checks": {"ge": [0]}})},
                            "params.schema.columns.age.checks.ge", "takes a number"),
     "isin not a list": ({"schema": with_columns(state={"checks": {"isin": "CA"}}) },
