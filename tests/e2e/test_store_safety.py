@@ -151,13 +151,15 @@ def test_ctrl_c_interrupts_with_exit_130_and_keeps_nothing_partial(project, cli)
           quick: {builder: command, params: {cmd: 'echo ok > $MB_OUT/ok'}}
           long: {builder: command, inputs: [quick], params: {cmd: 'echo start > $MB_OUT/part; sleep 30'}}
     """)
+    # a CI runner may start us with SIGINT ignored (a background job): give the build the default handler
     proc = cli.popen("build", "recipe.yaml", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                     start_new_session=True)
-    deadline = time.time() + 20
+                     start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120  # generous: a loaded CI machine starts workers slowly
     while time.time() < deadline and not list((cli.store / "tmp").glob("*/out/part")):
         time.sleep(0.05)
+    assert list((cli.store / "tmp").glob("*/out/part")), "the long step never started"
     os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert [n.split("-", 1)[1] for n in objects(cli)] == ["quick"]
