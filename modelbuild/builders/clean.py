@@ -23,11 +23,13 @@ Streaming: the table is read BATCH_ROWS rows at a time, so memory holds one batc
 whatever the table's size. What needs the whole table is gathered by earlier passes that read only the
 columns they need (every column, once a filter or drop_empty comes first): the sorted categories of
 `coerce: category`; mean, median and mode (a median keeps 8 bytes a row of its column); for `keep: last`,
-each row's 64-bit fingerprint. `keep: first` and near duplicates keep a sorted array of the fingerprints seen
-so far, 8 bytes a distinct row. Rows are compared by fingerprint (modelbuild.table's row hash), so two
-different rows pass for duplicates with odds of about n²/2^65 (3 in a million for 10 million rows). The
-output schema is fixed before the first row is read, so a column that is all null in one batch keeps its
-type, and the output's bytes are the same whatever the batch size.
+and for `keep: first` when that pass reads a small part of the table (`subset: [id]`), each row's 64-bit
+fingerprint, sorted once to find which rows to keep (then one byte a row). Otherwise `keep: first` and near
+duplicates keep the fingerprints seen so far as a few sorted runs, 8 bytes a distinct row, and look each batch
+up in them (O(n log n) over the table, not a second pass of the rules). Rows are compared by fingerprint
+(modelbuild.table's row hash), so two different rows pass for duplicates with odds of about n²/2^65 (3 in a
+million for 10 million rows). The output schema is fixed before the first row is read, so a column that is all
+null in one batch keeps its type, and the output's bytes are the same whatever the batch size.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ from ..table import TableWriter, column_hashes, data_file, iter_batches, read_sc
 from .base import Builder, Param
 
 BATCH_ROWS = 1 << 17  # rows held at a time; bounds memory, never changes the output
+# keep: first hashes the table in a pass of its own when that pass reads at most this share of the input's
+# (compressed) bytes; beyond it, looking batches up in the fingerprints seen so far costs less than the pass
+FIRST_PASS_SHARE = 1 / 3
+FEW_REPEATS = 1 << 16  # repeating fingerprints looked up row by row (512 KiB: in cache); more: np.unique
 TYPES = {"int": "int64", "float": "double", "str": "string", "bool": "bool", "datetime": "timestamp[us]",
          "category": "string"}  # category: strings, dictionary-encoded
 STRATEGIES = ("keep", "drop", "mean", "median", "mode")
@@ -229,7 +235,7 @@ class _Cleaner:
         near = p["near_duplicates"]
         self.near = self._text_columns("near_duplicates", [near["column"]])[0] if near else None
         self.schema = pa.schema([(n, self.types[n]) for n in self.names])
-        self.categories, self.last = {}, None  # from prepare(): see there
+        self.categories, self.kept, self.rows_in = {}, None, 0  # from prepare(): see there
 
     def _known(self, rule: str, wanted, names=None):
         """`wanted`, after checking that every column it names is in `names` (default: the output's)."""
@@ -293,7 +299,10 @@ class _Cleaner:
 
     def prepare(self, src) -> None:
         """The passes that see the whole table first: categories, statistics for missing, hashes for keep: last."""
+        import pyarrow.parquet as pq
+
         pa, _, np = _arrow()
+        self.rows_in = pq.ParquetFile(data_file(src)).metadata.num_rows
         categories = [c for c, spec in self.coerce.items() if spec == "category"]
         if categories:  # one sorted dictionary for the whole column, so batching never shows in the output
             found = {c: {self.fills[c].as_py()} if c in self.fills else set() for c in categories}
@@ -308,23 +317,39 @@ class _Cleaner:
                 for c in need:
                     _accumulate(self.missing[c], acc[c], batch.column(c))
             self.fills.update({c: _statistic(self.missing[c], acc[c], self.types[c], c) for c in need})
-        if self.subset is not None and self.keep == "last":
+        if self.subset is not None and (self.keep == "last" or self._cheap_pass(src)):
             hashes = [row_hashes(b.select(self.subset)) for b, _ in self.batches(src, "drop_duplicates", self.subset)]
-            hashes = np.concatenate(hashes) if hashes else np.empty(0, np.uint64)
-            _, index = np.unique(hashes[::-1], return_index=True)  # the first from the end is the last
-            self.last = np.zeros(len(hashes), bool)
-            self.last[len(hashes) - 1 - index] = True
+            self.kept = _kept(hashes, last=self.keep == "last")
+
+    def _read(self, stop: str | None, columns: list | None) -> list:
+        """The columns a pass up to `stop` reads: `columns`, unless an earlier rule may drop rows on others."""
+        before = ORDER[:ORDER.index(stop)] if stop else ORDER
+        if columns is None or any(self.p[r] and r in before for r in ("filter", "drop_empty")):
+            columns = self.names
+        drops = {c for c, how in self.missing.items() if how == "drop"} if "missing" in before else set()
+        return [n for n in self.names if n in set(columns) | drops]
+
+    def _cheap_pass(self, src) -> bool:
+        """Whether drop_duplicates' own pass would read at most FIRST_PASS_SHARE of the input's bytes."""
+        import pyarrow.parquet as pq
+
+        read = {self.back[n] for n in self._read("drop_duplicates", self.subset)}
+        meta = pq.ParquetFile(data_file(src)).metadata
+        part = whole = 0
+        for i in range(meta.num_row_groups):
+            group = meta.row_group(i)
+            for j in range(group.num_columns):
+                chunk = group.column(j)
+                whole += chunk.total_compressed_size
+                part += chunk.total_compressed_size if chunk.path_in_schema.split(".")[0] in read else 0
+        return part <= FIRST_PASS_SHARE * whole
 
     def batches(self, src, stop: str | None = None, columns: list | None = None):
         """Yield (batch with the rules before `stop` applied, input rows read so far), counting into self.report.
 
         Given `columns`, only those are read, unless an earlier rule may drop rows on other columns' values.
         """
-        before = ORDER[:ORDER.index(stop)] if stop else ORDER
-        if columns is None or any(self.p[r] and r in before for r in ("filter", "drop_empty")):
-            columns = self.names
-        drops = {c for c, how in self.missing.items() if how == "drop"} if "missing" in before else set()
-        read = [n for n in self.names if n in set(columns) | drops]
+        read = self._read(stop, columns)
         self._start()
         rows = 0
         for batch in iter_batches(src, BATCH_ROWS, columns=[self.back[n] for n in read]):
@@ -364,7 +389,7 @@ class _Cleaner:
               "coerce": self.coerce, "filter": p["filter"], "drop_empty": p["drop_empty"], "missing": drops,
               "fill": self.fills, "drop_duplicates": self.subset is not None, "near_duplicates": self.near}
         self.report, self.rules = report, [(name, getattr(self, f"_{name}")) for name in ORDER if on[name]]
-        self.seen, self.seen_text, self.position = _Seen(), _Seen(), 0
+        self.seen, self.seen_text, self.position = _Seen(self.rows_in), _Seen(self.rows_in), 0
 
     def _columns(self, batch, columns):
         """(column, values) for each of `columns` in this batch (a pass may read only some)."""
@@ -392,6 +417,8 @@ class _Cleaner:
                  "lowercase": pc.utf8_lower}
         for rule in TEXT_RULES:
             for column, old in self._columns(batch, self.text[rule]):
+                if rule == "normalize_unicode" and _ascii(old):
+                    continue  # every normal form of ASCII text is itself
                 batch = _set(batch, column, new := apply[rule](old))
                 self.report[rule]["values_changed"][column] += _count(pc.not_equal(old, new))
         return batch
@@ -475,12 +502,11 @@ class _Cleaner:
         return batch
 
     def _drop_duplicates(self, batch, offset):
-        hashes = row_hashes(batch.select(self.subset))
-        if self.last is not None:
-            keep = self.last[self.position:self.position + len(hashes)]
-            self.position += len(hashes)
+        if self.kept is not None:  # decided in prepare()
+            keep = self.kept[self.position:self.position + batch.num_rows]
+            self.position += batch.num_rows
         else:
-            keep = self.seen.first(hashes)
+            keep = self.seen.first(row_hashes(batch.select(self.subset)))
         self._dropped("drop_duplicates", ~keep)
         return batch.filter(keep)
 
@@ -495,24 +521,108 @@ class _Cleaner:
 
 
 class _Seen:
-    """The 64-bit hashes seen so far, as one sorted array: 8 bytes a row, where a Python set of ints takes ~70."""
+    """The 64-bit hashes seen so far: sorted runs, each over twice as long as the next (8 bytes a distinct
+    row, where a Python set of ints takes ~70; a hash is merged O(log n) times, not copied with every batch),
+    and a bitmap of their leading bits (one to two bytes a row of the table), so that a hash whose bit is
+    clear, as most new ones' are, is known to be new without searching the runs."""
 
-    def __init__(self):
+    def __init__(self, rows: int = 0):
         _, _, np = _arrow()
-        self.hashes = np.empty(0, np.uint64)
+        bits = max(16, (8 * rows - 1).bit_length())  # 2**bits >= 8 bits a row: 1 in 8 new hashes searched
+        self.shift = np.uint64(64 - bits)
+        self.bitmap = np.zeros(1 << (bits - 3), np.uint8)
+        self.runs: list = []
 
     def first(self, hashes):
         """Mask of the rows whose hash is new (not seen before, and the first of its kind in this batch)."""
         _, _, np = _arrow()
         unique, index = np.unique(hashes, return_index=True)
-        at = np.searchsorted(self.hashes, unique)
-        seen = np.zeros(len(unique), bool)
-        inside = at < len(self.hashes)
-        seen[inside] = self.hashes[at[inside]] == unique[inside]
+        slot = unique >> self.shift
+        byte = (slot >> np.uint64(3)).astype(np.intp)
+        bit = np.left_shift(np.uint8(1), (slot & np.uint64(7)).astype(np.uint8))
+        new = (self.bitmap[byte] & bit) == 0
+        maybe = np.flatnonzero(~new)
+        if len(maybe):
+            keys, found = unique[maybe], np.zeros(len(maybe), bool)
+            for run in self.runs:
+                at = run.searchsorted(keys)
+                np.minimum(at, len(run) - 1, out=at)
+                found |= run[at] == keys
+            new[maybe[~found]] = True
         keep = np.zeros(len(hashes), bool)
-        keep[index[~seen]] = True
-        self.hashes = np.insert(self.hashes, at[~seen], unique[~seen])  # a linear merge: one copy per batch
+        keep[index[new]] = True
+        if new.any():
+            byte, bit = byte[new], bit[new]  # sorted, as the hashes are: OR each byte's bits together
+            starts = np.flatnonzero(np.concatenate(([True], byte[1:] != byte[:-1])))
+            self.bitmap[byte[starts]] |= np.bitwise_or.reduceat(bit, starts)
+            self.runs.append(unique[new])
+            while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
+                merged = np.concatenate(self.runs[-2:])
+                merged.sort(kind="stable")  # two sorted runs: merged in linear time
+                self.runs[-2:] = [merged]
         return keep
+
+
+def _kept(hashes: list, last: bool):
+    """The rows drop_duplicates keeps (the first, or the last, of each fingerprint), from every row's
+    fingerprint, one array per batch. One sort finds the fingerprints that repeat; usually they are few, and
+    a pass over the batches (backwards for `last`) keeps each one's first occurrence in a small table. Many
+    repeats: np.unique over the whole table."""
+    _, _, np = _arrow()
+    rows = sum(len(h) for h in hashes)
+    keep = np.ones(rows, bool)
+    ordered = np.concatenate(hashes) if hashes else np.empty(0, np.uint64)
+    ordered.sort()
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    del ordered
+    if not len(repeated):
+        return keep
+    repeated = repeated[np.concatenate(([True], repeated[1:] != repeated[:-1]))]
+    if len(repeated) > FEW_REPEATS:
+        whole = np.concatenate(hashes)
+        hashes.clear()
+        _, index = np.unique(whole[::-1] if last else whole, return_index=True)
+        del whole
+        keep[:] = False
+        keep[rows - 1 - index if last else index] = True
+        return keep
+    seen = np.zeros(len(repeated), bool)
+    starts = np.cumsum([0] + [len(h) for h in hashes])
+    for i in reversed(range(len(hashes))) if last else range(len(hashes)):
+        batch = hashes[i][::-1] if last else hashes[i]
+        mask = _firsts(batch, repeated, seen)
+        keep[starts[i]:starts[i + 1]] = mask[::-1] if last else mask
+    return keep
+
+
+def _firsts(hashes, repeated, seen):
+    """Mask of a batch's rows that are not a repeat of an earlier row, given the sorted fingerprints that
+    repeat somewhere in the table and which of them were seen already (updated)."""
+    _, _, np = _arrow()
+    keep = np.ones(len(hashes), bool)
+    at = repeated.searchsorted(hashes)
+    np.minimum(at, len(repeated) - 1, out=at)
+    hit = np.flatnonzero(repeated[at] == hashes)
+    if len(hit):
+        slots, first = np.unique(at[hit], return_index=True)
+        keep[hit] = False
+        keep[hit[first[~seen[slots]]]] = True
+        seen[slots] = True
+    return keep
+
+
+def _ascii(column) -> bool:
+    """Whether every value of a string array is ASCII: one scan of its data buffer, not a call per value."""
+    pa, _, np = _arrow()
+    if isinstance(column, pa.ChunkedArray):
+        return all(_ascii(chunk) for chunk in column.chunks)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)) or not len(column):
+        return not len(column)
+    _, offsets, data = column.buffers()
+    width = np.int64 if pa.types.is_large_string(column.type) else np.int32
+    ends = np.frombuffer(offsets, width, len(column) + 1, column.offset * np.dtype(width).itemsize)
+    start, stop = int(ends[0]), int(ends[-1])
+    return data is None or stop == start or int(np.frombuffer(data, np.uint8, stop - start, start).max()) < 128
 
 
 def _set(batch, column: str, values):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import string
 import subprocess
 import sys
 from datetime import datetime
@@ -107,6 +109,16 @@ def test_unicode_forms_and_lowercase(tmp_path):
     assert df["word"] == ["caf\u00e9", "fine"]
     df, _, _ = run(tmp_path, data, out="none", normalize_unicode=None)
     assert df["word"] == ["cafe\u0301", "ﬁne"]
+
+
+def test_unicode_normalisation_skips_ascii_batches_only(tmp_path, small_batches):
+    """A batch of ASCII text is left as is (every normal form of ASCII is itself); the others are normalised."""
+    words = ["plain", "text ", None, "ascii", "cafe\u0301", "ok", "ﬁne", "x", "y", "z", None, "Ａ"]
+    df, report, _ = run(tmp_path, pd.DataFrame({"w": words}), normalize_unicode="NFKC")
+    assert df["w"] == ["plain", "text", None, "ascii", "caf\u00e9", "ok", "fine", "x", "y", "z", None, "A"]
+    assert rule(report, "normalize_unicode")["values_changed"] == {"w": 3}
+    assert clean._ascii(pa.array(["a", None, "b"])) and not clean._ascii(pa.array(["a", "é"]))
+    assert clean._ascii(pa.array(["é", "a"]).slice(1)) and not clean._ascii(pa.array(["é", "a"], pa.large_string()))
 
 
 def test_rename_columns_and_drop_columns(tmp_path):
@@ -257,6 +269,57 @@ def test_duplicates_across_batches(tmp_path, small_batches):
     assert df["v"] == ["a", "b", "c", "d", "e", "f", None]
     df, _, _ = run(tmp_path, data, out="last", drop_duplicates={"subset": ["id"], "keep": "last"})
     assert df["v"] == ["c", "d", "e", "x", "f", "a", None]
+
+
+@pytest.mark.parametrize("keep", ["first", "last"])
+def test_duplicates_found_every_way_agree(tmp_path, monkeypatch, small_batches, keep):
+    """keep: first looks batches up in the fingerprints seen so far, or sorts them all in a pass of its own
+    (when that pass is cheap); many repeats go through np.unique. The rows kept are the same every way."""
+    rows = 200
+    data = pd.DataFrame({"id": [i * 7 % 23 for i in range(rows)], "v": [f" t{i % 5}" for i in range(rows)],
+                         "n": range(rows), "skip": [i % 11 == 3 for i in range(rows)]})
+    params = {"drop_duplicates": {"subset": ["id", "v"], "keep": keep}, "filter": ["~skip"]}
+    outputs = []
+    for share, few in ((0.0, 1 << 16), (1.0, 1 << 16), (1.0, 0)):
+        monkeypatch.setattr(clean, "FIRST_PASS_SHARE", share)
+        monkeypatch.setattr(clean, "FEW_REPEATS", few)
+        df, report, _ = run(tmp_path, data, out=f"out-{share}-{few}", **params)
+        outputs.append((df["n"], rule(report, "drop_duplicates")["rows_dropped"]))
+    frame = data[~data.skip].assign(v=lambda d: d.v.str.strip())
+    expected = frame.drop_duplicates(subset=["id", "v"], keep=keep)["n"].tolist()
+    assert outputs == [(expected, len(frame) - len(expected))] * 3
+
+
+def test_keep_first_sorts_fingerprints_in_a_pass_only_when_it_reads_little(tmp_path, monkeypatch):
+    read = []
+    real = clean.iter_batches
+
+    def spy(src, rows, columns=None):
+        read.append(columns)
+        return real(src, rows, columns=columns)
+
+    monkeypatch.setattr(clean, "iter_batches", spy)
+    rng = random.Random(0)  # text that does not compress: the pass over id alone reads little of the file
+    text = {i: "".join(rng.choices(string.ascii_letters, k=2000)) for i in (1, 2, 3)}
+    data = pd.DataFrame({"id": [1, 2, 1, 3], "text": [text[i] for i in (1, 2, 1, 3)]})
+    df, _, _ = run(tmp_path, data, drop_duplicates={"subset": ["id"]})
+    assert len(df) == 3 and read == [["id"], ["id", "text"]]  # a pass over id alone, then the output's
+    read.clear()
+    df, _, _ = run(tmp_path, data, out="all", drop_duplicates=True)
+    assert len(df) == 3 and read == [["id", "text"]]  # one pass: the seen fingerprints, looked up as it goes
+
+
+@pytest.mark.parametrize("rows", [0, 20_000])  # the bitmap: saturated, or sized for the table
+def test_seen_runs_stay_few_and_sorted(rows):
+    np = pytest.importorskip("numpy")
+    seen, rng = clean._Seen(rows), np.random.default_rng(0)
+    values = rng.integers(0, 5000, 20_000).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    kept = np.concatenate([seen.first(values[i:i + 300]) for i in range(0, len(values), 300)])
+    _, first = np.unique(values, return_index=True)
+    assert np.array_equal(np.flatnonzero(kept), np.sort(first))
+    assert len(seen.runs) <= 12 and all(np.all(r[:-1] < r[1:]) for r in seen.runs)
+    assert all(len(a) > 2 * len(b) for a, b in zip(seen.runs, seen.runs[1:], strict=False))
+    assert sum(map(len, seen.runs)) == len(first)
 
 
 def test_duplicates_after_cleaning_rules(tmp_path):

@@ -179,3 +179,101 @@ def test_summary_none_writes_only_the_parquet_file(tmp_path):
     writer.write(pa.table({"a": [1]}))
     writer.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["part.parquet"]
+
+
+def test_strings_hash_alike_whatever_their_array(tmp_path):
+    """Each distinct value is hashed once where values repeat (dictionary-encoded first), free text value by
+    value; a dictionary column hashes its dictionary once. The fingerprints are the same every way."""
+    from modelbuild.table import column_hashes
+
+    words = ["", "a", "é", "naïve", "x" * 300, None, " gold"]
+    repetitive = pa.array([words[i % len(words)] for i in range(5000)])
+    distinct = pa.array([w if w is None else f"{w}" for w in words] + [f"v{i}" for i in range(5000)])
+    single = {w: column_hashes(pa.array([w], pa.string()))[0] for w in words}
+    assert [single[w] for w in words] == column_hashes(repetitive)[:len(words)].tolist()
+    assert [single[w] for w in words] == column_hashes(distinct)[:len(words)].tolist()
+    for arr in (repetitive.cast(pa.large_string()), repetitive.cast(pa.binary()), repetitive.cast(pa.string_view()),
+                repetitive.dictionary_encode(), pa.chunked_array([repetitive.slice(0, 3), repetitive.slice(3)])):
+        assert np.array_equal(column_hashes(arr), column_hashes(repetitive)), arr.type
+    sliced = repetitive.slice(3, 700)
+    assert np.array_equal(column_hashes(sliced), column_hashes(repetitive)[3:703])
+    assert np.array_equal(column_hashes(sliced.dictionary_encode()), column_hashes(repetitive)[3:703])
+
+    table = pa.table({"w": repetitive, "n": range(5000)})
+    write_table(table, tmp_path / "plain")
+    write_table(table.set_column(0, "w", repetitive.dictionary_encode()), tmp_path / "dict")
+    for name in ("rows.xxh", "stats.json"):
+        assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "dict" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_row_groups_are_encoded_in_order_while_the_next_is_built(tmp_path, monkeypatch, background):
+    """Row groups encoded in a background thread, one at a time, or in the caller's: the file is byte for byte
+    the one a plain ParquetWriter writes, and the fingerprints sorted in place are those of the rows."""
+    import pyarrow.parquet as pq
+
+    import modelbuild.table as table_module
+
+    monkeypatch.setattr(table_module, "ROW_GROUP_BYTES", 20_000)
+    monkeypatch.setattr(table_module, "BACKGROUND_ENCODING", background)
+    df = frame(3000)
+    batches = [pa.Table.from_pandas(df.iloc[i:i + 250], preserve_index=False).replace_schema_metadata(None)
+               for i in range(0, len(df), 250)]
+    writer = TableWriter(tmp_path / "threaded")
+    for batch in batches:
+        writer.write(batch)
+    writer.close()
+    assert pq.ParquetFile(tmp_path / "threaded" / "data.parquet").metadata.num_row_groups > 3
+    groups, pending, size = [], [], 0
+    for batch in batches:  # the same grouping, written in the foreground
+        pending.append(batch)
+        size += batch.nbytes
+        if size >= 20_000:
+            groups.append(pa.concat_tables(pending))
+            pending, size = [], 0
+    groups += [pa.concat_tables(pending)] if pending else []
+    with pq.ParquetWriter(tmp_path / "plain.parquet", batches[0].schema, compression="zstd",
+                          compression_level=3) as plain:
+        for group in groups:
+            plain.write_table(group, row_group_size=1 << 30)
+    assert (tmp_path / "threaded" / "data.parquet").read_bytes() == (tmp_path / "plain.parquet").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "threaded").iterdir()) == ["data.parquet", "rows.xxh", "stats.json",
+                                                                        "table.json"]
+    expected = np.sort(row_hashes(pa.Table.from_pandas(df, preserve_index=False)))
+    assert np.array_equal(fingerprints(tmp_path / "threaded"), expected)
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_an_encoding_error_reaches_the_builder_and_leaves_no_part_file(tmp_path, monkeypatch, background):
+    import pyarrow.parquet as pq
+
+    import modelbuild.table as table_module
+
+    monkeypatch.setattr(table_module, "ROW_GROUP_BYTES", 1)  # every batch is a row group
+    monkeypatch.setattr(table_module, "BACKGROUND_ENCODING", background)
+
+    def full_disk(self, table, row_group_size=None):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", full_disk)
+    df = frame(100)
+    with pytest.raises(OSError, match="No space left"):
+        with TableWriter(tmp_path) as writer:
+            writer.write(df.iloc[:50])  # encoding fails (in the background: raised by the next write)
+            writer.write(df.iloc[50:])
+            writer.close()
+    assert not (tmp_path / "rows.xxh.part").exists() and not (tmp_path / "rows.xxh").exists()
+    with pytest.raises(OSError, match="No space left"):  # one row group (in the background: raised by close())
+        write_table(df, tmp_path / "one")
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["data.parquet"]
+    if not background:
+        return
+
+    class Stop(Exception):
+        pass
+
+    with pytest.raises(Stop):  # the builder's own error wins over the encoder's
+        with TableWriter(tmp_path / "two") as writer:
+            writer.write(df)
+            raise Stop
+    assert not (tmp_path / "two" / "rows.xxh.part").exists()
