@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 
 from .builders import BuildContext, load_builder
-from .builders.base import RANK_OF_ENV
+from .builders.base import RANK_OF_ENV, launcher_rank
 from .errors import BuildError, ModelbuildError
 from .hashing import hash_tree
 from .store import Store, remove_tree
@@ -41,15 +41,19 @@ def run_job(job: dict) -> dict:
     key = job["key"]
     started = time.time()
     try:
+        if launcher_rank() and load_builder(job["builder"], recipe_dir=Path(job["recipe_dir"]),
+                                            step=job["step"]).distributed:
+            return _run_launched_rank(store, job, started)
         if job["mode"] == "check":
             return _check(store, job)
         with store.lock(key):
             hit = store.lookup(key)
             if hit and store.check_artifact(hit[0]):
-                return {"status": "cached", "path": str(hit[0]), "seconds": 0.0}
+                return _with_failure(store, key, {"status": "cached", "path": str(hit[0]), "seconds": 0.0})
             _log_to(store.logs / f"{key}.log")
             path = _build(store, job, started)
-            return {"status": "built", "path": str(path), "seconds": round(time.time() - started, 3)}
+            return _with_failure(store, key, {"status": "built", "path": str(path),
+                                              "seconds": round(time.time() - started, 3)})
     except ModelbuildError as e:
         message = str(e) if f"'{job['step']}'" in str(e) else f"step '{job['step']}': {e}"
         print(f"error: {message}", file=sys.stderr, flush=True)  # the log says why, too
@@ -69,13 +73,50 @@ def _run_rank(store: Store, job: dict) -> int:
     """One more rank of a distributed build that a library (Lightning's DDP launcher) started by re-running
     this worker's command line: run the builder beside the rank-0 worker, which holds the key's lock, keeps
     the log (inherited stdout/stderr) and alone commits. Whatever this rank writes under `out` is dropped."""
+    _build_and_drop(store, job)
+    return 0
+
+
+def _build_and_drop(store: Store, job: dict, fresh_work: bool = False) -> None:
+    """Run the builder as one more rank: into a tmp dir of its own, deleted afterwards (with a work area of
+    its own too when `fresh_work`: a `--check` rank never resumes from the real build's checkpoints)."""
     tmp = store.new_tmp(job["key"])
     (tmp / "out").mkdir()
     try:
-        _run_builder(store, job, tmp / "out")
+        _run_builder(store, job, tmp / "out", work=tmp / "work" if fresh_work else None)
     finally:
         remove_tree(tmp)
-    return 0
+
+
+def _with_failure(store: Store, key: str, result: dict) -> dict:
+    """A committed failure (an artifact kept, its step failed: a failed evaluation gate) reports the failure
+    recorded in the trace, whether this worker built the artifact or found it built."""
+    failure = store.failure_of(key)
+    if failure:
+        result["error"], result["kept"] = failure, True
+    return result
+
+
+def _run_launched_rank(store: Store, job: dict, started: float) -> dict:
+    """A rank other than 0 of a job started outside modelbuild (torchrun, srun, other nodes): train beside
+    rank 0 (which holds the key's lock and alone commits), then wait for its commit and answer with it. The
+    store must be shared between nodes (as the work area with its checkpoints is). Under `build --check`
+    it retrains beside rank 0, which alone compares: this rank gives no verdict."""
+    rank = launcher_rank()
+    checking = job["mode"] == "check"
+    _log_to(store.logs / f"{job['key']}.{'check.' if checking else ''}rank{rank}.log")
+    _build_and_drop(store, job, fresh_work=checking)
+    if checking:
+        return {"status": "checked", "path": job["expect"], "differences": None, "check": None,
+                "seconds": round(time.time() - started, 3), "rank": rank}
+    with store.lock(job["key"]):
+        hit = store.lookup(job["key"])
+    if not hit:
+        raise BuildError(f"step '{job['step']}': rank {rank} trained, but rank 0 committed no artifact to the store "
+                         f"{store.root}. Every rank of a distributed build must use one shared store (--store or "
+                         f"MODELBUILD_STORE on a shared file system); see rank 0's log for its error")
+    return {"status": "built", "path": str(hit[0]), "seconds": round(time.time() - started, 3),
+            "rank": rank}
 
 
 def _log_to(path: Path) -> None:
@@ -122,8 +163,19 @@ def _build(store: Store, job: dict, started: float) -> Path:
     out = tmp / "out"
     out.mkdir()
     try:
-        facts = _run_builder(store, job, out)
+        failure = None
+        try:
+            facts = _run_builder(store, job, out)
+        except ModelbuildError as e:
+            if not e.keep_artifact:
+                raise
+            # a committed failure: keep the output as the artifact, record why the step fails (see errors.py)
+            message = str(e) if f"'{job['step']}'" in str(e) else f"step '{job['step']}': {e}"
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            facts, failure = {}, {"type": type(e).__name__, "message": message}
         meta = _lineage(job, started, out, facts)
+        if failure:
+            meta["failure"] = failure
         path = store.commit(job["key"], job["step"], out, meta, refs=[Path(p) for p in job["refs"]])
         remove_tree(store.tmp / "work" / job["key"])  # checkpoints are no longer needed
         return path

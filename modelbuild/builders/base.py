@@ -19,6 +19,22 @@ from ..errors import RecipeError, did_you_mean
 # locks, logs to its own file or commits (see worker.main).
 RANK_OF_ENV = "MODELBUILD_RANK_OF"
 
+
+
+def launcher_rank() -> int:
+    """This process's global rank in a job started outside modelbuild (torchrun, `srun` with several tasks,
+    Lightning's NODE_RANK for other nodes), or 0. Each rank runs `modelbuild build`; rank 0 builds as usual,
+    the others train beside it (see worker.run_job)."""
+    import os
+
+    env = os.environ
+    if int(env.get("WORLD_SIZE", "1") or 1) > 1 and "RANK" in env:
+        return int(env["RANK"])
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_PROCID" in env:
+        return int(env["SLURM_PROCID"])
+    return int(env.get("NODE_RANK") or env.get("GROUP_RANK") or 0)
+
+
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "list": list, "dict": dict}
 
 
@@ -68,6 +84,9 @@ class Builder:
     env: ClassVar[tuple[str, ...]] = ()  # distributions whose versions enter the key
     open_params: ClassVar[bool] = False  # accept params beyond the declared ones (e.g. `python`)
     uses_seed: ClassVar[bool] = False  # the recipe's seed reaches build() and so enters the key
+    # build() may be one rank of a distributed job launched outside modelbuild (torchrun, srun): on the other
+    # ranks it runs without the lock and commits nothing (worker.run_job)
+    distributed: ClassVar[bool] = False
 
     def normalise(self, params: dict, *, file: str | None, step: str) -> dict:
         """Check names and types, fill defaults. Cheap: no heavy imports."""
@@ -93,6 +112,19 @@ class Builder:
 
     def check(self, params: dict, *, file: str | None, step: str) -> None:
         """Extra cheap validation across params; raise RecipeError."""
+
+    def check_inputs(self, params: dict, inputs: dict, *, file: str | None, step: str) -> None:
+        """Cheap validation of the step's inputs (name -> upstream step name or Source) against its params,
+        before anything runs; raise RecipeError."""
+
+    def check_steps(self, step, steps: dict, *, file: str | None) -> None:
+        """Checks that need the recipe's other steps (name -> Step), run once every step is read and before
+        the build order is fixed; may complete `step` (tune takes its target's inputs). Raise RecipeError."""
+
+    def metric_names(self, params: dict) -> set[str] | None:
+        """The names this builder may write into metrics.json for these params (a tune objective is checked
+        against them), or None when it cannot say (then nothing is checked)."""
+        return None
 
     def key_extras(self, params: dict, recipe_dir: Path) -> dict:
         """Content outside params that the output depends on (e.g. a user module's source)."""
