@@ -18,9 +18,18 @@ INTERRUPTED = 130
 
 
 class ModelbuildError(Exception):
-    """Base of every error meant for a user; `str()` is the whole message."""
+    """Base of every error meant for a user; `str()` is the whole message.
+
+    Raised from a builder's `build()` with `keep_artifact=True`, it is a *committed failure*: the output
+    written so far is committed as the step's artifact (a fact worth keeping, e.g. an evaluation whose gate
+    failed), the failure is recorded with it, and the step fails; a later build of the same key finds the
+    recorded failure and fails the same way without building again, and nothing downstream builds."""
 
     exit_code = BUILD_FAILED
+
+    def __init__(self, *args, keep_artifact: bool = False):
+        super().__init__(*args)
+        self.keep_artifact = keep_artifact
 
 
 class UsageError(ModelbuildError):

@@ -160,12 +160,59 @@ def _diff(store: Store, a: Path, b: Path, trail: str, out: Diff, seen: set) -> N
                 _diff(store, store.root / x["path"], store.root / y["path"], f"{label} <- {y.get('step')}",
                       out, seen)
         elif x.get("hash") != y.get("hash") or x.get("kind") != y.get("kind"):
-            src = y.get("path") or y.get("pypi") or y.get("dvc")
+            src = (y.get("path") or y.get("pypi") or y.get("dvc") or (y.get("tag") and f"tag {y['tag']}")
+                   or y.get("artifact"))
             out.causes.append(f"{here}: source {src} content {x.get('hash')} -> {y.get('hash')}")
             if x.get("path") != y.get("path"):
                 out.causes.append(f"{here}: source path {x.get('path')} -> {y.get('path')}")
     _diff_table(a, b, label, out)
+    _diff_tune(a, b, label, out)
     out.effects += [f"{label}: {c}" for c in _changes(ma.get("metrics"), mb.get("metrics"), "metrics")]
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _point(params: dict) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(params.items()))
+
+
+def _diff_tune(a: Path, b: Path, label: str, out: Diff, shown: int = 10) -> None:
+    """Two tune artifacts: which trials (points of the space) one has and the other not, which gave another
+    result, and how the best trial moved; from their trials.json and best.json."""
+    ta, tb = _read_json(Path(a) / "trials.json"), _read_json(Path(b) / "trials.json")
+    ba, bb = _read_json(Path(a) / "best.json"), _read_json(Path(b) / "best.json")
+    if not (isinstance(ta, dict) and isinstance(tb, dict) and isinstance(ba, dict) and isinstance(bb, dict)):
+        return
+    pa = {_point(t["params"]): t for t in ta.get("trials", [])}
+    pb = {_point(t["params"]): t for t in tb.get("trials", [])}
+    added, removed = [k for k in pb if k not in pa], [k for k in pa if k not in pb]
+    changed = [k for k in pb if k in pa and (pa[k]["status"], pa[k]["objective"]) != (pb[k]["status"], pb[k]["objective"])]
+    if added or removed or changed or len(pa) != len(pb):
+        out.effects.append(f"{label}: trials {len(ta.get('trials', []))} -> {len(tb.get('trials', []))}: "
+                           f"{len(added)} added, {len(removed)} removed, {len(changed)} with another result")
+    metric = bb.get("metric")
+    for what, keys, side in (("added", added, pb), ("removed", removed, pa)):
+        for k in keys[:shown]:
+            t = side[k]
+            result = f"{metric} {t['objective']}" if t["status"] == "ok" else t["status"]
+            out.effects.append(f"{label}: trial {what}: #{t['number']} {k}: {result}")
+        if len(keys) > shown:
+            out.effects.append(f"{label}: ... and {len(keys) - shown} more trials {what}")
+    for k in changed[:shown]:
+        x, y = pa[k], pb[k]
+        out.effects.append(f"{label}: trial {k}: {metric} {x['objective'] if x['status'] == 'ok' else x['status']}"
+                           f" -> {y['objective'] if y['status'] == 'ok' else y['status']}")
+    if (ba.get("digest"), ba.get("objective")) != (bb.get("digest"), bb.get("objective")):
+        moved = [f"{p} {json.dumps(ba['params'].get(p))} -> {json.dumps(v)}" for p, v in sorted(bb["params"].items())
+                 if ba.get("params", {}).get(p) != v]
+        out.effects.append(f"{label}: best {metric} {ba.get('objective')} -> {bb.get('objective')} (trial "
+                           f"#{ba.get('trial')} -> #{bb.get('trial')}; {', '.join(moved) or 'same params'}; "
+                           f"{ba.get('path')} -> {bb.get('path')})")
 
 
 def _diff_table(a: Path, b: Path, label: str, out: Diff) -> None:

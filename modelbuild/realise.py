@@ -23,6 +23,7 @@ from .errors import BuildError, ModelbuildError
 from .recipe import Recipe, Source, Step
 from .sources import ResolvedSource, resolve
 from .store import Store
+from .tune import best_trial, describe, is_tune, start_search
 
 FINAL = ("cached", "built", "failed", "skipped")
 
@@ -40,6 +41,7 @@ class StepState:
     progress: dict | None = None
     differences: list[str] | None = None  # --check: files (or metrics) that differ
     check: str | None = None  # --check compared "bytes" or, where bit-identity is not promised, "metrics"
+    kept: bool = False  # failed, but its artifact is kept (a committed failure: a failed evaluation gate)
 
     def as_json(self, store: Store) -> dict:
         out = {"step": self.name, "status": self.status, "path": str(self.path) if self.path else None,
@@ -108,10 +110,15 @@ class Realiser:
                 up = states[ref]
                 if up.path is None:
                     return None
-                inputs[name] = up.path
-                addrs[name] = {"kind": "step", "digest": up.path.name.split("-", 1)[0]}
-                lineage[name] = {"kind": "step", "step": ref, "key": up.key, "path": self.store.rel(up.path)}
-                refs.append(str(up.path))
+                path, key, via = up.path, up.key, {}
+                if is_tune(self.recipe.steps[ref]):  # a tune step's output is its best trial's artifact
+                    path, key = best_trial(self.store, up.path)
+                    via = {"tune": self.store.rel(up.path)}
+                    refs.append(str(up.path))
+                inputs[name] = path
+                addrs[name] = {"kind": "step", "digest": path.name.split("-", 1)[0]}
+                lineage[name] = {"kind": "step", "step": ref, "key": key, "path": self.store.rel(path), **via}
+                refs.append(str(path))
         drv = make_derivation(step, addrs, self.recipe.dir, self.recipe.seed)
         return Prepared(drv, derivation_key(drv), inputs, lineage, stats, refs)
 
@@ -153,12 +160,18 @@ class Realiser:
             st.path = self._cached(prepared.key, repair=False)
             if st.path is not None:
                 st.status = "cached"
+                failure = self.store.failure_of(prepared.key)
+                if failure:
+                    st.reasons = [f"its recorded result is a failure ({failure['type']}): the step fails again "
+                                  "and nothing that depends on it builds"]
             elif self.store.exists() and self.store.lookup(prepared.key):
                 st.status = "build"
                 st.reasons = ["the stored artifact is damaged or missing: it will be moved aside and rebuilt"]
             else:
                 st.status = "build"
                 st.reasons = explain(self._previous_drv(name), prepared.drv)
+                if is_tune(step):
+                    st.reasons += describe(self, step, prepared)
         return [states[n] for n in self.recipe.closure(targets or self.recipe.order)]
 
     # ---- build -------------------------------------------------------------------------------------
@@ -200,7 +213,7 @@ class Realiser:
             self._interrupt(running)
             raise
         for name in order:
-            if states[name].status in ("cached", "built"):
+            if states[name].status in ("cached", "built") or states[name].kept:
                 self._root(name, states[name])
         self.store.record_attempts([(f"{self.recipe.name}:{n}", states[n].key, states[n].status) for n in order
                                     if states[n].key and states[n].status in ("cached", "built", "failed")])
@@ -229,15 +242,21 @@ class Realiser:
             st.key, self.prepared[name] = prepared.key, prepared
             self.store.write_drv(prepared.key, prepared.drv)
             st.path = self._cached(prepared.key)
+            failure = self.store.failure_of(prepared.key) if st.path is not None else None
             if st.path is None:
                 st.reasons = explain(self._previous_drv(name), prepared.drv)
+            elif failure:  # a committed failure: the artifact is kept, the step fails on every cache hit
+                st.status, st.error, st.kept = "failed", failure, True
+                return "failed"
             elif not self.check:
                 st.status = "cached"
                 return "cached"
         if len(running) >= self.jobs:
             return "wait"
         prepared, cached = self.prepared[name], st.path
-        running[name] = self._launch(step, st, prepared, mode="check" if cached else "build")
+        mode = "check" if cached else "build"
+        running[name] = (start_search(self, step, st, prepared, mode, running) if is_tune(step)  # trials first
+                         else self._launch(step, st, prepared, mode=mode))
         st.status, st.started = "running", time.time()
         return "running"
 
@@ -269,6 +288,8 @@ class Realiser:
             st.seconds = result.get("seconds", time.time() - (st.started or time.time()))
             if "error" in result:
                 st.status, st.error = "failed", result["error"]
+                if result.get("kept"):
+                    st.path, st.kept = Path(result["path"]), True
             elif run["mode"] == "check":
                 st.status, st.differences, st.check = "cached", result["differences"], result.get("check")
             else:

@@ -19,7 +19,7 @@ from .errors import RecipeError, UsageError, did_you_mean
 
 RECIPE_KEYS = ("name", "description", "defaults", "seed", "steps", "vars")
 STEP_KEYS = ("builder", "params", "inputs", "description")
-SOURCE_KINDS = ("path", "pypi", "dvc")
+SOURCE_KINDS = ("path", "pypi", "dvc", "tag", "artifact")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -53,7 +53,7 @@ _Loader.add_implicit_resolver(
 class Source:
     """Data from outside the store, hashed by content. `spec` is what the recipe wrote."""
 
-    kind: str  # path | pypi | dvc
+    kind: str  # path | pypi | dvc | tag | artifact (the last two: an artifact already in the store)
     spec: dict
     expected_hash: str | None = None
 
@@ -231,6 +231,8 @@ def check_recipe(data: dict, path: Path) -> Recipe:
     steps = {}
     for step_name, spec in steps_data.items():
         steps[str(step_name)] = _check_step(str(step_name), spec, steps_data, path)
+    for step in steps.values():
+        step.builder.check_steps(step, steps, file=file)
     recipe = Recipe(name=name, file=path.absolute(), steps=steps, seed=seed)
     recipe.order = _topological_order(steps, file)
     return recipe
@@ -256,6 +258,7 @@ def _check_step(name: str, spec, all_steps: dict, path: Path) -> Step:
     if not isinstance(params, dict):
         raise RecipeError(f"`params:` must be a mapping, got {params!r}", file=file, step=name, key="params")
     params = builder.normalise(params, file=file, step=name)
+    builder.check_inputs(params, inputs, file=file, step=name)
     return Step(name, builder_name, builder, params, inputs, str(spec.get("description") or ""))
 
 
@@ -290,16 +293,19 @@ def _check_inputs(step: str, raw, all_steps: dict, path: Path) -> dict:
 def _check_source(spec: dict, path: Path, step: str, key: str) -> Source:
     file = str(path)
     kinds = [k for k in SOURCE_KINDS if k in spec]
-    allowed = {"path", "pypi", "dvc", "hash"}
+    allowed = {"path", "pypi", "dvc", "tag", "artifact", "hash"}
     for k in spec:
         if k not in allowed:
             raise RecipeError(f"unknown source key{did_you_mean(k, allowed)}; a source is {{path: FILE}}, "
-                              "{pypi: 'name==version', path: FILE_IN_PACKAGE} or {dvc: {repo, path, rev}}, "
-                              "each with an optional `hash:` pin", file=file, step=step, key=f"{key}.{k}")
+                              "{pypi: 'name==version', path: FILE_IN_PACKAGE}, {dvc: {repo, path, rev}}, "
+                              "{tag: NAME} or {artifact: DIGEST_PREFIX}, each with an optional `hash:` pin",
+                              file=file, step=step, key=f"{key}.{k}")
     expected = spec.get("hash")
     if expected is not None and not (isinstance(expected, str) and re.fullmatch(r"[0-9a-f]{32}", expected)):
         raise RecipeError(f"a source `hash:` is 32 hex digits (xxh3-128), got {expected!r}",
                           file=file, step=step, key=f"{key}.hash")
+    if "tag" in spec or "artifact" in spec:
+        return _check_stored(spec, file, step, key, expected)
     if "pypi" in spec:
         pin = spec["pypi"]
         if not isinstance(pin, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+", pin):
@@ -320,6 +326,26 @@ def _check_source(spec: dict, path: Path, step: str, key: str) -> Source:
                           f"{_nearby(Path(spec['path']), '*', path.parent)}; paths are relative to the "
                           "recipe's folder", file=file, step=step, key=f"{key}.path")
     return Source("path", {"path": spec["path"]}, expected)
+
+
+def _check_stored(spec: dict, file: str, step: str, key: str, expected: str | None) -> Source:
+    """`{tag: NAME}` or `{artifact: DIGEST_PREFIX}`: an artifact already in the store, found when the step is
+    planned (sources.resolve); the key covers its digest, so moving the tag rebuilds the step."""
+    kind = "tag" if "tag" in spec else "artifact"
+    others = [k for k in spec if k not in (kind, "hash")]
+    if others:
+        raise RecipeError(f"a {{{kind}: ...}} source names an artifact of the store and nothing else; remove "
+                          f"`{others[0]}:`", file=file, step=step, key=f"{key}.{others[0]}")
+    value = spec[kind]
+    if kind == "tag" and not (isinstance(value, str) and NAME_RE.match(value)):
+        raise RecipeError(f"a tag is a name of letters, digits, '-', '_' or '.' (as `modelbuild tag NAME "
+                          f"ARTIFACT` gave it), got {value!r}", file=file, step=step, key=f"{key}.tag")
+    if kind == "artifact" and not (isinstance(value, str) and re.fullmatch(r"[0-9a-f]{6,32}", value)):
+        raise RecipeError(f"`artifact:` is the digest of a store artifact or its first 6 or more hex digits "
+                          f"(objects/<digest>-<name>), got {value!r}"
+                          + ("; quote it so YAML reads it as text" if isinstance(value, (int, float)) else ""),
+                          file=file, step=step, key=f"{key}.artifact")
+    return Source(kind, {kind: value}, expected)
 
 
 DVC_KEYS = ("repo", "path", "rev")

@@ -17,7 +17,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BuildError, HashMismatch, UsageError
+from .errors import BuildError, HashMismatch, RecipeError, UsageError, did_you_mean
 from .hashing import hash_json, hash_tree
 from .recipe import Source
 from .store import Store, remove_tree
@@ -56,6 +56,9 @@ def resolve(source: Source, store: Store, recipe_dir: Path, *, step: str, input_
         resolved = _resolve_pypi(source, store, fetch=fetch)
         if resolved is None:
             return None
+    elif source.kind in ("tag", "artifact"):
+        resolved = _resolve_stored(source, store, step=step, input_name=input_name,
+                                   recipe_file=recipe_file or str(recipe_dir))
     else:
         from .sources_dvc import resolve_dvc  # a later issue's module
         resolved = resolve_dvc(source, store, recipe_dir, fetch=fetch)
@@ -63,12 +66,46 @@ def resolve(source: Source, store: Store, recipe_dir: Path, *, step: str, input_
             return None
     if source.expected_hash and source.expected_hash != resolved.digest:
         what = {"path": lambda s: s["path"], "pypi": lambda s: f"{s['pypi']} {s['path']}",
-                "dvc": lambda s: f"{s['dvc'].get('repo')}:{s['dvc'].get('path')}"}[source.kind](source.spec)
+                "dvc": lambda s: f"{s['dvc'].get('repo')}:{s['dvc'].get('path')}",
+                "tag": lambda s: f"tagged {s['tag']}", "artifact": lambda s: s["artifact"]}[source.kind](source.spec)
         raise HashMismatch(f"file {recipe_file or recipe_dir}, step '{step}', key 'inputs.{input_name}.hash': the "
                            f"source {what} has content hash {resolved.digest}, but the recipe pins "
                            f"{source.expected_hash}. If the new content is intended, set `hash: {resolved.digest}`; "
                            "otherwise restore the original data")
     return resolved
+
+
+def _resolve_stored(source: Source, store: Store, *, step: str, input_name: str, recipe_file: str) -> ResolvedSource:
+    """`{tag: NAME}` or `{artifact: DIGEST_PREFIX}`: the artifact the store names so, found now, at plan time.
+    Its digest is the input's identity in the key, so moving the tag rebuilds the step; the artifact is a
+    reference of what the step builds (gc keeps it while that is reachable)."""
+    kind, name = source.kind, source.spec[source.kind]
+    where = {"file": recipe_file, "step": step, "key": f"inputs.{input_name}.{kind}"}
+    path = None
+    if kind == "tag":
+        hit = store.get_root(f"tag:{name}") if store.exists() else None
+        if hit is None:
+            tags = [n.removeprefix("tag:") for n, _, _ in store.roots() if n.startswith("tag:")] if store.exists() else []
+            raise RecipeError(f"there is no tag {name!r} in the store {store.root}{did_you_mean(name, tags)} "
+                              f"(its tags: {', '.join(tags) or 'none'}). Tag the artifact first "
+                              f"(`modelbuild tag {name} RECIPE:STEP`), or fix the name", **where)
+        path = hit[0]
+    else:
+        found = sorted(e for e in os.listdir(store.objects) if e.startswith(name)) if store.objects.is_dir() else []
+        if len({e.split("-", 1)[0] for e in found}) == 1:  # one content, maybe under several step names
+            found = found[:1]
+        if len(found) != 1:
+            what = f"{len(found)} artifacts ({', '.join(sorted(found)[:3])}); give more of the digest" if found \
+                else "no artifact; `modelbuild roots` lists the named ones"
+            raise RecipeError(f"the digest prefix {name!r} names {what} in the store {store.root}", **where)
+        path = store.objects / found[0]
+    if not store.check_artifact(path):
+        raise HashMismatch(f"file {recipe_file}, step '{step}', key '{where['key']}': the artifact {store.rel(path)} "
+                           f"({kind} {name}) is missing or damaged. Run `modelbuild verify`, rebuild it and tag it "
+                           "again")
+    digest = path.name.split("-", 1)[0]
+    named = {"tag": name} if kind == "tag" else {"prefix": name}
+    return ResolvedSource(path, digest, {"kind": kind, **named, "artifact": store.rel(path), "hash": digest})
 
 
 def _resolve_pypi(source: Source, store: Store, fetch: bool) -> ResolvedSource | None:

@@ -35,6 +35,18 @@ CREATE TABLE IF NOT EXISTS attempts (name TEXT PRIMARY KEY, key TEXT NOT NULL, s
 CREATE TABLE IF NOT EXISTS stat_cache (path TEXT PRIMARY KEY, ino INTEGER, size INTEGER, mtime_ns INTEGER,
     ctime_ns INTEGER, digest TEXT NOT NULL);
 """
+# Columns added to a table after a store was first made; `db` adds them to an older store's trace.sqlite.
+ADDED_COLUMNS = {"artifacts": {"meta_digest": "TEXT"}}
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring a store made by an earlier modelbuild up to the current schema (columns are only ever added)."""
+    for table, columns in ADDED_COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns.items():
+            if name not in have:
+                with contextlib.suppress(sqlite3.OperationalError):  # another process added it just now
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 def default_store_root() -> Path:
@@ -123,6 +135,7 @@ class Store:
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA busy_timeout=60000")
             db.executescript(SCHEMA)
+            _add_missing_columns(db)
             self._db = db
         return self._db
 
@@ -190,6 +203,18 @@ class Store:
         if not row:
             return None
         return self.root / row[0], json.loads(row[1])
+
+    def failure_of(self, key: str) -> dict | None:
+        """The failure recorded with the artifact of `key` ({type, message}), or None. A builder that raises
+        a committed failure (`keep_artifact=True`: an evaluation gate that did not pass) keeps its artifact
+        and fails its step; the trace remembers the failure, so the key fails again on every cache hit."""
+        hit = self.lookup(key)
+        failure = (hit[1] if hit else {}).get("failure")
+        if not failure:
+            return None
+        return {"type": failure.get("type", "BuildError"), "kept": self.rel(hit[0]),
+                "message": f"{failure.get('message', '').rstrip()}\nThe result is kept in the store as "
+                           f"{self.rel(hit[0])} (`modelbuild show {self.rel(hit[0])}`)"}
 
     def meta_of(self, path: Path) -> dict | None:
         """Lineage of an artifact: the .meta.json of its first build."""

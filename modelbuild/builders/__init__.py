@@ -25,6 +25,8 @@ BUILTIN = {
     "tokenizer": "modelbuild.builders.tokenizer:Tokenizer",
     "train": "modelbuild.builders.train:Train",
     "finetune": "modelbuild.builders.finetune:Finetune",
+    "evaluate": "modelbuild.builders.evaluate:Evaluate",
+    "tune": "modelbuild.builders.tune:Tune",
 }
 
 __all__ = ["BUILTIN", "BuildContext", "Builder", "Param", "load_builder", "builder_code_hash"]

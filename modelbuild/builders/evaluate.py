@@ -1,0 +1,261 @@
+"""evaluate: score a model artifact on held-out data; metrics, bias by group, gates that fail the build.
+
+Example::
+
+    evaluate:
+      builder: evaluate
+      inputs:
+        model: model                         # a train or finetune artifact
+        data: splits                         # a split (params.table picks the part, default test) or a table
+        baseline: {tag: prod-income}         # optional: a model (scored on the same data) or an evaluation
+      params:
+        protected: [sex, race]
+        gates:
+          accuracy: ">= 0.82"
+          demographic_parity_difference: "<= 0.10"
+          f1: ">= baseline - 0.01"
+
+The evaluation artifact is always committed; when a gate fails the step fails with exit 4 and a table of
+every gate, nothing downstream builds, and a later build of the same key fails the same way from the cache
+(see `keep_artifact` in modelbuild/errors.py). Metric names, the artifact's files and the gate syntax are in
+docs/evaluate.md; the metrics in modelbuild/evaluation/metrics.py and fairness.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import GateFailed, RecipeError, did_you_mean
+from ..evaluation import gates as G
+from ..evaluation import metrics as M
+from .base import Builder, Param
+
+INPUTS = ("model", "data", "baseline")
+
+
+class Evaluate(Builder):
+    """Evaluate a model on a held-out table: metrics, per-group bias, gates."""
+
+    name = "evaluate"
+    env = ("numpy", "scikit-learn", "fairlearn", "pandas", "matplotlib", "pyarrow", "torch", "safetensors",
+           "transformers", "tokenizers", "peft")
+    params = {
+        "table": Param("str", default="test", help="which table of a split input to score (a table input: itself)"),
+        "task": Param("str", choices=M.TASKS, help="override the task read from the model artifact"),
+        "target": Param("str", help="the label column (default: the one the model was trained on)"),
+        "text": Param("str", help="the text column of language models (default: as trained)"),
+        "protected": Param("list", default=[], help="columns to measure bias over, e.g. [sex, race]"),
+        "positive_label": Param("any", help="the positive class for binary-style metrics (default: the second "
+                                            "of two classes; with more classes: one-vs-rest for every class)"),
+        "gates": Param("dict", default={}, help='metric -> condition, e.g. {accuracy: ">= 0.82"}'),
+        "bootstrap": Param("int", default=1000, help="resamples for the headline metric's interval (0: none)"),
+        "confidence": Param("float", default=0.95, help="the bootstrap interval's confidence level"),
+        "seed": Param("int", default=0, help="the bootstrap's seed"),
+        "calibration_bins": Param("int", default=10, help="equal-width confidence bins for ece and the plot"),
+        "batch_size": Param("int", default=256, help="rows (or blocks) scored at a time"),
+        "max_length": Param("int", help="language models: tokens per text or block (default: as trained)"),
+        "num_threads": Param("int", default=2, help="torch CPU threads"),
+    }
+
+    def check(self, params: dict, *, file: str | None, step: str) -> None:
+        def fail(key, message):
+            raise RecipeError(message, file=file, step=step, key=f"params.{key}")
+
+        protected = params["protected"] or []
+        if not all(isinstance(c, str) and c for c in protected):
+            fail("protected", f"protected is a list of column names, e.g. [sex, race]; got {protected!r}")
+        if len(set(protected)) != len(protected):
+            fail("protected", f"protected names a column twice: {protected!r}")
+        for key, low in (("bootstrap", 0), ("seed", 0), ("calibration_bins", 1), ("batch_size", 1),
+                         ("num_threads", 1), ("max_length", 2)):
+            if params.get(key) is not None and params[key] < low:
+                fail(key, f"{key} must be at least {low}, got {params[key]}")
+        if not 0 < params["confidence"] < 1:
+            fail("confidence", f"confidence is a level between 0 and 1 (e.g. 0.95), got {params['confidence']}")
+        kind = M.KINDS.get(params.get("task"))
+        if kind == "language" and protected:
+            fail("protected", "bias metrics apply to classification and regression models, not causal-lm; "
+                              "remove `protected:`")
+        G.check_gates(params["gates"] or {}, metrics=M.names(kind) if kind else M.ALL,
+                      fairness=M.FAIRNESS[kind] if kind else M.ALL_FAIRNESS, protected=protected,
+                      has_baseline=None, file=file, step=step)
+
+    def metric_names(self, params: dict) -> set[str]:
+        """What metrics.json may hold (a tune objective on this step is checked against it): the task's
+        metrics (every task's when the task is read from the model), and the bias gaps when `protected:`."""
+        kind = M.KINDS.get(params.get("task"))
+        kinds = [kind] if kind else list(M.FAIRNESS)
+        names = {n for k in kinds for n in M.names(k)}
+        fairness = {n for k in kinds for n in M.FAIRNESS[k]} if params.get("protected") else set()
+        return names | fairness | {f"{c}.{n}" for c in params.get("protected") or [] for n in fairness}
+
+    def check_inputs(self, params: dict, inputs: dict, *, file: str | None, step: str) -> None:
+        for name in inputs:
+            if name not in INPUTS:
+                raise RecipeError(f"evaluate takes the inputs {', '.join(INPUTS)}, not '{name}'"
+                                  f"{did_you_mean(name, INPUTS)}", file=file, step=step, key=f"inputs.{name}")
+        for name, what in (("model", "the model to evaluate (a train or finetune step)"),
+                           ("data", "the held-out data (a split or a table step)")):
+            if name not in inputs:
+                raise RecipeError(f"evaluate needs a `{name}` input: {what}", file=file, step=step, key="inputs")
+        G.check_gates(params["gates"] or {}, metrics=M.ALL, fairness=M.ALL_FAIRNESS, protected=params["protected"],
+                      has_baseline="baseline" in inputs, file=file, step=step)
+
+    def build(self, ctx) -> None:
+        from ..evaluation import predict, report
+        from ..table import read_schema, read_table
+
+        p, step = ctx.params, ctx.step
+        data, table_name = _data_table(ctx)
+        model = ctx.input("model")
+        task = p["task"] or predict.detect_task(model)
+        if task is None:
+            raise RecipeError(f"cannot tell what task the model input ({model}) was trained for: it has no "
+                              "tabular config.json, transformers architecture or adapter task type. Set "
+                              f"`task:` ({', '.join(M.TASKS)})", step=step, key="params.task")
+        kind = M.KINDS[task]
+        target = predict.label_column(task, model, p["target"])
+        text = predict.text_column(task, model, p["text"])
+        columns = list(read_schema(data).names)
+        predict.require_columns(columns, [("params.target", "label column", target),
+                                          ("params.text", "text column", text)]
+                                + [("params.protected", "protected column", c) for c in p["protected"]], step)
+        if kind == "language" and p["protected"]:
+            raise RecipeError("bias metrics apply to classification and regression models, not causal-lm; remove "
+                              "`protected:`", step=step, key="params.protected")
+        classes = predict.classes_of(task, model)
+        positive = _positive(classes, p["positive_label"], step) if kind == "classification" else None
+        produced = tuple(n for n in M.names(kind) if positive is not None or n not in M.BINARY_ONLY)
+        gates = G.check_gates(p["gates"] or {}, metrics=produced, fairness=M.FAIRNESS[kind],
+                              protected=p["protected"], has_baseline="baseline" in ctx.inputs, file=None, step=step)
+
+        table = read_table(data)
+        ctx.log.info("evaluating a %s model on %s (%d rows)", task, table_name or "the data table", table.num_rows)
+        ctx.progress(0, 2, "scoring the model")
+        scored = predict.score(task, model, table, target=target, text=text, params=p, log=ctx.log)
+        values, details, groups = _measure(scored, kind, positive, table, p)
+        values = report.stable(values)
+        if scored.skipped:
+            ctx.log.warning("%d rows have no label, or a class the model does not know: not scored", scored.skipped)
+
+        baseline_metrics = None
+        if "baseline" in ctx.inputs:
+            ctx.progress(1, 2, "scoring the baseline")
+            baseline_metrics = _baseline(ctx, kind, table, target, text, p)
+        rows = G.evaluate(gates, values, baseline_metrics)
+
+        out = ctx.out
+        info = {"format": 1, "step": step, "task": task, "kind": kind, "table": table_name, "rows": scored.rows,
+                "scored": scored.rows - scored.skipped, "classes": scored.classes or None,
+                "positive_label": classes[positive] if positive is not None else None, "protected": p["protected"],
+                "headline": M.HEADLINE[kind], "label_column": target, "text_column": text,
+                "bootstrap": {"resamples": p["bootstrap"], "confidence": p["confidence"], "seed": p["seed"]}}
+        report.write_json(out / "metrics.json", values)
+        report.write_json(out / "evaluation.json", info)
+        report.write_json(out / "gates.json", {"passed": all(r["passed"] for r in rows), "gates": rows})
+        report.write_groups(out, groups)
+        if kind == "classification":
+            labels = [str(c) for c in scored.classes]
+            report.write_json(out / "confusion_matrix.json", {"labels": labels, "matrix": details["confusion"]})
+            report.write_json(out / "calibration.json", {"bins": details["calibration"], "ece": values["ece"]})
+            report.plot_confusion(out / "confusion_matrix.png", labels, details["confusion"])
+            report.plot_calibration(out / "calibration.png", details["calibration"], values["ece"])
+        if baseline_metrics is not None:
+            report.write_json(out / "baseline" / "metrics.json", baseline_metrics)
+        table_text = G.table(rows) if rows else ""
+        (out / "summary.md").write_text(report.summary(info, values, rows, table_text, baseline_metrics))
+        ctx.progress(2, 2, "done")
+        ctx.log.info("metrics %s", json.dumps(values, sort_keys=True))
+        if rows:
+            ctx.log.info("gates:\n%s", table_text)
+        if not all(r["passed"] for r in rows):
+            raise GateFailed(G.failure_message(rows, step), keep_artifact=True)
+
+
+def _data_table(ctx) -> tuple[Path, str | None]:
+    """The table to score: the `data` input itself, or its part `params.table` (a split's test/)."""
+    from ..table import DATA
+
+    root = Path(ctx.input("data"))
+    if (root / DATA).is_file():
+        return root, None
+    name = ctx.params["table"]
+    if (root / name / DATA).is_file():
+        return root / name, name
+    inner = sorted(p.name for p in root.iterdir() if (p / DATA).is_file()) if root.is_dir() else []
+    if not inner:
+        raise RecipeError(f"the data input ({root}) is not a table or a split: it holds no {DATA}. Give it an "
+                          "ingest, clean or split step", step=ctx.step, key="inputs.data")
+    raise RecipeError(f"the data input holds no table {name!r}{did_you_mean(name, inner)}; its tables are: "
+                      f"{', '.join(inner)}. Set `table:` to one of them", step=ctx.step, key="params.table")
+
+
+def _positive(classes: list, label, step: str) -> int | None:
+    """The index of the positive class: `positive_label`, or the second of two classes."""
+    if label is None:
+        return 1 if len(classes) == 2 else None
+    for i, c in enumerate(classes):
+        if c == label or str(c) == str(label):
+            return i
+    raise RecipeError(f"positive_label {label!r} is not a class of the model; its classes are: "
+                      f"{', '.join(map(repr, classes))}", step=step, key="params.positive_label")
+
+
+def _measure(scored, kind: str, positive, table, p: dict) -> tuple[dict, dict, dict]:
+    """(flat metrics, details for plots, per-group tables) of one scored model."""
+    import numpy as np
+
+    from ..evaluation import fairness
+
+    boot = {"resamples": p["bootstrap"], "confidence": p["confidence"], "seed": p["seed"]}
+    details, tables, groups = {}, {}, {}
+    for column in p["protected"]:
+        values = np.asarray(table.column(column).to_pylist(), dtype=object)[scored.keep]
+        groups[column] = fairness.group_labels(values)
+    if kind == "classification":
+        values, details = M.classification(scored.y_true, scored.proba, positive=positive, bins=p["calibration_bins"])
+        y_pred = np.asarray(scored.proba).argmax(axis=1)
+        interval = M.bootstrap(y_pred == scored.y_true, **boot)
+        if groups:
+            bias, tables = fairness.classification(scored.y_true, y_pred, groups, positive=positive,
+                                                   classes=len(scored.classes))
+            values.update(bias)
+    elif kind == "regression":
+        values = M.regression(scored.y_true, scored.y_pred)
+        errors = (np.asarray(scored.y_true) - np.asarray(scored.y_pred)) ** 2
+        interval = M.bootstrap(errors, transform=np.sqrt, **boot)
+        if groups:
+            bias, tables = fairness.regression(scored.y_true, scored.y_pred, groups)
+            values.update(bias)
+    else:
+        values = M.language(scored.losses, scored.tokens, scored.rows)
+        interval = M.bootstrap(scored.losses, scored.tokens, transform=np.exp, **boot)
+    headline = M.HEADLINE[kind]
+    values[f"{headline}_ci_low"], values[f"{headline}_ci_high"] = interval
+    return values, details, tables
+
+
+def _baseline(ctx, kind: str, table, target, text, p: dict) -> dict:
+    """The baseline's metrics: an evaluation artifact's own, or a model's scored on the same table."""
+    from ..evaluation import predict, report
+
+    base = Path(ctx.input("baseline"))
+    evaluation = predict.read_json(base / "evaluation.json")
+    if evaluation:
+        if evaluation.get("kind") != kind:
+            raise RecipeError(f"the baseline is an evaluation of a {evaluation.get('task')} model, but this step "
+                              f"evaluates a {kind} model; compare like with like", step=ctx.step,
+                              key="inputs.baseline")
+        ctx.log.info("baseline: the metrics of the evaluation %s", base.name)
+        return predict.read_json(base / "metrics.json")
+    task = p["task"] or predict.detect_task(base)
+    if task is None or M.KINDS[task] != kind:
+        raise RecipeError(f"the baseline input ({base.name}) is neither an evaluation artifact nor a {kind} model "
+                          f"(it is {task or 'not a model modelbuild can read'}); give it an evaluate step or a model "
+                          "of the same task", step=ctx.step, key="inputs.baseline")
+    ctx.log.info("baseline: scoring the model %s on the same data", base.name)
+    classes = predict.classes_of(task, base)
+    positive = _positive(classes, p["positive_label"], ctx.step) if kind == "classification" else None
+    scored = predict.score(task, base, table, target=target, text=text, params=p, log=ctx.log)
+    return report.stable(_measure(scored, kind, positive, table, p)[0])

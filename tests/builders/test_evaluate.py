@@ -1,0 +1,292 @@
+"""The evaluate builder's parts: metrics and bias by group against values written out here in plain numpy,
+gate parsing and results, recipe-time checks, and byte-stable report files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from modelbuild.builders.evaluate import Evaluate
+from modelbuild.errors import RecipeError
+from modelbuild.evaluation import gates as G
+from modelbuild.evaluation import metrics as M
+
+pytest.importorskip("fairlearn")
+pytest.importorskip("sklearn")
+
+# 12 rows, two protected columns; positive class 1
+Y_TRUE = np.array([1, 0, 1, 1, 0, 0, 1, 0, 1, 1, 0, 0])
+Y_PRED = np.array([1, 0, 0, 1, 1, 0, 1, 1, 1, 0, 0, 0])
+SEX = ["F", "F", "F", "F", "F", "F", "M", "M", "M", "M", "M", "M"]
+RACE = ["a", "b", "a", "b", "a", "b", "a", "b", "a", "b", None, "b"]
+
+
+def rate(hits) -> float:
+    """A share; 0 when there is nothing to count (fairlearn's convention: a group with no negatives has FPR 0)."""
+    return float(hits.mean()) if len(hits) else 0.0
+
+
+def by_hand(y_true, y_pred, groups):
+    """Per group: selection rate, TPR, FPR, FNR and accuracy, with plain numpy."""
+    groups = np.array(groups, dtype=object)
+    out = {}
+    for g in sorted(set(groups.tolist())):
+        t, p = y_true[groups == g], y_pred[groups == g]
+        pos, neg = t == 1, t == 0
+        out[g] = {"selection": rate(p == 1), "tpr": rate(p[pos] == 1), "fpr": rate(p[neg] == 1),
+                  "fnr": rate(p[pos] == 0), "accuracy": rate(p == t), "count": len(t)}
+    return out
+
+
+def spread(per_group, name):
+    values = [v[name] for v in per_group.values()]
+    return max(values) - min(values)
+
+
+def test_group_metrics_match_numpy():
+    from modelbuild.evaluation import fairness
+
+    race = fairness.group_labels(RACE)
+    assert race[10] == "(missing)"
+    flat, tables = fairness.classification(Y_TRUE, Y_PRED, {"sex": SEX, "race": race}, positive=1, classes=2)
+    for column, groups in (("sex", SEX), ("race", race)):
+        hand = by_hand(Y_TRUE, Y_PRED, groups)
+        selection = [v["selection"] for v in hand.values()]
+        assert flat[f"{column}.demographic_parity_difference"] == pytest.approx(max(selection) - min(selection))
+        assert flat[f"{column}.demographic_parity_ratio"] == pytest.approx(min(selection) / max(selection))
+        assert flat[f"{column}.equalized_odds_difference"] == pytest.approx(
+            max(spread(hand, "tpr"), spread(hand, "fpr")))
+        assert flat[f"{column}.accuracy_gap"] == pytest.approx(spread(hand, "accuracy"))
+        assert flat[f"{column}.fpr_gap"] == pytest.approx(spread(hand, "fpr"))
+        assert flat[f"{column}.fnr_gap"] == pytest.approx(spread(hand, "fnr"))
+        rows = {r["group"]: r for r in tables[column]}
+        assert sorted(rows) == sorted(hand)
+        for g, expected in hand.items():
+            assert rows[g]["count"] == expected["count"]
+            assert rows[g]["accuracy"] == pytest.approx(expected["accuracy"])
+            assert rows[g]["fpr"] == pytest.approx(expected["fpr"])
+    # the bare name is the worst over the columns: largest difference, smallest ratio
+    for name in ("demographic_parity_difference", "equalized_odds_difference", "accuracy_gap", "fnr_gap"):
+        assert flat[name] == max(flat[f"sex.{name}"], flat[f"race.{name}"])
+    assert flat["demographic_parity_ratio"] == min(flat["sex.demographic_parity_ratio"],
+                                                   flat["race.demographic_parity_ratio"])
+
+
+def test_multiclass_bias_is_one_vs_rest_worst_or_the_positive_label():
+    from modelbuild.evaluation import fairness
+
+    y_true = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 2])
+    y_pred = np.array([0, 1, 1, 0, 2, 2, 1, 1, 2, 0])
+    g = ["x"] * 5 + ["y"] * 5
+    worst, _ = fairness.classification(y_true, y_pred, {"g": g}, positive=None, classes=3)
+    dpd = []
+    for c in range(3):
+        hand = by_hand((y_true == c).astype(int), (y_pred == c).astype(int), g)
+        dpd.append(spread(hand, "selection"))
+    assert worst["demographic_parity_difference"] == pytest.approx(max(dpd))
+    only2, _ = fairness.classification(y_true, y_pred, {"g": g}, positive=2, classes=3)
+    assert only2["demographic_parity_difference"] == pytest.approx(dpd[2])
+    acc = by_hand(y_true, y_pred, g)
+    assert worst["accuracy_gap"] == pytest.approx(spread(acc, "accuracy"))  # multiclass accuracy
+
+
+def test_regression_gaps_match_numpy():
+    from modelbuild.evaluation import fairness
+
+    y, p = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]), np.array([1.5, 2.0, 2.0, 4.0, 7.0, 6.5])
+    g = ["a", "a", "a", "b", "b", "b"]
+    flat, _ = fairness.regression(y, p, {"g": g})
+    err = np.abs(y - p)
+    mae = [err[:3].mean(), err[3:].mean()]
+    rmse = [np.sqrt((err[:3] ** 2).mean()), np.sqrt((err[3:] ** 2).mean())]
+    assert flat["g.mae_gap"] == pytest.approx(abs(mae[0] - mae[1]))
+    assert flat["rmse_gap"] == pytest.approx(abs(rmse[0] - rmse[1]))
+
+
+def test_classification_metrics_match_numpy():
+    proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.55, 0.45], [0.1, 0.9]])
+    y = np.array([0, 1, 1, 1, 0, 0])
+    values, details = M.classification(y, proba, positive=1, bins=10)
+    pred = proba.argmax(1)
+    assert values["accuracy"] == pytest.approx((pred == y).mean())
+    tp, fp, fn = ((pred == 1) & (y == 1)).sum(), ((pred == 1) & (y == 0)).sum(), ((pred == 0) & (y == 1)).sum()
+    assert values["precision"] == pytest.approx(tp / (tp + fp))
+    assert values["recall"] == pytest.approx(tp / (tp + fn))
+    assert values["log_loss"] == pytest.approx(-np.mean(np.log(proba[np.arange(6), y])))
+    conf = proba.max(1)
+    ece = 0.0
+    for b in range(10):
+        inside = np.minimum((conf * 10).astype(int), 9) == b
+        if inside.any():
+            ece += abs((pred[inside] == y[inside]).mean() - conf[inside].mean()) * inside.sum() / 6
+    assert values["ece"] == pytest.approx(ece)
+    assert details["confusion"] == [[((y == t) & (pred == p)).sum() for p in (0, 1)] for t in (0, 1)]
+    assert values["roc_auc"] is not None and values["rows"] == 6
+
+
+def test_multiclass_without_a_positive_class_has_no_binary_metrics():
+    proba = np.eye(3)[[0, 1, 2, 1]] * 0.7 + 0.1
+    values, _ = M.classification(np.array([0, 1, 2, 2]), proba, positive=None, bins=5)
+    assert "f1" not in values and values["f1_macro"] > 0 and values["roc_auc"] is not None
+
+
+def test_bootstrap_is_seeded_and_brackets_the_value():
+    correct = np.random.default_rng(7).random(100)
+    a = M.bootstrap(correct, resamples=500, confidence=0.95, seed=0)
+    assert a == M.bootstrap(correct, resamples=500, confidence=0.95, seed=0)
+    assert a != M.bootstrap(correct, resamples=500, confidence=0.95, seed=1)
+    assert a[0] < correct.mean() < a[1]
+    assert M.bootstrap(correct, resamples=0, confidence=0.95, seed=0) == (None, None)
+
+
+@pytest.mark.parametrize(("text", "op", "number", "baseline"), [
+    (">= 0.82", ">=", 0.82, False), ("<=0.1", "<=", 0.1, False), ("> baseline", ">", 0.0, True),
+    (">= baseline - 0.01", ">=", -0.01, True), ("< baseline + 1e-3", "<", 0.001, True), (">= -2", ">=", -2.0, False),
+])
+def test_gate_syntax(text, op, number, baseline):
+    gate = G.parse("accuracy", text)
+    assert (gate.op, gate.number, gate.baseline) == (op, pytest.approx(number), baseline)
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("=> 0.8", "unknown operator '=>'"), ("== 0.8", "unknown operator '=='"), (">= high", "not OP NUMBER"),
+    ("0.8", "does not start with an operator"), (0.8, 'write the operator too, e.g. ">= 0.8"'),
+    (">= baseline * 2", "not OP NUMBER"),
+])
+def test_malformed_gates_say_what_is_wrong(text, says):
+    with pytest.raises(ValueError, match=None) as e:
+        G.parse("accuracy", text)
+    assert says in str(e.value)
+
+
+def test_gate_results_and_table():
+    gates = [G.parse("accuracy", ">= 0.9"), G.parse("f1", ">= baseline - 0.01"), G.parse("roc_auc", "> 0.5")]
+    rows = G.evaluate(gates, {"accuracy": 0.85, "f1": 0.80, "roc_auc": None}, {"f1": 0.805})
+    assert [r["passed"] for r in rows] == [False, True, False]
+    assert rows[1]["threshold"] == pytest.approx(0.795) and rows[1]["baseline"] == 0.805
+    message = G.failure_message(rows, "evaluate")
+    assert "2 of 3 evaluation gates failed (accuracy, roc_auc)" in message
+    assert "accuracy  0.85   >= 0.9" in message and "FAIL" in message and "n/a" in message
+
+
+def normalise(params, inputs=("model", "data")):
+    builder = Evaluate()
+    out = builder.normalise(params, file="r.yaml", step="ev")
+    builder.check_inputs(out, {name: name for name in inputs}, file="r.yaml", step="ev")
+    return out
+
+
+@pytest.mark.parametrize(("params", "inputs", "says"), [
+    ({"gates": {"acuracy": ">= 0.8"}}, ("model", "data"), "no metric 'acuracy' (did you mean 'accuracy'?)"),
+    ({"gates": {"accuracy": "=> 0.8"}}, ("model", "data"), "unknown operator '=>'"),
+    ({"gates": {"accuracy": ">= baseline"}}, ("model", "data"), "has no `baseline` input"),
+    ({"gates": {"demographic_parity_difference": "<= 0.1"}}, ("model", "data"), "add `protected:"),
+    ({"protected": ["sex"], "gates": {"race.fpr_gap": "<= 0.1"}}, ("model", "data"), "'race' is not a protected"),
+    ({"task": "tabular-regression", "gates": {"accuracy": ">= 0.8"}}, ("model", "data"), "no metric 'accuracy'"),
+    ({"confidence": 1.5}, ("model", "data"), "between 0 and 1"),
+    ({"bootstrapp": 10}, ("model", "data"), "did you mean 'bootstrap'"),
+    ({}, ("model",), "needs a `data` input"),
+    ({}, ("model", "data", "baseline", "extra"), "not 'extra'"),
+])
+def test_recipe_time_checks(params, inputs, says):
+    with pytest.raises(RecipeError) as e:
+        normalise(params, inputs)
+    assert says in str(e.value) and "step 'ev'" in str(e.value)
+
+
+def test_good_params_pass_and_fill_defaults():
+    out = normalise({"protected": ["sex", "race"], "gates": {"sex.demographic_parity_ratio": ">= 0.8",
+                                                             "accuracy": ">= baseline - 0.01"}},
+                    ("model", "data", "baseline"))
+    assert out["bootstrap"] == 1000 and out["table"] == "test"
+
+
+def test_plots_are_byte_identical(tmp_path):
+    from modelbuild.evaluation import report
+
+    bins = M.expected_calibration_error(np.array([0.55, 0.7, 0.9, 0.95]), np.array([1, 0, 1, 1]), 10)[1]
+    for name in ("a", "b"):
+        report.plot_confusion(tmp_path / f"{name}-cm.png", ["no", "yes"], [[3, 1], [2, 4]])
+        report.plot_calibration(tmp_path / f"{name}-cal.png", bins, 0.1)
+    assert (tmp_path / "a-cm.png").read_bytes() == (tmp_path / "b-cm.png").read_bytes()
+    assert (tmp_path / "a-cal.png").read_bytes() == (tmp_path / "b-cal.png").read_bytes()
+    assert b"Software" not in (tmp_path / "a-cm.png").read_bytes()
+
+
+# ---- language models, through the builder ---------------------------------------------------------------
+def _train(tmp_path, task, inputs, model, data, steps):
+    from modelbuild.builders.base import BuildContext
+    from modelbuild.builders.train import Train
+    from modelbuild.training import loop
+    from modelbuild.training.task import load_task
+
+    params = Train().normalise({"task": task, "model": model, "data": data, "batch_size": 8,
+                                "trainer": {"max_steps": steps}, "optimizer": {"lr": 0.01}}, file="r.yaml", step="m")
+    out = tmp_path / task
+    out.mkdir()
+    ctx = BuildContext(step="m", inputs=inputs, out=out, params=params, recipe_dir=tmp_path, work=tmp_path / "work")
+    loop.fit(ctx, load_task(task, ctx, params), params)
+    return out
+
+
+def _tokenizer(tmp_path, table, column):
+    from modelbuild.builders.base import BuildContext
+    from modelbuild.builders.tokenizer import Tokenizer
+
+    out = tmp_path / "tok"
+    out.mkdir()
+    params = Tokenizer().normalise({"kind": "wordpiece", "vocab_size": 80, "column": column}, file="r.yaml", step="t")
+    Tokenizer().build(BuildContext(step="t", inputs={"data": table}, out=out, params=params, recipe_dir=tmp_path))
+    return out
+
+
+def _evaluate(tmp_path, inputs, **params):
+    from modelbuild.builders.base import BuildContext
+
+    out = tmp_path / "evaluation"
+    out.mkdir()
+    params = Evaluate().normalise(params, file="r.yaml", step="ev")
+    Evaluate().build(BuildContext(step="ev", inputs=inputs, out=out, params=params, recipe_dir=tmp_path))
+    return out
+
+
+@pytest.mark.slow
+def test_language_models_are_scored(tmp_path):
+    """A tiny BERT classifier (with bias by group) and a tiny GPT-2 (loss and perplexity)."""
+    import json
+    import math
+    import random
+
+    pa = pytest.importorskip("pyarrow")
+    pytest.importorskip("transformers")
+    from modelbuild.table import write_table
+
+    rng = random.Random(0)
+    words = {"pos": "good fine happy", "neg": "bad sad grim"}
+    rows = [(label, rng.choice(["x", "y"])) for label in rng.choices(sorted(words), k=200)]
+    texts = [f"it was {rng.choice(words[label].split())} today" for label, _ in rows]
+    table = pa.table({"sentence": texts, "mood": [r[0] for r in rows], "group": [r[1] for r in rows]})
+    write_table(table, tmp_path / "data")
+    tok = _tokenizer(tmp_path, tmp_path / "data", "sentence")
+    bert = {"architecture": "bert", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 32, "max_position_embeddings": 32}
+    classifier = _train(tmp_path, "sequence-classification", {"data": tmp_path / "data", "tokenizer": tok}, bert,
+                        {"text": "sentence", "label": "mood", "max_length": 16}, 40)
+    out = _evaluate(tmp_path, {"model": classifier, "data": tmp_path / "data"}, text="sentence", target="mood",
+                    protected=["group"], bootstrap=50)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert json.loads((out / "evaluation.json").read_text())["task"] == "sequence-classification"
+    assert metrics["rows"] == 200 and metrics["accuracy"] > 0.5 and "group.fpr_gap" in metrics
+    assert (out / "groups" / "group.csv").read_text().startswith("group,count,accuracy")
+
+    gpt2 = {"architecture": "gpt2", "n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 32}
+    lm = _train(tmp_path, "causal-lm", {"data": tmp_path / "data", "tokenizer": tok}, gpt2,
+                {"column": "sentence", "block_size": 16}, 20)
+    out2 = tmp_path / "second"
+    out2.mkdir()
+    scored = _evaluate(out2, {"model": lm, "data": tmp_path / "data"}, text="sentence", max_length=16, bootstrap=50)
+    metrics = json.loads((scored / "metrics.json").read_text())
+    assert metrics["perplexity"] == pytest.approx(math.exp(metrics["loss"]), rel=1e-6)
+    assert metrics["perplexity_ci_low"] < metrics["perplexity"] < metrics["perplexity_ci_high"]
+    assert metrics["tokens"] > metrics["blocks"] > 0
+    assert not (scored / "confusion_matrix.png").exists()

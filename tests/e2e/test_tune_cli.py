@@ -1,0 +1,88 @@
+"""Tuning a real `train` step through the CLI: a tiny tabular model, one epoch per trial. A trial with the
+recipe's own params is the recipe's own model (a cache hit), the best trial reaches a downstream step, and
+the tune artifact is reproducible."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lightning")
+pytest.importorskip("nevergrad")
+
+RECIPE = """
+name: demo
+steps:
+  raw:
+    builder: ingest
+    inputs: {data: {path: data.csv}}
+  splits:
+    builder: split
+    inputs: {data: raw}
+    params: {method: stratified, stratify: label, fractions: {train: 0.8, validation: 0.2}}
+  model:
+    builder: train
+    inputs: {data: splits}
+    params:
+      task: tabular-classification
+      data: {target: label}
+      model: {hidden: [8]}
+      batch_size: 64
+      optimizer: {lr: 0.003}
+      trainer: {max_epochs: 1, enable_model_summary: false}
+  tuned:
+    builder: tune
+    params:
+      target: model
+      space:
+        optimizer: {lr: {log: [0.003, 0.03], points: 2}}
+      objective: {metric: val_accuracy, mode: max}
+      optimizer: grid
+  files:
+    builder: python
+    inputs: {model: tuned}
+    params: {function: "steps:files"}
+"""
+
+STEPS = """
+import os
+
+
+def files(ctx):
+    (ctx.out / "files.txt").write_text("\\n".join(sorted(os.listdir(ctx.inputs["model"]))) + "\\n")
+"""
+
+
+def test_tune_a_train_step(project, cli):
+    rng = random.Random(0)
+    lines = ["x1,x2,label"]
+    for _ in range(400):
+        x1, x2 = rng.gauss(0, 1), rng.gauss(0, 1)
+        lines.append(f"{x1:.4f},{x2:.4f},{'yes' if x1 + 0.5 * x2 > 0 else 'no'}")
+    project.write("data.csv", "\n".join(lines) + "\n")
+    project.write("recipe.yaml", RECIPE)
+    project.write("steps.py", STEPS)
+    cli.build("recipe.yaml", "-t", "model")
+    plan = cli("plan", "recipe.yaml").stdout
+    assert "tune: 2 trials of model (grid), maximise val_accuracy: 1 in the store, 1 to build" in plan
+    result = cli.build()
+    assert cli.statuses(result)["tuned"] == "built" and cli.statuses(result)["files"] == "built"
+    tuned = Path(result["by_step"]["tuned"]["path"])
+    shown = json.loads(cli("show", "demo:tuned", "--json").stdout)["metrics"]
+    assert (shown["trials_built"], shown["trials_cached"]) == (1, 1)  # lr 0.003 is the recipe's own model
+    trials = json.loads((tuned / "trials.json").read_text())["trials"]
+    assert [t["params"] for t in trials] == [{"optimizer.lr": 0.003}, {"optimizer.lr": 0.03}]
+    assert trials[0]["path"] == str(Path(result["by_step"]["model"]["path"]).relative_to(cli.store))
+    best = json.loads((tuned / "best.json").read_text())
+    assert best["objective"] == max(t["objective"] for t in trials)
+    files = (Path(result["by_step"]["files"]["path"]) / "files.txt").read_text().split()
+    assert "model.safetensors" in files and "metrics.json" in files
+    assert {"trials.csv", "trials.json", "best.json", "objective.png", "metrics.json"} <= {
+        p.name for p in tuned.iterdir()}
+    again = cli.build()
+    assert set(cli.statuses(again).values()) == {"cached"}
+    check = cli.build("recipe.yaml", "-t", "tuned", "--check")
+    assert check["by_step"]["tuned"]["reproducible"] is True
