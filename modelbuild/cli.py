@@ -179,8 +179,11 @@ def cmd_gc(args) -> int:
     verb = "would remove" if args.dry_run else "removed"
     for p in report.removed:
         print(f"{verb} {store.rel(p)}")
-    print(f"{verb} {len(report.removed)} artifacts ({report.bytes_freed / 1e6:.1f} MB), kept {len(report.kept)} "
-          "rooted or reachable from a root")
+    for p in report.work_areas:
+        print(f"{verb} {store.rel(p)} (the work area of a build that did not finish: its checkpoints)")
+    areas = f" and {len(report.work_areas)} work areas" if report.work_areas else ""
+    print(f"{verb} {len(report.removed)} artifacts{areas} ({report.bytes_freed / 1e6:.1f} MB), kept "
+          f"{len(report.kept)} rooted or reachable from a root")
     return 0
 
 

@@ -16,6 +16,7 @@ class GcReport:
     kept: list[Path] = field(default_factory=list)
     removed: list[Path] = field(default_factory=list)
     bytes_freed: int = 0
+    work_areas: list[Path] = field(default_factory=list)  # checkpoints of builds that never finished
 
 
 def live_set(store: Store) -> set[Path]:
@@ -60,6 +61,7 @@ def collect(store: Store, dry_run: bool = False) -> GcReport:
     if not store.objects.exists():
         return report
     live = live_set(store)
+    _drop_idle_work_areas(store, report, dry_run)
     for entry in sorted(store.objects.iterdir()):
         if entry.name == ".links":
             continue
@@ -110,6 +112,23 @@ def _drop_unshared_links(store: Store, report: GcReport) -> None:
         if st.st_nlink == 1:
             report.bytes_freed += st.st_size
             os.unlink(e.path)
+
+
+def _drop_idle_work_areas(store: Store, report: GcReport, dry_run: bool) -> None:
+    """Work areas (`tmp/work/<key>`: a training's checkpoints) of builds that were killed and never built
+    again. A successful build removes its own; one whose key is locked is in use and stays. Removing one
+    means that key's next build starts from the beginning instead of resuming."""
+    work = store.tmp / "work"
+    if not work.is_dir():
+        return
+    for entry in sorted(work.iterdir()):
+        with store.lock(entry.name, blocking=False) as free:
+            if not free:
+                continue
+            report.work_areas.append(entry)
+            report.bytes_freed += _size(entry)
+            if not dry_run:
+                remove_tree(entry)
 
 
 def _drop_stale_jobs(store: Store, older_than: float = 86400) -> None:

@@ -417,3 +417,19 @@ def test_drv_files_are_written_once(store):
     store.write_drv(KEY1, {"a": 2})
     assert store.read_drv(KEY1) == {"a": 1}
     assert store.read_drv(KEY2) is None
+
+
+def test_gc_removes_work_areas_of_killed_builds_but_not_of_running_ones(store):
+    from modelbuild.gc import collect
+
+    for key in (KEY1, KEY2):
+        ckpt = store.tmp / "work" / key / "checkpoints" / "last.ckpt"
+        ckpt.parent.mkdir(parents=True)
+        ckpt.write_bytes(b"\x00" * 4096)
+    with store.lock(KEY2):  # a build of KEY2 is training now
+        dry = collect(store, dry_run=True)
+        assert dry.work_areas == [store.tmp / "work" / KEY1] and dry.bytes_freed >= 4096
+        assert (store.tmp / "work" / KEY1).exists()
+        report = collect(store)
+    assert report.work_areas == [store.tmp / "work" / KEY1]
+    assert not (store.tmp / "work" / KEY1).exists() and (store.tmp / "work" / KEY2 / "checkpoints").exists()
