@@ -25,11 +25,13 @@ def cli(tmp_path_factory) -> Cli:
     return Cli(root, root / "store")
 
 
-def build_twice(cli: Cli, recipe: str) -> dict:
-    """Build a recipe into the store that holds none of its steps, then again; return the first result."""
-    first = cli.build(f"recipes/{recipe}.yaml")
+def build_twice(cli: Cli, recipe: str, *targets: str) -> dict:
+    """Build a recipe (or the named targets and what they need) into a store that holds none of its steps,
+    then again; return the first result."""
+    args = [a for t in targets for a in ("--target", t)]
+    first = cli.build(f"recipes/{recipe}.yaml", *args)
     assert set(cli.statuses(first).values()) == {"built"}, cli.statuses(first)
-    again = cli.build(f"recipes/{recipe}.yaml")
+    again = cli.build(f"recipes/{recipe}.yaml", *args)
     assert set(cli.statuses(again).values()) == {"cached"}, cli.statuses(again)
     assert [s["path"] for s in again["steps"]] == [s["path"] for s in first["steps"]]
     return first
@@ -37,7 +39,8 @@ def build_twice(cli: Cli, recipe: str) -> dict:
 
 @pytest.fixture(scope="module")
 def income(cli):
-    return build_twice(cli, "income")
+    # the data steps only: tuning and evaluation are a slow test of their own (test_income_tuned_and_evaluated)
+    return build_twice(cli, "income", "profile_train", "profile_test")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,8 @@ def employment(cli):
 
 @pytest.fixture(scope="module")
 def tweets(cli):
-    return build_twice(cli, "tweets")
+    # the data steps only: the fine-tuning step is a slow test of its own (tests/e2e/test_tweets_finetune.py)
+    return build_twice(cli, "tweets", "profile_train")
 
 
 def read(result: dict, step: str, name: str) -> dict:
@@ -169,3 +173,20 @@ def test_tweets(tweets):
     assert 100 < text["chars"]["mean"] < 110 and text["vocabulary"]["size"] > 50000
     assert 0 < confidence["missing"] < 0.2 * 29689 and 0 < confidence["min"] and confidence["max"] <= 1
     assert profile["columns"]["sentiment"]["distinct"] == 3
+
+
+@pytest.mark.slow
+def test_income_tuned_and_evaluated(cli, income):
+    """Bayesian optimisation of the model (6 trials), then the best model on adult.test, gated by accuracy and
+    by sex and race; the data steps are cached from the income fixture."""
+    result = cli.build("recipes/income.yaml", "--target", "evaluate", "-j", "2")
+    statuses = cli.statuses(result)
+    assert statuses["splits"] == "cached" and statuses["tuned"] == statuses["evaluate"] == "built", statuses
+    trials = read(result, "tuned", "trials.json")["trials"]
+    assert len(trials) == 6 and all(t["status"] == "ok" for t in trials)
+    best = read(result, "tuned", "best.json")
+    evaluation = read(result, "evaluate", "metrics.json")
+    assert evaluation["rows"] == 15055 and evaluation["accuracy"] >= 0.82
+    assert evaluation["race.demographic_parity_difference"] <= 0.25 >= evaluation["sex.demographic_parity_difference"]
+    lineage = json.loads(cli("show", "income:evaluate", "--json").stdout)
+    assert best["digest"] in json.dumps(lineage)  # the evaluation's model input is the best trial

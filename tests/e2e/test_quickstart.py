@@ -21,13 +21,29 @@ def quickstart(tmp_path_factory):
 
 def test_quickstart_builds_then_is_fully_cached(quickstart):
     cli, first = quickstart
-    assert cli.statuses(first) == {"adult": "built", "clean": "built", "summary": "built"}
+    assert cli.statuses(first) == {"adult": "built", "clean": "built", "summary": "built", "splits": "built",
+                                   "model": "built", "tuned": "built", "evaluate": "built"}
     adult = json.loads((cli.store.parent / first["by_step"]["adult"]["path"] / "table.json").read_text())
     assert adult["rows"] == 32561 and len(adult["columns"]) == 15
     metrics = json.loads(open(first["by_step"]["summary"]["path"] + "/metrics.json").read())
     assert metrics["rows"] == 30162 and 0.24 < metrics["high_income_rate"] < 0.25
     again = cli.build("recipes/quickstart.yaml")
     assert set(cli.statuses(again).values()) == {"cached"}
+
+
+def test_quickstart_tunes_and_evaluates_the_best_model(quickstart):
+    cli, first = quickstart
+    path = lambda step: cli.project / first["by_step"][step]["path"]  # noqa: E731
+    trials = json.loads((path("tuned") / "trials.json").read_text())["trials"]
+    assert [t["params"]["optimizer.lr"] for t in trials] == [0.001, 0.003, 0.01]
+    assert any(t["digest"] in str(path("model")) for t in trials)  # lr 0.003 is the model step: a cache hit
+    best = json.loads((path("tuned") / "best.json").read_text())
+    assert best["objective"] == min(t["objective"] for t in trials)
+    evaluation = json.loads((path("evaluate") / "metrics.json").read_text())
+    assert evaluation["accuracy"] >= 0.80 and evaluation["sex.demographic_parity_difference"] <= 0.25
+    assert evaluation["rows"] == json.loads((path("splits") / "split.json").read_text())["rows"]["test"]
+    gates = json.loads((path("evaluate") / "gates.json").read_text())
+    assert gates and all(g["passed"] for g in (gates if isinstance(gates, list) else gates["gates"]))
 
 
 def test_quickstart_is_reproducible(quickstart):
@@ -43,7 +59,7 @@ def test_diff_of_quickstart_names_the_changed_param_and_source_file(quickstart):
     original = script.read_text()
     script.write_text(original.replace("round(6)", "round(4)"))
     try:
-        result = cli.build("recipes/quickstart.yaml", "steps.clean.params.min_age=21")
+        result = cli.build("recipes/quickstart.yaml", "steps.clean.params.min_age=21", "-t", "summary")
         assert cli.statuses(result) == {"adult": "cached", "clean": "built", "summary": "built"}
         d = json.loads(cli("diff", before, "quickstart:summary", "--json").stdout)
         assert len(d["causes"]) == 2, d["causes"]
