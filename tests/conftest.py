@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+# Tests kill trainings a few seconds in: there, checkpoints follow checkpoint_every_n_steps alone (by default a
+# single-process training also waits 30 s between two; see modelbuild/training/loop.py).
+os.environ.setdefault("MODELBUILD_CHECKPOINT_SECONDS", "0")
+
 REPO = Path(__file__).resolve().parents[1]
 
 

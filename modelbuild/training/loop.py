@@ -11,7 +11,11 @@ What `fit(ctx, task, params)` does, in order:
    `last.ckpt.part` and renames it (a kill mid-write never leaves a torn `last.ckpt`).
 3. Checkpoints: `ctx.work/checkpoints/last.ckpt`, saved at the start of the first batch after every
    `checkpoint_every_n_steps` optimizer steps (then everything about the steps before it, their logging,
-   validation and epoch ends included, is done). `ctx.work` is the step's work area (`tmp/work/<key>`): it
+   validation and epoch ends included, is done), and, in a single process, only once at least
+   `MODELBUILD_CHECKPOINT_SECONDS` (default 30) of training and 20 times the last save's duration have
+   passed since the last one: saving stays under 5% of the training time, so a short run saves little and
+   a long one still loses at most a few minutes to a kill. (Under DDP every rank must agree, so only the
+   step count decides.) Where the checkpoints fall never changes the artifact, as resuming is exact. `ctx.work` is the step's work area (`tmp/work/<key>`): it
    survives a killed build of the same key and is deleted after a successful commit, so checkpoints are never
    part of the artifact. If `last.ckpt` is there at the start, training resumes from it
    (`trainer.fit(ckpt_path=...)`) and the lineage records `resumed_from_step`. Resuming is exact: a resumed
@@ -77,6 +81,7 @@ from ..errors import BuildError
 from ..table import rounded
 
 CHECKPOINTS, LAST = "checkpoints", "last.ckpt"
+CHECKPOINT_SECONDS_ENV = "MODELBUILD_CHECKPOINT_SECONDS"  # least training seconds between two checkpoints
 _RANKS_ENV = "MODELBUILD_TRAIN_RANKS"  # {"work": ..., "ckpt": ...} of rank 0, for the ranks it launches
 TENSORBOARD_FILE = "events.out.tfevents.modelbuild"
 
@@ -451,6 +456,8 @@ class _Recorder(pl.Callback):
         self.total, self.every, self._started, self._printed = None, 50, 0.0, -1
         self.trainer, self._sums_to_restore = None, None
         self.checkpoint_every, self.checkpoint, self._saved_step = 0, None, 0
+        self.checkpoint_seconds = float(os.environ.get(CHECKPOINT_SECONDS_ENV, 30))
+        self._saved_at, self._save_cost = time.perf_counter(), 0.0
         self._reported, self._mps = 0.0, torch.backends.mps.is_available()
 
     def state_dict(self) -> dict:
@@ -477,6 +484,7 @@ class _Recorder(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self.total = trainer.estimated_stepping_batches
         self.every = max(1, trainer.log_every_n_steps)
+        self._saved_at = time.perf_counter()
 
     def _epoch_sums(self) -> dict:
         """Lightning's running sums of the values logged with `on_epoch=True` in this epoch. Lightning does
@@ -513,11 +521,19 @@ class _Recorder(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.position = {"epoch": trainer.current_epoch, "batches": batch_idx, "step": trainer.global_step}
         step, every = trainer.global_step, self.checkpoint_every
-        if every and step and step % every == 0 and step != self._saved_step:
-            self._saved_step = step
+        if every and step and step % every == 0 and step != self._saved_step and self._checkpoint_due(trainer):
+            self._saved_step, started = step, time.perf_counter()
             trainer.save_checkpoint(self.checkpoint, weights_only=False)
+            self._saved_at = time.perf_counter()
+            self._save_cost = self._saved_at - started
         _reseed(_mix(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank), self._mps)
         self._started = time.perf_counter()
+
+    def _checkpoint_due(self, trainer) -> bool:
+        """Time enough since the last save (see the module docstring); always so under DDP."""
+        if trainer.world_size > 1 or self.checkpoint_seconds <= 0:
+            return True
+        return time.perf_counter() - self._saved_at >= max(self.checkpoint_seconds, 20 * self._save_cost)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.run["seconds"] += time.perf_counter() - self._started

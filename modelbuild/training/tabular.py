@@ -372,7 +372,8 @@ def _lightning_module():
 
         def training_step(self, batch, batch_idx):
             loss, _ = self._loss(*batch)
-            self.log("train_loss", loss, on_step=True, on_epoch=True, batch_size=len(batch[2]), sync_dist=True)
+            self.log("train_loss", loss, on_step=True, on_epoch=True, batch_size=len(batch[2]),
+                     sync_dist=self.trainer.world_size > 1)
             return loss
 
         def on_validation_epoch_start(self):

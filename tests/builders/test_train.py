@@ -165,6 +165,26 @@ def test_a_resumed_build_is_byte_identical(trained, splits, tmp_path, monkeypatc
     assert files(resumed.out) == files(first.out)  # checkpoint_every_n_steps does not change the model
 
 
+def test_by_default_a_short_training_saves_no_checkpoint_but_a_slow_one_does(splits, tmp_path, monkeypatch):
+    """Checkpoints wait for 30 s of training (and 20 times the last save) since the previous one, so a short
+    run pays nothing for them; the bytes of the model do not depend on where they fall."""
+    from modelbuild.training import loop
+
+    saved = []
+    save = loop._AtomicCheckpointIO.save_checkpoint
+    monkeypatch.setattr(loop._AtomicCheckpointIO, "save_checkpoint",
+                        lambda self, checkpoint, path, storage_options=None: (
+                            saved.append(checkpoint["global_step"]), save(self, checkpoint, path, storage_options)))
+    monkeypatch.delenv(loop.CHECKPOINT_SECONDS_ENV)
+    p = params(checkpoint_every_n_steps=10)
+    fit(tmp_path, splits, p, name="quick")
+    assert saved == []
+    clock = iter(range(0, 10**6, 7))  # every reading of the clock 7 s later: each step is a long one
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: float(next(clock)))
+    fit(tmp_path, splits, p, name="slow")
+    assert saved and all(step % 10 == 0 for step in saved) and len(saved) < 48 // 10 + 1
+
+
 def test_regression_learns_and_reloads(splits, tmp_path):
     from modelbuild.table import read_table
     from modelbuild.training.tabular import load
