@@ -89,6 +89,9 @@ def format_show(info: dict) -> str:
         lines.append(f"table      {t['rows']} rows; columns {', '.join(t['columns'])}")
     if info.get("metrics"):
         lines.append(f"metrics    {json.dumps(info['metrics'], sort_keys=True)}")
+    if info.get("failure"):  # a kept artifact of a failed step (an evaluation whose gate did not pass)
+        first = (info["failure"].get("message") or "").strip().splitlines()[:1]
+        lines.append(f"failed     {info['failure'].get('type', 'BuildError')}: {first[0] if first else ''}")
     lines.append(f"files      {info.get('files')}")
     if info.get("roots"):
         lines.append(f"roots      {', '.join(info['roots'])}")

@@ -112,6 +112,7 @@ def test_a_gate_that_cannot_pass_fails_with_exit_4_and_keeps_the_evaluation(firs
     assert kept.is_dir() and json.loads((kept / "gates.json").read_text())["passed"] is False
     shown = json.loads(cli("show", "ev:evaluate", "--json").stdout)
     assert shown["path"] == f"objects/{kept.name}" and shown["failure"]["type"] == "GateFailed"
+    assert "\nfailed     GateFailed: " in cli("show", "ev:evaluate").stdout
     before = objects(cli)
     proc = cli("build", "strict.yaml", check=4)  # from the cache: the recorded failure, not a rebuild
     assert re.search(r"accuracy +0\.\d+ +>= 0\.99 +0\.99 +FAIL", proc.stderr), proc.stderr

