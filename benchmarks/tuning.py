@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 TUNE = """
-  tuned_{name}:
+  bench_{name}:
     builder: tune
     params:
       target: model
@@ -119,26 +119,26 @@ def main() -> None:
 
         seconds, _ = modelbuild(store, work, "build", "income.yaml", "-t", "splits", *over)
         print(f"data steps built in {seconds:.1f} s (untimed below)")
-        seconds, result = modelbuild(store, work, "build", "income.yaml", "-t", "tuned_grid", "-j", "2", "--json",
+        seconds, result = modelbuild(store, work, "build", "income.yaml", "-t", "bench_grid", "-j", "2", "--json",
                                      *over)
-        grid_trials = trials_of(store, result, "tuned_grid")
+        grid_trials = trials_of(store, result, "bench_grid")
         best = min(t["objective"] for t in grid_trials if t["status"] == "ok")
         print(f"grid   {len(grid_trials)} trials in {seconds:.1f} s ({seconds / len(grid_trials):.1f} s a trial); "
               f"best val_loss {best:.5f}")
         found = {}
         for name in ("bo", "ngopt"):
-            seconds, result = modelbuild(store, work, "build", "income.yaml", "-t", f"tuned_{name}", "-j", "2",
+            seconds, result = modelbuild(store, work, "build", "income.yaml", "-t", f"bench_{name}", "-j", "2",
                                          "--json", *over)
-            trials = trials_of(store, result, f"tuned_{name}")
+            trials = trials_of(store, result, f"bench_{name}")
             found[name] = within(trials, best)
             own = min(t["objective"] for t in trials if t["status"] == "ok")
             print(f"{name:6} {len(trials)} trials in {seconds:.1f} s; best val_loss {own:.5f} "
                   f"({own / best:.4f} x grid's); within 1% of the grid's best at trial "
                   f"{found[name] if found[name] else f'> {len(trials)}'}")
 
-        rerun, _ = modelbuild(store, work, "build", "income.yaml", "-t", "tuned_grid", *over)
-        research, _ = modelbuild(store, work, "build", "income.yaml", "-t", "tuned_grid", *over,
-                                 "+steps.tuned_grid.params.max_failure_rate=0.9")
+        rerun, _ = modelbuild(store, work, "build", "income.yaml", "-t", "bench_grid", *over)
+        research, _ = modelbuild(store, work, "build", "income.yaml", "-t", "bench_grid", *over,
+                                 "+steps.bench_grid.params.max_failure_rate=0.9")
         print(f"re-run of the finished grid search (cached): {rerun:.2f} s; the same {grid} cached trials searched "
               f"again into a new artifact: {research:.2f} s")
 
