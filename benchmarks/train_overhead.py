@@ -16,6 +16,11 @@ the median of the paired ratios is printed beside them:
                start, recipe and derivation, worker, imports, reading the data, export, hashing, commit);
                the bare script's own time outside fit (its imports and data) is shown beside it
 
+  loop cost    in one process, interleaved (at least 5 runs each): `loop.fit` of the task against a plain
+               `Trainer.fit` of the very same module, loader and optimizer, so process start-up, the
+               machine's noise between processes and the script's own module are out of the comparison;
+               what is left is the loop's callbacks, sampler, logger and checkpoints
+
 Run:
     .venv/bin/python benchmarks/train_overhead.py                  # 60000 rows, 3 epochs, 3 repeats
     .venv/bin/python benchmarks/train_overhead.py --rows 20000 --repeat 1
@@ -149,6 +154,65 @@ def run_bare(folder: Path, splits: str, config: str, epochs: int, seed: int) -> 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+INPROCESS = '''
+"""In one process, interleaved: modelbuild's loop.fit and a plain Trainer.fit of the very same task module."""
+import json, logging, statistics, sys, time
+from pathlib import Path
+import lightning.pytorch as pl
+import torch
+from modelbuild.builders.base import BuildContext
+from modelbuild.builders.train import Train
+from modelbuild.training import loop
+from modelbuild.training.task import load_task
+
+splits, params, repeat = Path(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
+logging.disable(logging.WARNING)
+work = Path(sys.argv[4])
+p = Train().normalise(params, file=None, step="model")
+runs = {"loop": [], "plain": []}
+
+
+def task(name):
+    out = work / name
+    out.mkdir()
+    ctx = BuildContext(step="model", inputs={"data": splits}, out=out, params=p, recipe_dir=work, seed=0,
+                       work=work / f"{name}.work")
+    return ctx, load_task(p["task"], ctx, p)
+
+
+for i in range(repeat):
+    ctx, t = task(f"loop{i}")
+    loop.fit(ctx, t, p)
+    runs["loop"].append(ctx.facts["fit_seconds"])
+    _, t = task(f"plain{i}")
+    loop._set_determinism(True, p["num_threads"])
+    pl.seed_everything(0, verbose=False)
+    t.setup()
+    loop._install_optimizer(t.module, p)
+    trainer = pl.Trainer(**p["trainer"], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         deterministic=True)
+    started = time.perf_counter()
+    trainer.fit(t.module, t.train_dataloader(), t.val_dataloader())
+    runs["plain"].append(time.perf_counter() - started)
+print(json.dumps({k: [min(v), statistics.median(v)] for k, v in runs.items()}))
+'''
+
+
+def run_in_process(folder: Path, splits: str, epochs: int, repeat: int) -> dict:
+    """The loop's own cost, without two processes' noise: loop.fit against Trainer.fit of the same module."""
+    import yaml
+
+    params = yaml.safe_load(RECIPE.replace("EPOCHS", str(epochs)))["steps"]["model"]["params"]
+    script, work = folder / "inprocess.py", folder / "inprocess"
+    script.write_text(INPROCESS)
+    work.mkdir()
+    proc = subprocess.run([sys.executable, str(script), splits, json.dumps(params), str(repeat), str(work)],
+                          cwd=folder, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    if proc.returncode:
+        sys.exit(f"in-process comparison failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=60000)
@@ -169,6 +233,7 @@ def main() -> int:
                   f"(fit {bare['fit_seconds']:.2f} s, wall {bare['wall_seconds']:.2f} s); modelbuild "
                   f"{mb['samples'] / mb['fit_seconds']:.0f} samples/s (fit {mb['fit_seconds']:.2f} s, build "
                   f"{mb['wall_seconds']:.2f} s)", flush=True)
+        inproc = run_in_process(folder, splits, args.epochs, max(args.repeat, 5))
     def speed(run):
         return run["samples"] / run["fit_seconds"]
 
@@ -181,6 +246,10 @@ def main() -> int:
           f"target >= 0.95: {'met' if best >= 0.95 else 'MISSED'}")
     print(f"modelbuild fixed overhead outside training: {overhead:.2f} s, best run (the bare script's own time "
           f"outside fit, imports and data: {bare_outside:.2f} s; difference {overhead - bare_outside:.2f} s)")
+    (loop_min, loop_median), (plain_min, plain_median) = inproc["loop"], inproc["plain"]
+    print(f"the loop's own cost, in one process (loop.fit vs Trainer.fit of the same module, {max(args.repeat, 5)} "
+          f"interleaved runs): time in fit {loop_min:.2f} s vs {plain_min:.2f} s best, throughput ratio "
+          f"{plain_min / loop_min:.3f} best ({plain_median / loop_median:.3f} median)")
     return 0
 
 
