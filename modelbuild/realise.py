@@ -146,8 +146,14 @@ class Realiser:
     def plan(self, targets: list[str] | None = None) -> list[StepState]:
         """A dry run: what would be cached or built, and why. Nothing is built or fetched."""
         states = {name: StepState(name) for name in self.recipe.order}
+        failing: set[str] = set()  # steps whose recorded result is a failure, and what depends on them
         for name in self.recipe.closure(targets or self.recipe.order):
             st, step = states[name], self.recipe.steps[name]
+            blocked = [n for n, r in step.inputs.items() if isinstance(r, str) and r in failing]
+            if blocked:
+                failing.add(name)
+                st.status, st.reasons = "skip", [f"input {n} fails, so this step is not built" for n in blocked]
+                continue
             prepared = self.prepare(step, states, fetch=False)
             if prepared is None:
                 st.status = "build"
@@ -162,6 +168,7 @@ class Realiser:
                 st.status = "cached"
                 failure = self.store.failure_of(prepared.key)
                 if failure:
+                    failing.add(name)
                     st.reasons = [f"its recorded result is a failure ({failure['type']}): the step fails again "
                                   "and nothing that depends on it builds"]
             elif self.store.exists() and self.store.lookup(prepared.key):

@@ -121,7 +121,10 @@ def test_a_gate_that_cannot_pass_fails_with_exit_4_and_keeps_the_evaluation(firs
     again = cli.build("strict.yaml", check=4)
     assert again["by_step"]["evaluate"]["seconds"] == 0 and again["by_step"]["downstream"]["status"] == "skipped"
     assert objects(cli) == before  # nothing downstream was built, and the evaluation was not rebuilt
-    assert "its recorded result is a failure" in cli("plan", "strict.yaml").stdout
+    plan = json.loads(cli("plan", "strict.yaml", "--json").stdout)
+    actions = {s["step"]: (s["action"], s["reasons"]) for s in plan["steps"]}
+    assert actions["evaluate"][0] == "cached" and "its recorded result is a failure" in actions["evaluate"][1][0]
+    assert actions["downstream"] == ("skip", ["input report fails, so this step is not built"])
 
 
 def test_a_baseline_named_by_a_tag(first):
