@@ -58,6 +58,34 @@ class Project(type(Path())):
         return Path(path)
 
 
+# A small tabular project: data.csv (x1, x2, colour -> label yes/no) ingested and split 80/20 by label. Recipes
+# that train on it add their own steps after TABULAR_STEPS.
+TABULAR_STEPS = """
+name: demo
+steps:
+  raw:
+    builder: ingest
+    inputs: {data: {path: data.csv}}
+  splits:
+    builder: split
+    inputs: {data: raw}
+    params: {method: stratified, stratify: label, fractions: {train: 0.8, validation: 0.2}}
+"""
+
+
+def write_tabular_csv(project: Project, rows: int = 2500, seed: int = 0) -> None:
+    """data.csv: the label is (mostly) x1 + x2/2 + [colour is red] > 0.5."""
+    import random
+
+    rng = random.Random(seed)
+    lines = ["x1,x2,colour,label"]
+    for _ in range(rows):
+        x1, x2, colour = rng.gauss(0, 1), rng.gauss(0, 1), rng.choice(["red", "green", "blue"])
+        label = "yes" if x1 + 0.5 * x2 + (colour == "red") + rng.gauss(0, 0.1) > 0.5 else "no"
+        lines.append(f"{x1:.4f},{x2:.4f},{colour},{label}")
+    project.write("data.csv", "\n".join(lines) + "\n")
+
+
 @pytest.fixture
 def project(tmp_path):
     root = Project(tmp_path / "project")

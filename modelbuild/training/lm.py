@@ -416,14 +416,22 @@ class _Pad:
     def __call__(self, rows):
         import torch
 
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, :len(r["input_ids"])] = torch.tensor(r["input_ids"], dtype=torch.long)
-            mask[i, :len(r["input_ids"])] = 1
+        ids, mask = right_pad([r["input_ids"] for r in rows], self.pad_id)
         return {"input_ids": ids, "attention_mask": mask,
                 "labels": torch.tensor([r["label"] for r in rows], dtype=torch.long)}
+
+
+def right_pad(sequences: list[list[int]], fill: int):
+    """Token-id lists as one [n, longest] tensor padded on the right with `fill`, and its attention mask."""
+    import torch
+
+    width = max(len(s) for s in sequences)
+    out = torch.full((len(sequences), width), fill, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        out[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return out, mask
 
 
 def _held_out(i: int, fraction: float) -> bool:

@@ -380,17 +380,8 @@ class PadCollate:
         self.pad_id = pad_id
 
     def __call__(self, rows):
-        import torch
-
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            ids[i, :n] = torch.tensor(r["input_ids"], dtype=torch.long)
-            labels[i, :n] = torch.tensor(r["labels"], dtype=torch.long)
-            mask[i, :n] = 1
+        ids, mask = lm.right_pad([r["input_ids"] for r in rows], self.pad_id)
+        labels, _ = lm.right_pad([r["labels"] for r in rows], IGNORE)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 

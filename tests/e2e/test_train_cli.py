@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -14,21 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Cli, Project
+from conftest import TABULAR_STEPS, Cli, Project, write_tabular_csv
 
 pytest.importorskip("lightning")
 pytest.importorskip("pyarrow")
 
-RECIPE = """
-name: demo
-steps:
-  raw:
-    builder: ingest
-    inputs: {data: {path: data.csv}}
-  splits:
-    builder: split
-    inputs: {data: raw}
-    params: {method: stratified, stratify: label, fractions: {train: 0.8, validation: 0.2}}
+RECIPE = TABULAR_STEPS + """
   model:
     builder: train
     inputs: {data: splits}
@@ -43,13 +33,7 @@ steps:
 
 
 def write_project(project: Project, rows: int = 2500, trainer: str | None = None) -> None:
-    rng = random.Random(0)
-    lines = ["x1,x2,colour,label"]
-    for _ in range(rows):
-        x1, x2, colour = rng.gauss(0, 1), rng.gauss(0, 1), rng.choice(["red", "green", "blue"])
-        label = "yes" if x1 + 0.5 * x2 + (colour == "red") + rng.gauss(0, 0.1) > 0.5 else "no"
-        lines.append(f"{x1:.4f},{x2:.4f},{colour},{label}")
-    project.write("data.csv", "\n".join(lines) + "\n")
+    write_tabular_csv(project, rows)
     recipe = RECIPE if trainer is None else RECIPE.replace(
         "trainer: {max_epochs: 4, log_every_n_steps: 10, enable_model_summary: false}", trainer)
     project.write("recipe.yaml", recipe)

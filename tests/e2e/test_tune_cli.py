@@ -5,24 +5,15 @@ the tune artifact is reproducible."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
+from conftest import TABULAR_STEPS, write_tabular_csv
 
 pytest.importorskip("lightning")
 pytest.importorskip("nevergrad")
 
-RECIPE = """
-name: demo
-steps:
-  raw:
-    builder: ingest
-    inputs: {data: {path: data.csv}}
-  splits:
-    builder: split
-    inputs: {data: raw}
-    params: {method: stratified, stratify: label, fractions: {train: 0.8, validation: 0.2}}
+RECIPE = TABULAR_STEPS + """
   model:
     builder: train
     inputs: {data: splits}
@@ -57,12 +48,7 @@ def files(ctx):
 
 
 def test_tune_a_train_step(project, cli):
-    rng = random.Random(0)
-    lines = ["x1,x2,label"]
-    for _ in range(400):
-        x1, x2 = rng.gauss(0, 1), rng.gauss(0, 1)
-        lines.append(f"{x1:.4f},{x2:.4f},{'yes' if x1 + 0.5 * x2 > 0 else 'no'}")
-    project.write("data.csv", "\n".join(lines) + "\n")
+    write_tabular_csv(project, rows=400)
     project.write("recipe.yaml", RECIPE)
     project.write("steps.py", STEPS)
     cli.build("recipe.yaml", "-t", "model")
