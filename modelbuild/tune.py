@@ -22,12 +22,11 @@ This module imports no heavy library at module level: nevergrad is imported by t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import fcntl
 import itertools
 import json
 import math
-import os
 import random
 import sqlite3
 import time
@@ -258,7 +257,7 @@ class Search:
         self.returncode: int | None = None
         self.final: dict | None = None
         self.stopping = False
-        self.lock_fd: int | None = None
+        self.held = contextlib.ExitStack()  # the search's lock, while this process runs it
         self.started = time.time()
         self.counts = {"built": 0, "cached": 0, "failed": 0}
 
@@ -332,9 +331,7 @@ class Search:
 
     def _done(self, code: int) -> None:
         self.returncode = code
-        if self.lock_fd is not None:
-            os.close(self.lock_fd)
-            self.lock_fd = None
+        self.held.close()
         if hasattr(self, "trials_file"):
             self.trials_file.unlink(missing_ok=True)
 
@@ -408,15 +405,12 @@ class Search:
 
     def _lock(self):
         """One process runs a search at a time (its trial index is appended to); another waits."""
-        self.store.locks.mkdir(parents=True, exist_ok=True)
-        self.lock_fd = os.open(self.store.locks / f"tune-{self.search_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         while True:
-            try:
-                fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if self.held.enter_context(self.store.lock(f"tune-{self.search_id}", blocking=False)):
                 return
-            except BlockingIOError:
-                self._progress("waiting for another build running this search")
-                yield
+            self.held.close()
+            self._progress("waiting for another build running this search")
+            yield
 
     def _evaluate(self, trials: list[Trial]):
         while True:
