@@ -163,7 +163,7 @@ import torch
 from modelbuild.builders.base import BuildContext
 from modelbuild.builders.train import Train
 from modelbuild.training import loop
-from modelbuild.training.task import load_task
+from modelbuild.training.tasks import load_task
 
 splits, params, repeat = Path(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
 logging.disable(logging.WARNING)

@@ -21,19 +21,8 @@ Inputs: `model` (required): a save_pretrained folder, a .gguf file or a folder h
 adapter artifact of an earlier finetune step (see modelbuild/training/pretrained.py); `data` (required);
 `tokenizer` (optional; default: the model's own).
 
-Params (all enter the key, nested defaults filled in):
-
-| param | default | meaning |
-| --- | --- | --- |
-| `task` | required | `sft` (prompt/response pairs, the loss on the response only), `causal-lm` (blocks of a text column), `sequence-classification` (a new head on the model) |
-| `method` | `full` | `full`: every weight trains; `lora`: low-rank adapters on the attention (peft), the rest frozen |
-| `lora` | `{r: 8, alpha: 16, dropout: 0.0, target_modules: null, merge: true}` | `method: lora` only. `target_modules: null` picks per architecture (llama: q_proj, v_proj; bert: query, value; gpt2: c_attn). `merge: true` writes a full model with the adapters merged; `false` writes the adapter alone |
-| `data` | by task | sft: `{prompt: instruction, response: response, template: null}` (`null`: the tokenizer's chat template, else "### Instruction:\\n{prompt}\\n\\n### Response:\\n{response}"); causal-lm: `{column, stride, validation_fraction}`; sequence-classification: `{text, label, validation_fraction}` |
-| `max_length` | `128` | tokens per sequence: sft pairs and texts are truncated to it; causal-lm's block size |
-| `batch_size` | `8` | |
-| `optimizer` | `{name: adamw, lr: 5.0e-05, weight_decay: 0.0}` | LoRA usually wants a larger lr (1e-4 to 1e-3) |
-| `trainer` | `{max_epochs: 1}` | |
-| `seed`, `num_threads`, `deterministic`, `scheduler`, `early_stopping`, `checkpoint_every_n_steps`, `tolerance` | as `train` | see modelbuild/builders/train.py |
+Params: `Finetune.params` below (the loop's own in modelbuild/training/params.py); all enter the key,
+nested defaults filled in. docs/training.md's table is generated from their help.
 
 Artifact (same layout as `train`), with `metrics.json` and `logs/` from the loop:
 
@@ -49,13 +38,18 @@ from __future__ import annotations
 
 from ..errors import RecipeError, did_you_mean
 from ..training.lm import DATA_KEYS, check_model_params
+from ..training.params import (
+    LOOP_PARAMS,
+    LORA_DEFAULT,
+    SFT_DATA_DEFAULT,
+    check_loop_params,
+    complete_loop_params,
+    loop_metric_names,
+)
 from .base import Builder, Param
-from .train import LOOP_PARAMS, check_loop_params, complete_loop_params, loop_metric_names
 
 TASKS = ("sft", "causal-lm", "sequence-classification")
 METHODS = ("full", "lora")
-LORA_DEFAULT = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": None, "merge": True}
-SFT_DATA_DEFAULT = {"prompt": "instruction", "response": "response", "template": None}
 # lm.py's length settings, which `max_length` sets for its tasks
 LENGTH_KEYS = {"causal-lm": "block_size", "sequence-classification": "max_length"}
 DATA_DEFAULTS = {
@@ -73,16 +67,24 @@ class Finetune(Builder):
     uses_seed = True
     distributed = True
     params = {
-        "task": Param("str", required=True, choices=TASKS, help="sft, causal-lm or sequence-classification"),
-        "method": Param("str", default="full", choices=METHODS),
-        "lora": Param("dict", help="{r, alpha, dropout, target_modules, merge} (method: lora)"),
-        "data": Param("dict", default={}, help="the task's columns, e.g. {prompt: instruction, response: response}"),
-        "max_length": Param("int", default=128, help="tokens per sequence; longer ones are truncated"),
+        "task": Param("str", required=True, choices=TASKS, help="`sft`, `causal-lm` or `sequence-classification` "
+                      "([below](#tasks-of-finetune))"),
+        "method": Param("str", default="full", choices=METHODS, help="`full` or `lora`"),
+        "lora": Param("dict", help="`{r: 8, alpha: 16, dropout: 0.0, target_modules: null, merge: true}`; "
+                      "`method: lora` only (refused otherwise). `target_modules: null` picks the attention's query "
+                      "and value projections by model type (llama, mistral, qwen2/3, gemma: `q_proj`, `v_proj`; "
+                      "bert, roberta: `query`, `value`; distilbert: `q_lin`, `v_lin`; gpt2: `c_attn`; phi3: "
+                      "`qkv_proj`; gpt_neox: `query_key_value`). `merge`: below"),
+        "data": Param("dict", default={}, help="the task's columns ([below](#tasks-of-finetune)), e.g. "
+                      "`{prompt: instruction, response: response}`; defaults by task"),
+        "max_length": Param("int", default=128, help="tokens per sequence: sft pairs and texts are truncated to "
+                            "it; causal-lm's block size"),
         **LOOP_PARAMS,
-        "batch_size": Param("int", default=8, help="samples per batch"),
+        "batch_size": Param("int", default=8, help="samples per batch (per device under DDP)"),
         "optimizer": Param("dict", default={"name": "adamw", "lr": 5e-5, "weight_decay": 0.0},
-                           help="{name: adam|adamw|sgd, lr, weight_decay, ...}"),
-        "trainer": Param("dict", default={"max_epochs": 1}, help="lightning.Trainer arguments, passed unchanged"),
+                           help="as `train`; LoRA usually wants a larger lr (1e-4 to 1e-3)"),
+        "trainer": Param("dict", default={"max_epochs": 1}, help="passed unchanged to `lightning.Trainer`, as "
+                         "`train`'s"),
     }
 
     def normalise(self, params: dict, *, file: str | None, step: str) -> dict:

@@ -76,7 +76,6 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from ..builders.base import RANK_OF_ENV
-from ..builders.train import LOOP_PARAMS, complete_loop_params
 from ..errors import BuildError
 from ..table import rounded
 
@@ -90,7 +89,7 @@ def fit(ctx, task, params: dict) -> dict:
     """Train `task` as `params` say; export it and write metrics into `ctx.out`. Returns the metrics
     (an empty dict on ranks other than 0)."""
     started = time.perf_counter()
-    p = complete_loop_params({**{k: spec.default for k, spec in LOOP_PARAMS.items()}, **params})
+    p = params  # complete: the builder's normalise filled every default (training/params.py)
     seed = combined_seed(ctx.seed, p["seed"])
     _set_determinism(p["deterministic"], p["num_threads"])
     pl.seed_everything(seed, workers=True, verbose=False)

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from ..builders.finetune import LORA_DEFAULT, SFT_DATA_DEFAULT
 from ..errors import BuildError
 from . import lm
+from .params import LORA_DEFAULT, SFT_DATA_DEFAULT
 from .task import Task, check_keys, train_validation_tables
 
 # lm.py's model kind (the head to train) per finetune task

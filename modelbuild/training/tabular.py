@@ -53,9 +53,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..builders.train import TABULAR_DATA_KEYS as DATA_KEYS
-from ..builders.train import TABULAR_MODEL_DEFAULTS as MODEL_DEFAULTS
 from ..errors import BuildError, did_you_mean
+from .params import TABULAR_DATA_KEYS as DATA_KEYS
+from .params import TABULAR_MODEL_DEFAULTS as MODEL_DEFAULTS
 from .task import Task, check_keys, train_validation_tables
 
 FORMAT = 1

@@ -24,7 +24,7 @@ The rules, in detail (this docstring is the contract; changes are listed at the 
 
 - `params` is the step's whole completed params dict: the task's own `model:` and `data:` mappings plus
   the loop's params (`seed`, `batch_size`, `optimizer`, `trainer`, ...; see `LOOP_PARAMS` in
-  modelbuild/builders/train.py). A builder that trains (train, finetune) takes `LOOP_PARAMS` into its own
+  modelbuild/training/params.py). A builder that trains (train, finetune) takes `LOOP_PARAMS` into its own
   `params` and calls `check_loop_params` from its `check()`.
 - **Do not call `setup()` yourself.** `loop.fit` seeds every generator first and then calls `setup()`
   (only if `self.module` is still None), so weight initialisation is reproducible. `setup()` validates
@@ -53,8 +53,8 @@ The rules, in detail (this docstring is the contract; changes are listed at the 
 - `train_validation_tables(ctx)` finds the train and validation tables of the `data` input (a table
   artifact, or a split artifact with train/ and validation/).
 
-Changes since the first version: `load_task` imports task modules by name (so a builder's key covers
-their code), `check_keys`, `train_validation_tables`, and the rules above.
+Changes since the first version: `load_task` (now in tasks.py, the registry) imports task modules by name
+(so a builder's key covers their code), `check_keys`, `train_validation_tables`, and the rules above.
 """
 
 from __future__ import annotations
@@ -63,13 +63,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import BuildError, did_you_mean
-
-TASKS = {
-    "tabular-classification": "modelbuild.training.tabular:TabularClassification",
-    "tabular-regression": "modelbuild.training.tabular:TabularRegression",
-    "causal-lm": "modelbuild.training.lm:CausalLM",
-    "sequence-classification": "modelbuild.training.lm:SequenceClassification",
-}
 
 
 class Task:
@@ -99,27 +92,6 @@ class Task:
     def tokens(self, batch) -> int:
         """Tokens in a batch (for tokens/s); 0 for tasks without tokens."""
         return 0
-
-
-def load_task(name: str, ctx, params: dict) -> Task:
-    if name not in TASKS:
-        raise BuildError(f"step '{ctx.step}': unknown task {name!r}{did_you_mean(name, TASKS)}; "
-                         f"the tasks are: {', '.join(TASKS)}")
-    module_name, _, cls = TASKS[name].partition(":")
-    return getattr(_task_module(module_name), cls)(ctx, params)
-
-
-def _task_module(module_name: str):
-    """The module of a task, imported by name rather than through importlib: a builder's key covers the
-    modelbuild modules it imports, found statically, so every task's code must be visible from here."""
-    if module_name == "modelbuild.training.tabular":
-        from . import tabular
-        return tabular
-    if module_name == "modelbuild.training.lm":
-        from . import lm
-        return lm
-    import importlib
-    return importlib.import_module(module_name)
 
 
 def check_keys(step: str, section: str, given: dict, known) -> None:

@@ -218,7 +218,7 @@ def _train(tmp_path, task, inputs, model, data, steps):
     from modelbuild.builders.base import BuildContext
     from modelbuild.builders.train import Train
     from modelbuild.training import loop
-    from modelbuild.training.task import load_task
+    from modelbuild.training.tasks import load_task
 
     params = Train().normalise({"task": task, "model": model, "data": data, "batch_size": 8,
                                 "trainer": {"max_steps": steps}, "optimizer": {"lr": 0.01}}, file="r.yaml", step="m")

@@ -25,7 +25,7 @@ from modelbuild.builders.train import Train  # noqa: E402
 from modelbuild.errors import BuildError, RecipeError  # noqa: E402
 from modelbuild.table import write_table  # noqa: E402
 from modelbuild.training import lm, loop  # noqa: E402
-from modelbuild.training.task import load_task  # noqa: E402
+from modelbuild.training.tasks import load_task  # noqa: E402
 
 GPT2 = {"architecture": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 32}
 LLAMA = {"architecture": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,

@@ -51,7 +51,7 @@ def params(**overrides) -> dict:
 def fit(tmp_path, data, p, name="out", seed=0, work=None):
     """Run the loop in process, like the worker would; return (task, context)."""
     from modelbuild.training import loop
-    from modelbuild.training.task import load_task
+    from modelbuild.training.tasks import load_task
 
     out = tmp_path / name
     out.mkdir()
