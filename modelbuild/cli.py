@@ -41,17 +41,26 @@ def _recipe_and_overrides(args):
     return recipe
 
 
+def _sandbox(args) -> None:
+    """`--sandbox` reaches the command and python builders (and their workers) through the environment."""
+    if getattr(args, "sandbox", None):
+        os.environ["MODELBUILD_SANDBOX"] = args.sandbox
+
+
 def cmd_build(args) -> int:
     from .progress import reporter_for
     from .realise import Realiser, exit_code
     if args.jobs < 1:
         raise UsageError(f"-j/--jobs must be at least 1, got {args.jobs}")
+    _sandbox(args)
     recipe = _recipe_and_overrides(args)
     store = _store(args)
     realiser = Realiser(store, recipe, jobs=args.jobs, keep_going=args.keep_going, check=args.check,
                         reporter=reporter_for(args.json))
     states = realiser.build(args.target)
     code = exit_code(states)
+    if any(st.status == "failed" and (st.error or {}).get("type") == "StoreUnavailable" for st in states):
+        code = errors.STORE_UNAVAILABLE  # a full disk is not the recipe's fault
     if args.json:
         steps = [s.as_json(store) for s in states]
         for out, st in zip(steps, states, strict=True):
@@ -88,6 +97,7 @@ def _print_summary(states, store) -> None:
 
 def cmd_plan(args) -> int:
     from .realise import Realiser
+    _sandbox(args)
     recipe = _recipe_and_overrides(args)
     states = Realiser(_store(args), recipe).plan(args.target)
     if args.json:
@@ -147,14 +157,12 @@ def cmd_log(args) -> int:
     store = _store(args)
     attempt = store.last_attempt(args.artifact) if store.exists() else None
     if attempt:  # RECIPE:STEP: its last build, failed or not
-        log = store.logs / f"{attempt[0]}.log"
+        log = store.log_path(attempt[0], f"the last build of {args.artifact} in the trace")
         if log.is_file():
             sys.stdout.write(log.read_text(errors="replace"))
             return 0
-    path = store.resolve(args.artifact)
-    info = store.meta_of(path) or {}
-    log = store.root / info.get("log", "")
-    if not info.get("log") or not log.is_file():
+    log = store.log_of(store.resolve(args.artifact))
+    if log is None or not log.is_file():
         raise UsageError(f"no build log kept for {args.artifact} (sources have none, and gc removes the logs of "
                          "removed artifacts)")
     sys.stdout.write(log.read_text(errors="replace"))
@@ -174,6 +182,8 @@ def cmd_gc(args) -> int:
     if not store.exists():
         print("nothing to collect: the store is empty")
         return 0
+    if not args.dry_run:
+        store.require_writable()
     with store.gc_lock(exclusive=True):
         report = collect(store, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
@@ -188,39 +198,49 @@ def cmd_gc(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .gc import verify
+    from .gc import repair, verify
     store = _store(args)
     if not store.exists():
         raise UsageError(f"there is no store at {store.root}")
+    if args.repair:
+        if args.artifacts:
+            raise UsageError("verify --repair works on the whole store: give no ARTIFACT")
+        store.require_writable()
+        with store.gc_lock(exclusive=True):
+            done = repair(store)
+        print("\n".join(done) if done else "nothing to repair")
     paths = [store.resolve(a) for a in args.artifacts] if args.artifacts else None
-    damaged = verify(store, paths)
-    if not damaged:
-        print(f"ok: {len(paths) if paths is not None else len(store.artifacts())} artifacts match their digests")
+    problems = verify(store, paths)
+    if not problems:
+        count = len(paths) if paths is not None else len(store.artifacts())
+        print(f"ok: {count} artifacts match their digests; derivations, lineage records and roots are sound")
         return 0
-    for path, files in damaged:
-        print(f"CORRUPT {store.rel(path)}: {', '.join(files[:10])}", file=sys.stderr)
-    print(f"error: {len(damaged)} artifacts do not match their digests. The next build moves them aside and "
-          "rebuilds them", file=sys.stderr)
+    for status, what, details in problems:
+        print(f"{status} {what}: {', '.join(details[:10])}", file=sys.stderr)
+    print(f"error: {len(problems)} problems in the store {store.root}. The next build moves damaged artifacts "
+          "aside and rebuilds them; `modelbuild verify --repair` quarantines them now and rebuilds the trace "
+          "from the artifacts' lineage records", file=sys.stderr)
     return errors.CORRUPT
 
 
 def cmd_tag(args) -> int:
     store = _store(args)
     if args.delete:
-        with store.db:
-            gone = store.db.execute("DELETE FROM roots WHERE name=?", (f"tag:{args.name}",)).rowcount
-        (store.roots_dir / "tag" / args.name).unlink(missing_ok=True)
-        if not gone:
-            raise UsageError(f"there is no tag '{args.name}'")
+        if args.artifact:
+            raise UsageError(f"tag --delete takes only the tag's NAME, not {args.artifact!r}")
+        from .store import safe_name
+        safe_name(args.name, "tag name")
+        if not store.exists() or not store.delete_tag(args.name):
+            raise UsageError(f"there is no tag '{args.name}'; `modelbuild roots` lists the tags")
         print(f"deleted tag {args.name}")
         return 0
     if not args.artifact:
         raise UsageError("tag needs NAME and ARTIFACT, e.g. `modelbuild tag prod income:model`")
-    from .recipe import NAME_RE
-    if not NAME_RE.match(args.name) or ":" in args.name:
-        raise UsageError(f"tag name {args.name!r} must be letters, digits, '-', '_' or '.'")
+    from .store import safe_name
+    safe_name(args.name, "tag name")
     path, key = store.resolve_with_key(args.artifact)
-    store.set_root(f"tag:{args.name}", path, key)
+    store.require_writable()
+    store.set_tag(args.name, path, key)
     print(f"{args.name} -> {store.rel(path)}")
     return 0
 
@@ -250,7 +270,8 @@ class _Parser(argparse.ArgumentParser):
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="modelbuild", description="Reproducible, content-addressed builds of ML models. Exit "
                 "codes: 0 ok, 1 build failed, 2 usage or recipe error, 3 data invalid, 4 gate failed, 5 corrupt "
-                "store or hash mismatch, 6 not reproducible.")
+                "store or hash mismatch, 6 not reproducible, 7 store unavailable (no space, read-only, no "
+                "permission, not a store directory), 130 interrupted.")
     p.add_argument("--store", help="store directory (default: $MODELBUILD_STORE or ./store)")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -267,7 +288,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("-j", "--jobs", type=int, default=1, help="steps to build in parallel")
     b.add_argument("-k", "--keep-going", action="store_true", help="after a failure, build what does not depend on it")
     b.add_argument("--check", action="store_true", help="rebuild cached steps and compare (reproducibility)")
-    recipe_verb("plan", cmd_plan, "what a build would do, and why (dry run)")
+    pl = recipe_verb("plan", cmd_plan, "what a build would do, and why (dry run)")
+    for sp in (b, pl):
+        sp.add_argument("--sandbox", choices=("auto", "required", "off"), default=None,
+                        help="run command and python steps in a sandbox: auto (where available, else a "
+                             "warning), required (fail where unavailable), off (default: "
+                             "$MODELBUILD_SANDBOX or auto)")
 
     def artifact_verb(name, fn, help_, *positional):
         sp = sub.add_parser(name, help=help_)
@@ -293,8 +319,11 @@ def parser() -> argparse.ArgumentParser:
     gc = sub.add_parser("gc", help="delete artifacts no root reaches")
     gc.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
     gc.set_defaults(fn=cmd_gc)
-    v = sub.add_parser("verify", help="re-hash artifacts and report tampering (exit 5)")
+    v = sub.add_parser("verify", help="re-hash artifacts, check derivations, lineage and roots; report "
+                       "tampering (exit 5)")
     v.add_argument("artifacts", nargs="*")
+    v.add_argument("--repair", action="store_true", help="quarantine damaged artifacts and rebuild the trace "
+                   "from the artifacts' lineage records and roots/")
     v.set_defaults(fn=cmd_verify)
     t = sub.add_parser("tag", help="name an artifact (a gc root), e.g. the deployed model")
     t.add_argument("name")
@@ -316,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return args.fn(args)
+        return _run(args)
     except ModelbuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
@@ -331,6 +360,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: internal error: {type(e).__name__}: {e}. This is a bug in modelbuild; rerun with "
               "MODELBUILD_FULL_ERROR=1 for the traceback and report it", file=sys.stderr)
         return errors.BUILD_FAILED
+
+
+def _run(args) -> int:
+    """The verb, with a full disk, a read-only store or a damaged trace reported as such (exit 7 or 5)."""
+    from .store import default_store_root, store_faults
+    with store_faults(Path(args.store or default_store_root()).absolute()):
+        return args.fn(args)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ DATA_INVALID = 3
 GATE_FAILED = 4
 CORRUPT = 5
 NOT_REPRODUCIBLE = 6
+STORE_UNAVAILABLE = 7
 INTERRUPTED = 130
 
 
@@ -79,9 +80,17 @@ class NotReproducible(ModelbuildError):
     exit_code = NOT_REPRODUCIBLE
 
 
+class StoreUnavailable(ModelbuildError):
+    """The store cannot be used as asked: no space left, read-only, no permission, or not a store directory.
+
+    Not a fault of the recipe or of the store's content: the same command works once the store is usable."""
+
+    exit_code = STORE_UNAVAILABLE
+
+
 EXIT_CLASSES = {cls.__name__: cls for cls in (
     ModelbuildError, UsageError, RecipeError, BuildError, DataValidationError, GateFailed, HashMismatch,
-    NotReproducible)}
+    NotReproducible, StoreUnavailable)}
 
 
 def did_you_mean(name: str, choices) -> str:

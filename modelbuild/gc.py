@@ -1,14 +1,19 @@
-"""`gc` and `verify`: keep what roots reach, and prove the store's content is what its names say."""
+"""`gc` and `verify`: keep what roots reach, prove the store's content and records are what they say, and
+(`verify --repair`) rebuild the trace from the artifacts' own lineage records, as `nix-store --verify
+--repair` does."""
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .hashing import DIGEST_CHARS
-from .store import Store, remove_tree
+from .errors import HashMismatch
+from .hashing import DIGEST_CHARS, META_FILE, hash_file, hash_json, hash_tree
+from .store import KEY_RE, Store, remove_tree, tree_fingerprint
 
 
 @dataclass
@@ -38,11 +43,11 @@ def live_set(store: Store) -> set[Path]:
         if hit is None:
             stack.extend((p, None) for p in store.refs_of(path) if p not in live)
             continue
-        for info in (hit[1].get("inputs") or {}).values():
-            if info.get("kind") == "step":
-                stack.append((store.root / info["path"], info.get("key")))
-            elif info.get("artifact"):
-                stack.append((store.root / info["artifact"], None))
+        for name, info in (hit[1].get("inputs") or {}).items():
+            for field_ in ("path", "artifact"):
+                if isinstance(info, dict) and (field_ == "artifact" or info.get("kind") == "step") and info.get(field_):
+                    ref = store.object_path(info[field_], f"input {name}'s {field_} in the record of key {key}")
+                    stack.append((ref, info.get("key") if field_ == "path" else None))
     return live
 
 
@@ -82,7 +87,8 @@ def collect(store: Store, dry_run: bool = False) -> GcReport:
         report.bytes_freed += _size(entry)
         remove_tree(entry)
         for key in keys:
-            (store.logs / f"{key}.log").unlink(missing_ok=True)
+            if KEY_RE.fullmatch(key):  # a tampered key never names a file to delete
+                (store.logs / f"{key}.log").unlink(missing_ok=True)
     if not dry_run:
         _drop_unshared_links(store, report)
         _drop_stale_jobs(store)
@@ -139,15 +145,221 @@ def _drop_stale_jobs(store: Store, older_than: float = 86400) -> None:
                 os.unlink(e.path)
 
 
-def verify(store: Store, paths: list[Path] | None = None) -> list[tuple[Path, list[str]]]:
-    """Re-hash artifacts; return the damaged ones with the files that changed."""
-    damaged = []
-    targets = paths if paths is not None else [
-        store.objects / e for e in sorted(os.listdir(store.objects)) if len(e) > DIGEST_CHARS and e != ".links"]
-    for path in targets:
-        if not store.check_artifact(path, deep=True):
-            damaged.append((path, store.changed_files(path) if path.exists() else ["(missing)"]))
-    for _, path, _ in store.roots():
+def _objects(store: Store) -> list[Path]:
+    return [store.objects / e for e in sorted(os.listdir(store.objects))
+            if len(e) > DIGEST_CHARS and e != ".links"] if store.objects.exists() else []
+
+
+def verify(store: Store, paths: list[Path] | None = None) -> list[tuple[str, str, list[str]]]:
+    """Re-hash artifacts and check every record the store keeps; return (status, what, details) for each
+    problem: CORRUPT (changed after it was written), MISSING (named, not there), UNKNOWN (there, but the
+    trace has no record of it: an emptied or replaced trace)."""
+    trace = _trace_damage(store)
+    if trace:
+        return [("CORRUPT", "trace.sqlite", [trace])]  # nothing else can be checked against it
+    problems = []
+    known = set(store.artifacts())
+    for path in paths if paths is not None else _objects(store):
+        if paths is None and path not in known:
+            problems.append(("UNKNOWN", store.rel(path), ["the trace has no record of this artifact"]))
+        elif not store.check_artifact(path, deep=True):
+            problems.append(("CORRUPT", store.rel(path), store.changed_files(path) if path.exists() else ["(missing)"]))
+        else:
+            problems += [("CORRUPT", store.rel(path), [why]) for why in _trace_records_damage(store, path)]
+    if paths is not None:
+        return problems
+    problems += [("CORRUPT", f"drv/{name}", [why]) for name, why in _drv_damage(store)]
+    for name, path, _ in store.roots():
         if not path.exists():
-            damaged.append((path, ["(missing: a root points to it)"]))
-    return damaged
+            problems.append(("MISSING", store.rel(path), [f"the root {name} points to it"]))
+    rooted = {name for name, _, _ in store.roots()}
+    problems += [("UNKNOWN", store.rel(link), ["a root the trace does not have"])
+                 for name, link in _root_links(store) if name not in rooted]
+    return problems
+
+
+def _trace_damage(store: Store) -> str | None:
+    """Why trace.sqlite cannot be trusted (not a database, truncated, garbled), or None."""
+    try:
+        row = store.db.execute("PRAGMA quick_check").fetchone()
+        store.db.execute("SELECT count(*) FROM trace").fetchone()
+    except HashMismatch as e:
+        return str(e.__context__ or e).split(". Run")[0]
+    except sqlite3.DatabaseError as e:
+        return f"SQLite cannot read it: {e}"
+    return None if row and row[0] == "ok" else f"SQLite's check found damage: {row[0] if row else 'no answer'}"
+
+
+def _trace_records_damage(store: Store, path: Path) -> list[str]:
+    """The trace's copies of an artifact's lineage record must equal its .meta.json (which matched its
+    recorded hash): a record edited in the trace is tampering too."""
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    damage = []
+    for key, text in store.db.execute("SELECT key, meta FROM trace WHERE path=?", (store.rel(path),)):
+        try:
+            record = json.loads(text)
+        except ValueError:
+            damage.append(f"the trace's record of key {key} is not JSON")
+            continue
+        if key == meta.get("key") and record != meta:
+            damage.append(f"the trace's record of key {key} differs from {META_FILE}")
+    return damage
+
+
+def _drv_damage(store: Store) -> list[tuple[str, str]]:
+    """drv/<key>.json files that do not parse, or whose content does not hash to their key."""
+    damage = []
+    for entry in sorted(os.scandir(store.drv_dir), key=lambda e: e.name) if store.drv_dir.exists() else []:
+        if not entry.name.endswith(".json") or entry.name.startswith("."):
+            continue
+        key = entry.name[:-5]
+        try:
+            drv = json.loads(Path(entry.path).read_text())
+        except (OSError, ValueError):
+            damage.append((entry.name, "not valid JSON"))
+            continue
+        if not KEY_RE.fullmatch(key) or hash_json(drv) != key:
+            damage.append((entry.name, "its content does not hash to its key: it was edited"))
+    return damage
+
+
+def _root_links(store: Store) -> list[tuple[str, Path]]:
+    """roots/<recipe>/<step> and roots/tag/<name> symlinks, as root names."""
+    links = []
+    if store.roots_dir.is_dir():
+        for kind in sorted(os.scandir(store.roots_dir), key=lambda e: e.name):
+            if kind.is_dir(follow_symlinks=False):
+                links += [(f"{kind.name}:{e.name}", Path(e.path)) for e in sorted(os.scandir(kind.path), key=lambda e: e.name)
+                          if e.is_symlink() and not e.name.startswith(".")]
+    return links
+
+
+# ---- verify --repair ------------------------------------------------------------------------------
+
+def repair(store: Store) -> list[str]:
+    """Make the store sound again; return what was done, one line each. A damaged trace.sqlite is moved
+    aside and rebuilt from the artifacts' .meta.json files and roots/; damaged artifacts, artifacts whose
+    lineage record does not hold up, and damaged derivations are moved aside."""
+    done = _replace_damaged_trace(store)
+    known = set(store.artifacts())
+    for path in _objects(store):
+        if path in known:
+            if not store.check_artifact(path, deep=True):
+                done.append(f"quarantined {store.rel(path)}: {', '.join(store.changed_files(path)[:5])} changed "
+                            f"(kept as {store.rel(store.quarantine(path))})")
+            else:
+                done += _restore_trace_record(store, path)
+            continue
+        meta, why = _trusted_meta(store, path)
+        if why:
+            done.append(f"quarantined {store.rel(path)}: {why} (kept as {store.rel(store.quarantine(path))})")
+        else:
+            _record(store, path, meta)
+            done.append(f"recorded {store.rel(path)} (key {meta['key']}) from its lineage record")
+    for name, why in _drv_damage(store):
+        (store.drv_dir / name).unlink(missing_ok=True)
+        done.append(f"removed drv/{name}: {why} (the next build writes it again)")
+    done += _restore_roots(store)
+    return done
+
+
+def _replace_damaged_trace(store: Store) -> list[str]:
+    if _trace_damage(store) is None:
+        return []
+    store.close()
+    aside = store.root / f"trace.sqlite.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
+    os.replace(store.root / "trace.sqlite", aside)
+    for side in ("-wal", "-shm"):
+        (store.root / f"trace.sqlite{side}").unlink(missing_ok=True)
+    return [f"moved the damaged trace aside to {aside.name}; rebuilding it from the artifacts"]
+
+
+def _trusted_meta(store: Store, path: Path) -> tuple[dict | None, str | None]:
+    """An unrecorded artifact's lineage record, if it holds up against the artifact itself: its digest, path
+    and file list match the content, its key is the hash of its derivation, its inputs stay in the store."""
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+    except (OSError, ValueError):
+        return None, f"its {META_FILE} is missing or not JSON"
+    if not isinstance(meta, dict):
+        return None, f"its {META_FILE} is not a lineage record"
+    tree = hash_tree(path)
+    files = {rel: e.digest for rel, e in tree.entries.items() if not rel.endswith("/")}
+    digest = path.name[:DIGEST_CHARS]
+    checks = [(tree.digest == digest, "its content does not match its digest"),
+              (meta.get("digest") == digest and meta.get("path") == store.rel(path), f"its {META_FILE} names "
+               "another artifact"),
+              (meta.get("files") == files, f"its {META_FILE} lists other files than it holds"),
+              (isinstance(meta.get("key"), str) and KEY_RE.fullmatch(meta["key"]), f"its {META_FILE} has no key"),
+              ("derivation" not in meta or hash_json(meta["derivation"]) == meta.get("key"),
+               f"its {META_FILE} was edited: its derivation does not hash to its key")]
+    for ok, why in checks:
+        if not ok:
+            return None, why
+    try:
+        _refs(store, meta)
+    except HashMismatch:
+        return None, f"its {META_FILE} names inputs outside the store"
+    return meta, None
+
+
+def _refs(store: Store, meta: dict) -> list[Path]:
+    refs = []
+    for name, info in (meta.get("inputs") or {}).items():
+        if not isinstance(info, dict):
+            continue
+        for field_ in (("path", "tune") if info.get("kind") == "step" else ("artifact",)):
+            if info.get(field_):
+                refs.append(store.object_path(info[field_], f"input {name}'s {field_}"))
+    return refs
+
+
+def _record(store: Store, path: Path, meta: dict) -> None:
+    """Write an artifact's rows (artifacts, trace, refs) from its lineage record, as its commit did."""
+    rel, created = store.rel(path), float(meta.get("started") or os.stat(path / META_FILE).st_mtime)
+    with store.db:
+        store.db.execute("BEGIN IMMEDIATE")
+        store.db.execute("INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?)",
+                         (rel, meta["digest"], tree_fingerprint(path), created, hash_file(path / META_FILE)))
+        store.db.executemany("INSERT OR IGNORE INTO refs VALUES (?,?)",
+                             [(rel, store.rel(r)) for r in _refs(store, meta)])
+        store.db.execute("INSERT OR REPLACE INTO trace VALUES (?,?,?,?)",
+                         (meta["key"], rel, json.dumps(meta, sort_keys=True), created))
+
+
+def _restore_trace_record(store: Store, path: Path) -> list[str]:
+    """A trace record that differs from a sound .meta.json is written again from it."""
+    if not _trace_records_damage(store, path):
+        return []
+    meta = json.loads((path / META_FILE).read_text())
+    with store.db:
+        store.db.execute("UPDATE trace SET meta=? WHERE key=?", (json.dumps(meta, sort_keys=True), meta["key"]))
+        store.db.execute("DELETE FROM trace WHERE path=? AND key!=? AND json_valid(meta)=0",
+                         (store.rel(path), meta["key"]))
+    return [f"restored the trace's record of key {meta['key']} from {store.rel(path)}/{META_FILE}"]
+
+
+def _restore_roots(store: Store) -> list[str]:
+    """roots/ links the trace lacks become roots again, with the key of the artifact they name."""
+    done, rooted = [], {name for name, _, _ in store.roots()}
+    for name, link in _root_links(store):
+        if name in rooted:
+            continue
+        target = Path(os.path.realpath(link))
+        row = store.db.execute("SELECT meta FROM trace WHERE path=?", (store.rel(target),)).fetchone() \
+            if target.parent == Path(os.path.realpath(store.objects)) else None
+        if row is None:
+            done.append(f"left {store.rel(link)} alone: it names no recorded artifact")
+            continue
+        key = json.loads(row[0]).get("key")
+        try:
+            with store.db:
+                store.db.execute("INSERT OR REPLACE INTO roots VALUES (?,?,?,?)",
+                                 (name, store.rel(target), key, os.lstat(link).st_mtime))
+        except sqlite3.Error:
+            continue
+        done.append(f"restored root {name} -> {store.rel(target)}")
+    return done

@@ -9,9 +9,11 @@ under a name that the trace points to.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import sqlite3
 import stat
@@ -19,8 +21,8 @@ import time
 import uuid
 from pathlib import Path
 
-from .errors import HashMismatch, UsageError
-from .hashing import DIGEST_CHARS, META_FILE, hash_file, hash_tree, stat_identity, walk_tree
+from .errors import HashMismatch, StoreUnavailable, UsageError
+from .hashing import DIGEST_CHARS, META_FILE, hash_file, hash_json, hash_tree, stat_identity, walk_tree
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS artifacts (path TEXT PRIMARY KEY, digest TEXT NOT NULL, fingerprint TEXT NOT NULL,
@@ -49,8 +51,122 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # one path component: no '/', never '.' or '..'
+KEY_RE = re.compile(f"[0-9a-f]{{{DIGEST_CHARS}}}")
+
+
+def safe_name(name, what: str = "name") -> str:
+    """A name that becomes one path component (a tag, a recipe, a step): checked before any use, so that
+    `tag --delete ../../trace.sqlite` can never name a file outside roots/."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or len(name) > 255:
+        raise UsageError(f"{what} {name!r} must be letters, digits, '-', '_' or '.', starting with a letter or "
+                         "digit (it becomes a file name in the store)")
+    return name
+
+
+def safe_key(key, where: str = "the trace") -> str:
+    """A derivation key read from a record (it names drv/ and logs/ files): 32 hex digits, or tampering."""
+    if not isinstance(key, str) or not KEY_RE.fullmatch(key):
+        raise HashMismatch(f"{where} names the key {key!r}, which is not a key (32 hex digits): the record was "
+                           "changed after it was written. Run `modelbuild verify` to list the damage and "
+                           "`modelbuild verify --repair` to rebuild the trace from the artifacts")
+    return key
+
+
+def inside(base: Path, rel, what: str, parent: Path | None = None) -> Path:
+    """`base / rel`, refused when it leads outside `base` (`..`, an absolute path, a symlink out) or, given
+    `parent`, is not an entry of that folder: a path read from a lineage record or the trace is used only
+    after this check."""
+    if not isinstance(rel, str) or not rel:
+        raise HashMismatch(f"{what} is {rel!r}, not a path in the store: the record was changed after it was "
+                           "written. Run `modelbuild verify --repair` to rebuild the trace from the artifacts")
+    base = Path(base).absolute()
+    path = base / rel
+    real, real_base = os.path.realpath(path), os.path.realpath(base)
+    if (os.path.isabs(rel) or ".." in Path(rel).parts or os.path.commonpath([real, real_base]) != real_base
+            or (parent is not None and path.parent != Path(parent).absolute())):
+        raise HashMismatch(f"{what} is {rel!r}, which leads outside {parent or base}: the record was tampered with, so "
+                           "modelbuild does not follow it. Run `modelbuild verify` to list the damage and "
+                           "`modelbuild verify --repair` to rebuild the trace from the artifacts")
+    return path
+
+
+# Why an OSError on the store means the store cannot be used as asked, and what to do about it.
+_USE_ANOTHER = "use a store you may write (--store or MODELBUILD_STORE)"
+_FAULTS = {
+    errno.ENOSPC: ("there is no space left on its device", "Free some space (`modelbuild gc` removes artifacts no "
+                   "root reaches) or point --store / MODELBUILD_STORE at a larger disk, and build again; nothing "
+                   "half-written was kept"),
+    errno.EDQUOT: ("your disk quota is used up", "Free some space (`modelbuild gc`) and build again; nothing "
+                   "half-written was kept"),
+    errno.EROFS: ("it is on a read-only file system", "Reading verbs (show, path, verify, roots, log, diff, "
+                  "graph) work on it; to build, tag or gc, " + _USE_ANOTHER),
+    errno.EACCES: ("you may not write it (permission denied)", "Reading verbs (show, path, verify, roots, log, "
+                   "diff, graph) work on it; to build, tag or gc, " + _USE_ANOTHER + " or ask its owner"),
+    errno.ENOTDIR: ("its path is a file, not a directory", "Point --store / MODELBUILD_STORE at a store "
+                    "directory (a new one is created on the first build)"),
+}
+_FAULTS[errno.EPERM] = _FAULTS[errno.EACCES]
+
+
+def store_fault(error: OSError, root: Path) -> StoreUnavailable | None:
+    """The StoreUnavailable an OSError means (a full disk, a read-only or forbidden store), or None."""
+    why = _FAULTS.get(error.errno)
+    if why is None or (error.filename and not _under(str(error.filename), root)):
+        return None  # not the store's fault: a recipe's file, say
+    where = f" ({error.filename})" if error.filename else ""
+    return StoreUnavailable(f"the store {root} cannot be used: {why[0]}{where}. {why[1]}")
+
+
+def _under(path: str, root: Path) -> bool:
+    path, root = os.path.abspath(path), os.path.abspath(root)
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def trace_fault(error: sqlite3.Error, root: Path) -> StoreUnavailable | HashMismatch | None:
+    """What an SQLite error on trace.sqlite means: the store cannot be written (7), the trace is damaged (5),
+    or neither (None: a bug, reported as one)."""
+    text = str(error)
+    for words, code in (("disk is full", errno.ENOSPC), ("readonly", errno.EROFS), ("unable to open", errno.EACCES),
+                        ("disk I/O", errno.EROFS)):
+        if words in text:
+            return store_fault(OSError(code, text, str(Path(root) / "trace.sqlite")), root)
+    if not any(words in text for words in ("malformed", "not a database", "no such table", "no such column")):
+        return None
+    return HashMismatch(f"the store's trace {Path(root) / 'trace.sqlite'} is damaged ({text}): modelbuild cannot "
+                        "tell which build made which artifact. Run `modelbuild verify --repair`: it moves the "
+                        "damaged file aside and rebuilds the trace from the artifacts' lineage records")
+
+
+@contextlib.contextmanager
+def store_faults(root: Path):
+    """Report a full disk, a read-only or forbidden store, or a damaged trace as what it is, not as a bug."""
+    try:
+        yield
+    except OSError as e:
+        fault = store_fault(e, root)
+        if fault is None:
+            raise
+        raise fault from None
+    except sqlite3.Error as e:
+        fault = trace_fault(e, root)
+        if fault is None:
+            raise
+        raise fault from None
+
+
 def default_store_root() -> Path:
     return Path(os.environ.get("MODELBUILD_STORE") or "store")
+
+
+def _read_only_mount(path: Path) -> bool:
+    """Whether `path` (or its nearest existing parent) is on a file system mounted read-only."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _make_writable(path: Path) -> None:
@@ -114,30 +230,74 @@ class Store:
         self.tmp = self.root / "tmp"
         self.locks = self.root / "locks"
         self._db: sqlite3.Connection | None = None
+        self.read_only = False  # set when the trace was opened read-only: nothing is written then
 
     # ---- setup -------------------------------------------------------------------------------------
     def exists(self) -> bool:
         return (self.root / "trace.sqlite").exists()
 
     def init(self) -> Store:
-        for d in (self.objects, self.links, self.drv_dir, self.logs, self.roots_dir, self.tmp, self.locks):
-            d.mkdir(parents=True, exist_ok=True)
+        """Make the store's layout (a build's first act); a store that cannot be written says why, here."""
+        self._not_a_file()
+        with store_faults(self.root):
+            for d in (self.objects, self.links, self.drv_dir, self.logs, self.roots_dir, self.tmp, self.locks):
+                d.mkdir(parents=True, exist_ok=True)
+        self.require_writable()
         self.db  # noqa: B018 - creates the schema
         return self
+
+    def writable(self) -> bool:
+        """Whether this process may change the store: false on a read-only mount or for a user without
+        write permission, where only the reading verbs work."""
+        probe = self.root
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        trace = self.root / "trace.sqlite"
+        return os.access(probe, os.W_OK) and (not trace.exists() or os.access(trace, os.W_OK))
+
+    def require_writable(self) -> None:
+        """Refuse a change to a store that cannot take one, before anything is half-done."""
+        self._not_a_file()
+        if not self.writable():
+            code = errno.EROFS if _read_only_mount(self.root) else errno.EACCES
+            raise store_fault(OSError(code, os.strerror(code), str(self.root)), self.root)
+
+    def _not_a_file(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise store_fault(OSError(errno.ENOTDIR, "not a directory", str(self.root)), self.root)
 
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
-            self.root.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.root / "trace.sqlite", timeout=60, isolation_level=None,
-                                 check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA busy_timeout=60000")
-            db.executescript(SCHEMA)
-            _add_missing_columns(db)
-            self._db = db
+            self._not_a_file()
+            with store_faults(self.root):
+                self._db = self._open_db() if self.writable() else self._open_read_only()
         return self._db
+
+    def _open_db(self) -> sqlite3.Connection:
+        self.root.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.root / "trace.sqlite", timeout=60, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=60000")
+        db.executescript(SCHEMA)
+        _add_missing_columns(db)
+        return db
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """The trace of a store this process may not write: read-only, or, where SQLite cannot even make its
+        shared-memory file beside it (a read-only mount), as an immutable file."""
+        self.read_only = True
+        uri = (self.root / "trace.sqlite").absolute().as_uri()
+        error = None
+        for mode in ("mode=ro", "immutable=1"):
+            try:
+                db = sqlite3.connect(f"{uri}?{mode}", uri=True, isolation_level=None, check_same_thread=False)
+                db.execute("SELECT count(*) FROM artifacts").fetchone()
+                return db
+            except sqlite3.OperationalError as e:
+                error = e
+        raise error
 
     def close(self):
         if self._db is not None:
@@ -202,7 +362,18 @@ class Store:
         row = self.db.execute("SELECT path, meta FROM trace WHERE key=?", (key,)).fetchone()
         if not row:
             return None
-        return self.root / row[0], json.loads(row[1])
+        try:
+            meta = json.loads(row[1])
+        except ValueError:
+            meta = None
+        if not isinstance(meta, dict):
+            raise HashMismatch(f"the trace's record of key {key} is not valid JSON: the trace was changed after it "
+                               "was written. Run `modelbuild verify --repair` to rebuild it from the artifacts")
+        return self.object_path(row[0], f"the trace's path of key {key}"), meta
+
+    def object_path(self, rel, what: str) -> Path:
+        """An artifact path read from a record: refused unless it names an entry directly under objects/."""
+        return inside(self.root, rel, what, parent=self.objects)
 
     def failure_of(self, key: str) -> dict | None:
         """The failure recorded with the artifact of `key` ({type, message}), or None. A builder that raises
@@ -217,27 +388,46 @@ class Store:
                            f"{self.rel(hit[0])} (`modelbuild show {self.rel(hit[0])}`)"}
 
     def meta_of(self, path: Path) -> dict | None:
-        """Lineage of an artifact: the .meta.json of its first build."""
+        """Lineage of an artifact: the .meta.json of its first build (else the trace's record of it)."""
         try:
-            return json.loads((Path(path) / META_FILE).read_text())
+            meta = json.loads((Path(path) / META_FILE).read_text())
         except (OSError, ValueError):
             row = self.db.execute("SELECT meta FROM trace WHERE path=? ORDER BY created DESC LIMIT 1",
                                   (self.rel(path),)).fetchone()
-            return json.loads(row[0]) if row else None
+            try:
+                meta = json.loads(row[0]) if row else None
+            except ValueError:
+                meta = None
+        return meta if isinstance(meta, dict) else None
+
+    def log_of(self, path: Path) -> Path | None:
+        """The build log a lineage record names, refused when the record points outside logs/."""
+        log = (self.meta_of(path) or {}).get("log")
+        if not log:
+            return None
+        return inside(self.root, log, f"the build log named by the lineage record of {self.rel(path)}",
+                      parent=self.logs)
+
+    def log_path(self, key: str, where: str = "the trace") -> Path:
+        return self.logs / f"{safe_key(key, where)}.log"
 
     def rel(self, path: Path) -> str:
         return os.path.relpath(Path(path).absolute(), self.root)
 
     def write_drv(self, key: str, drv: dict) -> None:
-        target = self.drv_dir / f"{key}.json"
-        if not target.exists():
-            self._atomic_write(target, json.dumps(drv, indent=2, sort_keys=True))
+        """Keep a derivation under its key; a damaged one already there is replaced, a sound one kept."""
+        if self.read_drv(key) is None:
+            self._atomic_write(self.drv_dir / f"{safe_key(key)}.json", json.dumps(drv, indent=2, sort_keys=True))
 
     def read_drv(self, key: str) -> dict | None:
-        try:
-            return json.loads((self.drv_dir / f"{key}.json").read_text())
-        except OSError:
+        """The derivation of `key`, or None when it is missing or damaged (not JSON, or not hashing to its key)."""
+        if not isinstance(key, str) or not KEY_RE.fullmatch(key):
             return None
+        try:
+            drv = json.loads((self.drv_dir / f"{key}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return drv if isinstance(drv, dict) and hash_json(drv) == key else None
 
     def _atomic_write(self, target: Path, text: str) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -247,7 +437,14 @@ class Store:
 
     # ---- commit ------------------------------------------------------------------------------------
     def commit(self, key: str, name: str, out: Path, meta: dict, refs: list[Path]) -> Path:
-        """Move a finished build from tmp into the store and record it. Returns the artifact path."""
+        """Move a finished build from tmp into the store and record it. Returns the artifact path.
+
+        A full disk or a read-only store is reported as such (StoreUnavailable); the trace row is written
+        last, so a failure before it leaves at most an unreferenced object that gc removes."""
+        with store_faults(self.root):
+            return self._commit(key, name, out, meta, refs)
+
+    def _commit(self, key: str, name: str, out: Path, meta: dict, refs: list[Path]) -> Path:
         tree = hash_tree(out)
         path = self.objects / f"{tree.digest}-{name}"
         files = {rel: e.digest for rel, e in tree.entries.items() if not rel.endswith("/")}
@@ -284,11 +481,19 @@ class Store:
         return False
 
     def _freeze(self, out: Path, tree) -> None:
-        """Make the tree read-only and store each distinct file once, as a hard link into objects/.links."""
+        """Make the tree read-only and store each distinct file once, as a hard link into objects/.links.
+
+        A file that is already linked elsewhere (a step ran `ln data.csv $MB_OUT/`) is copied first: making
+        it read-only and part of the store must never change a user's own file."""
         for rel, entry in tree.entries.items():
             p = out / rel if rel != "." else out
             if rel.endswith("/") or entry.link is not None:
                 continue
+            if os.lstat(p).st_nlink > 1:
+                tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex[:6]}")
+                shutil.copyfile(p, tmp)
+                os.chmod(tmp, os.lstat(p).st_mode & 0o777)
+                os.replace(tmp, p)
             os.chmod(p, 0o555 if entry.executable else 0o444)
             link = self.links / f"{entry.digest}{'x' if entry.executable else ''}"
             try:
@@ -298,11 +503,12 @@ class Store:
                     tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex[:6]}")
                     os.link(link, tmp)
                     os.replace(tmp, p)
-                else:  # the shared copy was damaged: ours becomes the shared copy
-                    link.unlink(missing_ok=True)
-                    os.link(p, link)
+                    continue
+                self._set_aside(link)  # the shared copy was damaged: ours becomes the shared copy
+                os.link(p, link)
             except OSError:
-                pass  # a filesystem without hard links: keep the copy
+                continue  # a filesystem without hard links: keep the copy
+            self._heal(link)
         if (out / META_FILE).exists():
             os.chmod(out / META_FILE, 0o444)
         for dirpath, _, _ in os.walk(out, topdown=False):
@@ -311,6 +517,42 @@ class Store:
 
     def _link_is_sound(self, link: Path, digest: str) -> bool:
         return hash_file(link) == digest.rstrip("x")
+
+    def _set_aside(self, link: Path) -> None:
+        """A damaged shared file leaves .links as `<digest>.damaged`: kept, so that the next sound copy of
+        that digest can replace it in every artifact that still holds it."""
+        os.replace(link, link.with_name(f"{link.name}.damaged"))
+
+    def _heal(self, link: Path) -> None:
+        """A sound copy of a digest has arrived: every artifact holding the damaged copy set aside for that
+        digest gets the sound one instead, so one rebuild repairs them all."""
+        damaged = link.with_name(f"{link.name}.damaged")
+        try:
+            bad = os.lstat(damaged)
+        except FileNotFoundError:
+            return
+        for path in self._holders(bad):
+            parent = path.parent
+            mode = stat.S_IMODE(os.lstat(parent).st_mode)
+            os.chmod(parent, mode | stat.S_IWUSR)
+            try:
+                tmp = parent / f".{path.name}.{uuid.uuid4().hex[:6]}"
+                os.link(link, tmp)
+                os.replace(tmp, path)
+            finally:
+                os.chmod(parent, mode)
+        damaged.unlink(missing_ok=True)
+
+    def _holders(self, st: os.stat_result) -> list[Path]:
+        """Every file in objects/ (but .links) that is the inode `st`."""
+        found = []
+        for entry in os.scandir(self.objects):
+            if entry.name == ".links" or not entry.is_dir(follow_symlinks=False):
+                continue
+            for _, abspath, est in walk_tree(entry.path, ()):
+                if est.st_ino == st.st_ino and est.st_dev == st.st_dev:
+                    found.append(Path(abspath))
+        return found
 
     # ---- checking ----------------------------------------------------------------------------------
     def check_artifact(self, path: Path, deep: bool = False) -> bool:
@@ -332,7 +574,7 @@ class Store:
             meta_file = path / META_FILE
             if row and row[0] and (not meta_file.exists() or hash_file(meta_file) != row[0]):
                 return False
-        if ok and not deep:
+        if ok and not deep and not self.read_only:
             with self.db:
                 self.db.execute("UPDATE artifacts SET fingerprint=? WHERE path=?",
                                 (tree_fingerprint(path), self.rel(path)))
@@ -351,14 +593,23 @@ class Store:
         return changed
 
     def quarantine(self, path: Path) -> Path:
-        """Move a damaged artifact out of objects/ and forget it, so it is rebuilt, never used."""
+        """Move a damaged artifact out of objects/ and forget it, so it is rebuilt, never used.
+
+        A damaged file shared through .links is set aside there (`_set_aside`): the rebuild's sound copy then
+        replaces it in the other artifacts that share it (`_heal`), and `verify --repair` quarantines those
+        that no rebuild repaired."""
         rel = self.rel(path)
         bad = self.root / "corrupt" / f"{path.name}.{int(time.time())}.{uuid.uuid4().hex[:6]}"
         bad.parent.mkdir(parents=True, exist_ok=True)
-        for _, _abspath, st in walk_tree(path):  # shared hard links may carry the damage: drop them
-            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-                for link in self._links_for(st):
-                    link.unlink(missing_ok=True)
+        recorded = (self.meta_of(path) or {}).get("files") or {}
+        for name, abspath, st in walk_tree(path):
+            if not (stat.S_ISREG(st.st_mode) and st.st_nlink > 1):
+                continue
+            if recorded.get(name) == hash_file(abspath):
+                continue  # a sound shared file stays shared
+            for link in self._links_for(st):
+                if not link.name.endswith(".damaged"):
+                    self._set_aside(link)
         os.chmod(path, 0o755)  # moving a dir to another parent needs write access to it
         os.rename(path, bad)
         with self.db:
@@ -374,6 +625,10 @@ class Store:
 
     # ---- roots -------------------------------------------------------------------------------------
     def set_root(self, name: str, path: Path, key: str | None) -> None:
+        """Name an artifact `KIND:NAME` (a recipe's step, or `tag:NAME`): a row, and roots/KIND/NAME -> it."""
+        kind, _, leaf = name.partition(":")
+        safe_name(kind, "a root's recipe name")
+        safe_name(leaf, "a tag name" if kind == "tag" else "a root's step name")
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO roots VALUES (?,?,?,?)",
                             (name, self.rel(path), key, time.time()))
@@ -382,6 +637,17 @@ class Store:
         tmp = link.with_name(f".{link.name}.{uuid.uuid4().hex[:6]}")
         os.symlink(os.path.relpath(path, link.parent), tmp)
         os.replace(tmp, link)
+
+    def set_tag(self, tag: str, path: Path, key: str | None) -> None:
+        self.set_root(f"tag:{safe_name(tag, 'tag name')}", path, key)
+
+    def delete_tag(self, tag: str) -> bool:
+        """Forget a tag (its row and its roots/tag/ link); False if there was none."""
+        safe_name(tag, "tag name")
+        with self.db:
+            gone = self.db.execute("DELETE FROM roots WHERE name=?", (f"tag:{tag}",)).rowcount
+        (self.roots_dir / "tag" / tag).unlink(missing_ok=True)
+        return bool(gone)
 
     def record_attempts(self, rows: list[tuple[str, str, str]]) -> None:
         """The last build of each RECIPE:STEP, failed ones too, so `log` can show why it failed."""
@@ -395,17 +661,19 @@ class Store:
 
     def get_root(self, name: str) -> tuple[Path, str | None] | None:
         row = self.db.execute("SELECT path, key FROM roots WHERE name=?", (name,)).fetchone()
-        return (self.root / row[0], row[1]) if row else None
+        return (self.object_path(row[0], f"the root {name}"), row[1]) if row else None
 
     def roots(self) -> list[tuple[str, Path, str | None]]:
-        return [(n, self.root / p, k) for n, p, k in
+        return [(n, self.object_path(p, f"the root {n}"), k) for n, p, k in
                 self.db.execute("SELECT name, path, key FROM roots ORDER BY name")]
 
     def artifacts(self) -> list[Path]:
-        return [self.root / r[0] for r in self.db.execute("SELECT path FROM artifacts ORDER BY path")]
+        return [self.object_path(r[0], "an artifact's path in the trace")
+                for r in self.db.execute("SELECT path FROM artifacts ORDER BY path")]
 
     def refs_of(self, path: Path) -> list[Path]:
-        return [self.root / r[0] for r in self.db.execute("SELECT ref FROM refs WHERE path=?", (self.rel(path),))]
+        return [self.object_path(r[0], f"a reference of {self.rel(path)}")
+                for r in self.db.execute("SELECT ref FROM refs WHERE path=?", (self.rel(path),))]
 
     def keys_of(self, path: Path) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT key FROM trace WHERE path=? ORDER BY created",
@@ -432,8 +700,14 @@ class Store:
             if hit:
                 return hit[0]
         p = Path(name)
-        if p.is_dir() and (p.absolute().parent == self.objects):
-            return p.absolute()
+        if len(p.parts) > 1 or name.startswith("."):  # a path: it must lead into objects/ (a roots/ link may)
+            found = Path(os.path.realpath(p))
+            if found.parent != Path(os.path.realpath(self.objects)) or not found.is_dir():
+                raise UsageError(f"'{name}' is not an artifact of the store {self.root}: a path must lead to an "
+                                 f"artifact under {self.objects}. Name an artifact by its store path, a digest "
+                                 "prefix, RECIPE:STEP (its last build) or a tag; `modelbuild roots` lists the "
+                                 "named ones")
+            return self.objects / found.name
         base = p.name
         if len(base) >= 6 and self.objects.exists():
             matches = [e for e in os.listdir(self.objects) if e.startswith(base) and e != ".links"]

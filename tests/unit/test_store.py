@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from modelbuild.errors import USAGE, UsageError
-from modelbuild.hashing import META_FILE, hash_tree
+from modelbuild.hashing import META_FILE, hash_json, hash_tree
 from modelbuild.store import Store
 
 KEY1, KEY2, KEY3 = "1" * 32, "2" * 32, "3" * 32
@@ -413,10 +413,29 @@ def test_sqlite_stat_cache_remembers_until_the_file_changes(store, tmp_path):
 
 
 def test_drv_files_are_written_once(store):
-    store.write_drv(KEY1, {"a": 1})
-    store.write_drv(KEY1, {"a": 2})
-    assert store.read_drv(KEY1) == {"a": 1}
+    drv = {"a": 1}
+    key = hash_json(drv)
+    store.write_drv(key, drv)
+    before = (store.drv_dir / f"{key}.json").stat()
+    store.write_drv(key, drv)
+    assert (store.drv_dir / f"{key}.json").stat().st_ino == before.st_ino
+    assert store.read_drv(key) == drv
     assert store.read_drv(KEY2) is None
+
+
+@pytest.mark.parametrize("damage", ["garbage{", "", '{"a": 2}', "[1, 2]"])
+def test_a_damaged_drv_reads_as_none_and_is_replaced(store, damage):
+    drv = {"a": 1}
+    key = hash_json(drv)
+    (store.drv_dir / f"{key}.json").write_text(damage)
+    assert store.read_drv(key) is None
+    store.write_drv(key, drv)
+    assert store.read_drv(key) == drv
+
+
+def test_read_drv_refuses_a_key_that_is_not_one(store):
+    (store.root / "evil.json").write_text('{"a": 1}')
+    assert store.read_drv("../evil") is None
 
 
 def test_gc_removes_work_areas_of_killed_builds_but_not_of_running_ones(store):
