@@ -8,11 +8,16 @@ functions; third-party imports are reported by distribution so their versions ca
 from __future__ import annotations
 
 import ast
+import os
 import sys
 from functools import cache
 from pathlib import Path
 
-from .hashing import hash_bytes, hash_file
+from . import persist
+from .environment import distributions, package_version
+from .hashing import hash_bytes
+
+CACHE = "code"  # per file: its stat identity, content digest and imports (see persist.py)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the folder that holds the modelbuild package
 
@@ -21,9 +26,9 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the folder that holds t
 # would rebuild every step of every recipe). Builders, BuildContext and the libraries builders call
 # (table, training, ...) are.
 ENGINE = frozenset(f"modelbuild/{m}" for m in (
-    "__init__.py", "__main__.py", "builders/__init__.py", "cli.py", "codehash.py", "derivation.py", "errors.py",
-    "gc.py", "graph.py", "lineage.py", "progress.py", "realise.py", "recipe.py", "sources.py", "sources_dvc.py",
-    "store.py", "worker.py"))
+    "__init__.py", "__main__.py", "builders/__init__.py", "cli.py", "codehash.py", "derivation.py", "environment.py",
+    "errors.py", "gc.py", "graph.py", "lineage.py", "persist.py", "progress.py", "realise.py", "recipe.py",
+    "sources.py", "sources_dvc.py", "store.py", "worker.py"))
 
 
 def _is_engine(path: Path) -> bool:
@@ -54,21 +59,42 @@ def _package_of(path: Path, roots: tuple[Path, ...]) -> list[str]:
     return []
 
 
+def _file_facts(path: Path) -> dict:
+    """A file's digest and its imports as written ([level, module, [names]]), cached by stat identity: an
+    unchanged file costs one stat, not a read and a parse."""
+    table = persist.table(CACHE)
+    stamp = persist.stat_stamp(os.stat(path))
+    hit = table.get(str(path))
+    if hit and hit["stat"] == stamp:
+        return hit
+    data = path.read_bytes()
+    found = []
+    for node in ast.walk(ast.parse(data, filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [[0, a.name, []] for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append([node.level, node.module or "", [a.name for a in node.names]])
+    facts = {"stat": stamp, "digest": hash_bytes(data), "imports": found}
+    if persist.stat_stamp(os.stat(path)) == stamp:  # not edited while it was read
+        table[str(path)] = facts
+        persist.touch(CACHE)
+    return facts
+
+
 def _imports(path: Path, roots: tuple[Path, ...]) -> list[str]:
     """Absolute dotted names imported anywhere in the file (relative imports resolved)."""
-    tree = ast.parse(path.read_bytes(), filename=str(path))
     package = _package_of(path, roots)
     names = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names += [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module.split(".") if node.module else []
-            if node.level:
-                base = package[: len(package) - node.level + 1] + base
-            prefix = ".".join(base)
-            names.append(prefix)
-            names += [f"{prefix}.{a.name}" if prefix else a.name for a in node.names]
+    for level, module, imported in _file_facts(path)["imports"]:
+        if not imported:  # `import a.b`
+            names.append(module)
+            continue
+        base = module.split(".") if module else []
+        if level:
+            base = package[: len(package) - level + 1] + base
+        prefix = ".".join(base)
+        names.append(prefix)
+        names += [f"{prefix}.{a}" if prefix else a for a in imported]
     return [n for n in names if n]
 
 
@@ -113,23 +139,16 @@ def _hash_files(files: list[Path], base: Path) -> str:
             except ValueError:
                 pass
         return f.name
-    return hash_bytes("".join(f"{name(f)}\0{hash_file(f)}\n" for f in sorted(files, key=name)))
-
-
-@cache
-def _distributions() -> dict[str, list[str]]:
-    from importlib import metadata
-    return metadata.packages_distributions()
+    return hash_bytes("".join(f"{name(f)}\0{_file_facts(f)['digest']}\n" for f in sorted(files, key=name)))
 
 
 def distribution_versions(top_level_names: set[str]) -> dict[str, str]:
     """{distribution: version} for imported top-level names that are installed packages (not stdlib)."""
-    from .derivation import package_version
     out = {}
     for name in sorted(top_level_names):
         if name in sys.stdlib_module_names or name == "modelbuild":
             continue
-        for dist in _distributions().get(name, []):
+        for dist in distributions().get(name, []):
             version = package_version(dist)
             if version:
                 out[dist] = version
