@@ -349,12 +349,12 @@ def _restore_roots(store: Store) -> list[str]:
         if name in rooted:
             continue
         target = Path(os.path.realpath(link))
-        row = store.db.execute("SELECT meta FROM trace WHERE path=?", (store.rel(target),)).fetchone() \
-            if target.parent == Path(os.path.realpath(store.objects)) else None
-        if row is None:
-            done.append(f"left {store.rel(link)} alone: it names no recorded artifact")
+        if target.parent != Path(os.path.realpath(store.objects)):
+            done.append(f"left {store.rel(link)} alone: it leads outside objects/")
             continue
-        key = json.loads(row[0]).get("key")
+        target = store.objects / target.name  # a quarantined target stays a root: a rebuild brings it back
+        row = store.db.execute("SELECT meta FROM trace WHERE path=?", (store.rel(target),)).fetchone()
+        key = json.loads(row[0]).get("key") if row else None
         try:
             with store.db:
                 store.db.execute("INSERT OR REPLACE INTO roots VALUES (?,?,?,?)",

@@ -127,9 +127,9 @@ def trace_fault(error: sqlite3.Error, root: Path) -> StoreUnavailable | HashMism
     """What an SQLite error on trace.sqlite means: the store cannot be written (7), the trace is damaged (5),
     or neither (None: a bug, reported as one)."""
     text = str(error)
-    for words, code in (("disk is full", errno.ENOSPC), ("readonly", errno.EROFS), ("unable to open", errno.EACCES),
-                        ("disk I/O", errno.EROFS)):
+    for words in ("disk is full", "readonly", "unable to open", "disk I/O"):
         if words in text:
+            code = errno.ENOSPC if words == "disk is full" else _why_unwritable(root)
             return store_fault(OSError(code, text, str(Path(root) / "trace.sqlite")), root)
     if not any(words in text for words in ("malformed", "not a database", "no such table", "no such column")):
         return None
@@ -159,14 +159,21 @@ def default_store_root() -> Path:
     return Path(os.environ.get("MODELBUILD_STORE") or "store")
 
 
-def _read_only_mount(path: Path) -> bool:
-    """Whether `path` (or its nearest existing parent) is on a file system mounted read-only."""
+def _why_unwritable(path: Path) -> int:
+    """The errno that says why `path` (or its nearest existing parent) takes no writes: a read-only mount,
+    a full disk, or else no permission."""
+    path = Path(path)
     while not path.exists() and path != path.parent:
         path = path.parent
     try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+        fs = os.statvfs(path)
     except OSError:
-        return False
+        return errno.EACCES
+    if fs.f_flag & os.ST_RDONLY:
+        return errno.EROFS
+    if fs.f_bavail * fs.f_frsize < 1 << 16 and os.access(path, os.W_OK):
+        return errno.ENOSPC
+    return errno.EACCES
 
 
 def _make_writable(path: Path) -> None:
@@ -234,6 +241,7 @@ class Store:
 
     # ---- setup -------------------------------------------------------------------------------------
     def exists(self) -> bool:
+        self._not_a_file()
         return (self.root / "trace.sqlite").exists()
 
     def init(self) -> Store:
@@ -259,7 +267,7 @@ class Store:
         """Refuse a change to a store that cannot take one, before anything is half-done."""
         self._not_a_file()
         if not self.writable():
-            code = errno.EROFS if _read_only_mount(self.root) else errno.EACCES
+            code = _why_unwritable(self.root)
             raise store_fault(OSError(code, os.strerror(code), str(self.root)), self.root)
 
     def _not_a_file(self) -> None:
