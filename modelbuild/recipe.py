@@ -7,6 +7,7 @@ All three read numbers the same way (`1e-3` is a float, as in OmegaConf's YAML l
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -23,19 +24,57 @@ SOURCE_KINDS = ("path", "pypi", "dvc", "tag", "artifact")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+# Limits that keep a hostile or careless recipe from hanging or exhausting the machine (docs/recipes.md#limits).
+MAX_RECIPE_BYTES = 1 << 20  # a recipe file, and the text its interpolations may add
+MAX_DEPTH = 100  # nesting of lists and mappings; canonical JSON and OmegaConf recurse once per level
+MAX_EXPANSION = 100_000  # values that aliases (*name, <<: *name), or interpolations, may add as copies
+TOO_DEEP = f"lists and mappings nested more than {MAX_DEPTH} deep (the limit, MAX_DEPTH); write the value flatter"
+
+
+class YAMLLimit(yaml.MarkedYAMLError):
+    """YAML that parses but is refused (a limit, an odd key or tag); `problem` already says how to fix it."""
+
+
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml when present: 10x faster
-    """SafeLoader that reads 1e-3 as a float and refuses duplicate keys, like OmegaConf and Hydra do."""
+    """SafeLoader that reads 1e-3 as a float and refuses duplicate keys, like OmegaConf and Hydra do; and refuses
+    what would mean something other than written: keys that are not strings, numbers out of range, tags."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                if key_node.value in seen:
-                    raise yaml.constructor.ConstructorError("while reading a mapping", node.start_mark,
-                                                            f"found duplicate key '{key_node.value}'",
-                                                            key_node.start_mark)
-                seen.add(key_node.value)
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            if key_node.tag != "tag:yaml.org,2002:str":
+                raise _refuse(key_node, _key_problem(key_node))
+            if key_node.value in seen:
+                raise yaml.constructor.ConstructorError("while reading a mapping", node.start_mark,
+                                                        f"found duplicate key '{key_node.value}'",
+                                                        key_node.start_mark)
+            seen.add(key_node.value)
         return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node):
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:
+            raise _refuse(node, f"the integer of {len(node.value)} digits is too long to read (Python's limit is "
+                          "4300 digits); write a smaller number, or quote it to keep it as text") from None
+
+    def construct_yaml_float(self, node):
+        value = super().construct_yaml_float(node)
+        if value in (float("inf"), float("-inf")) and "inf" not in node.value.lower():
+            raise _refuse(node, f"the number {_clip(node.value)} is too large for a float and would read as "
+                          "infinity; check the exponent, write .inf if infinity is meant, or quote it")
+        return value
+
+    def construct_undefined(self, node):
+        raise _refuse(node, f"the tag {node.tag.replace('tag:yaml.org,2002:', '!!')} is not allowed: a recipe holds "
+                      "plain values (strings, numbers, booleans, lists, mappings); remove the tag")
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+_Loader.add_constructor("tag:yaml.org,2002:float", _Loader.construct_yaml_float)
+_Loader.add_constructor(None, _Loader.construct_undefined)
 
 
 _Loader.add_implicit_resolver(
@@ -115,19 +154,8 @@ def _nearby(path: Path, pattern: str = "*.y*ml", base: Path = Path()) -> str:
 
 def _compose(path: Path, overrides: list[str]) -> dict:
     file = str(path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read recipe {file}: {e}") from None
-    try:
-        data = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        fix = ("Each key may appear once in a mapping: rename or remove one" if "duplicate key" in problem
-               else "Fix the syntax (indentation, quotes, colons) at that place")
-        raise RecipeError(f"unreadable YAML{where}: {problem}. {fix}", file=file) from None
+    text = _read_text(path)
+    data = _parse(text, file)
     if not isinstance(data, dict):
         raise RecipeError("a recipe must be a YAML mapping with at least a `steps:` key, e.g.\n"
                           "  steps:\n    raw: {builder: ingest, inputs: {data: {path: data.csv}}}", file=file)
@@ -138,14 +166,209 @@ def _compose(path: Path, overrides: list[str]) -> dict:
     return data
 
 
+def _read_text(path: Path) -> str:
+    """The file as text, refused when too large to be a recipe, binary or not UTF-8."""
+    file = str(path)
+    try:
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            raw = f.read(min(size, MAX_RECIPE_BYTES) + 1 if size else MAX_RECIPE_BYTES + 1)  # /proc: size 0
+    except OSError as e:
+        raise UsageError(f"cannot read recipe {file}: {e.strerror or e}") from None
+    if max(size, len(raw)) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"the file is over {MAX_RECIPE_BYTES >> 20} MiB, the limit for a recipe; a recipe "
+                          "describes steps: keep data in its own file and name it as a source, e.g. "
+                          "inputs: {data: {path: table.csv}}", file=file)
+    if b"\0" in raw:
+        raise RecipeError(f"the file is not YAML text: it holds a NUL byte at {_where(raw, raw.index(0))} (a "
+                          "binary file?); pass the recipe's .yaml file", file=file)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"the file is not UTF-8 text: byte 0x{raw[e.start]:02x} at {_where(raw, e.start)} "
+                          "cannot be read; save the recipe as UTF-8", file=file) from None
+
+
+def _where(raw: bytes, offset: int) -> str:
+    line, line_start = raw.count(b"\n", 0, offset) + 1, raw.rfind(b"\n", 0, offset) + 1
+    return f"line {line}, column {offset - line_start + 1}"
+
+
+def _parse(text: str, file: str, construct: bool = True):
+    """One YAML document, its aliases, depth and values checked before anything expands them."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node)
+        return loader.construct_document(node) if construct else None
+    except yaml.YAMLError as e:
+        raise RecipeError(_yaml_problem(e), file=file) from None
+    except RecursionError:  # the pure-Python composer, without libyaml
+        raise RecipeError(f"refused YAML: {TOO_DEEP}", file=file) from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    if isinstance(e, YAMLLimit):
+        return f"refused YAML{where}: {problem}"
+    if "maximum nesting depth" in problem:  # libyaml's own limit (1000), above ours
+        return f"refused YAML{where}: {TOO_DEEP}"
+    if "duplicate key" in problem:
+        fix = "Each key may appear once in a mapping: rename or remove one"
+    elif "another document" in problem:
+        fix = "A recipe is one YAML document: remove the second `---` and what follows it, or move that to its own file"
+    else:
+        fix = "Fix the syntax (indentation, quotes, colons) at that place"
+    return f"unreadable YAML{where}: {problem}. {fix}"
+
+
+def _refuse(node, problem: str) -> YAMLLimit:
+    return YAMLLimit(problem=problem, problem_mark=node.start_mark)
+
+
+def _key_problem(node) -> str:
+    if not isinstance(node, yaml.ScalarNode):
+        return f"a key must be a string, not a {'list' if isinstance(node, yaml.SequenceNode) else 'mapping'}"
+    kind = KEY_KINDS.get(node.tag.rsplit(":", 1)[-1], node.tag)
+    return (f"the key {_clip(node.value) or '(empty)'} reads as {kind}, not a string (YAML reads 1, 1.5, yes, on, "
+            f"null, ~ as values); quote it: '{_clip(node.value)}': ...")
+
+
+KEY_KINDS = {"int": "an integer", "float": "a number", "bool": "a boolean", "null": "null", "timestamp": "a date"}
+
+
+def _clip(text: str, n: int = 40) -> str:
+    return text if len(text) <= n else f"{text[:n]}..."
+
+
+def _check_nodes(root) -> None:
+    """Refuse alias bombs and recursive aliases, as Go's yaml.v3 and Rust's serde_yaml do, and deep nesting:
+    the composed nodes form a graph in which an alias is one more edge to its anchor's node. Each node is
+    sized once, so this takes time in proportion to the file, not to what its aliases would expand to."""
+    known, expanded = {}, 0  # id(node) -> (size, height), or None while inside it
+    scalar, sequence = yaml.ScalarNode, yaml.SequenceNode
+
+    def visit(node, depth: int) -> tuple[int, int]:
+        nonlocal expanded
+        key = id(node)
+        if key not in known:
+            if depth >= MAX_DEPTH:
+                raise _refuse(node, TOO_DEEP)
+            known[key] = None
+            size = height = 0
+            for child in node.value if type(node) is sequence else [v for _, v in node.value]:  # a key is a string
+                if type(child) is scalar:
+                    size += 1
+                else:
+                    child_size, child_height = visit(child, depth + 1)
+                    size, height = size + child_size, max(height, child_height)
+            known[key] = size + 1, height + 1
+            return known[key]
+        if known[key] is None:
+            raise _refuse(node, "this value contains an alias to itself (a `*name` inside its own `&name`), "
+                          "which would be infinitely deep; an alias may refer only to a value outside it")
+        size, height = known[key]
+        expanded += size
+        if expanded > MAX_EXPANSION:
+            raise _refuse(node, f"its aliases expand to more than {MAX_EXPANSION} values (the limit, "
+                          "MAX_EXPANSION); an anchor (&name) shares a mapping a few times, it does not "
+                          "multiply data: write the values out, or keep large data in a file")
+        if depth + height > MAX_DEPTH:
+            raise _refuse(node, TOO_DEEP)
+        return size, height
+
+    if type(root) is not scalar:
+        visit(root, 0)
+
+
 def _resolve_omegaconf(data: dict, file: str) -> dict:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
+    _check_interpolations(data, file)
     try:
         return OmegaConf.to_container(OmegaConf.create(data), resolve=True)
     except OmegaConfBaseException as e:
         raise RecipeError(f"interpolation failed: {_first_line(e).rstrip('.')}. {_interpolation_fix(e)}",
                           file=file, key=getattr(e, "full_key", None)) from None
+
+
+REFERENCE = re.compile(r"(?<!\\)\$\{([^${}]*)\}")  # ${key}, ${.sibling}, ${resolver:args}; not \${escaped}
+
+
+def _check_interpolations(data: dict, file: str) -> None:
+    """Refuse ${...} bombs before OmegaConf expands them: a reference counts the values and text of the key it
+    names, each key sized once, so a bomb is sized in time proportional to the recipe (as in _check_nodes)."""
+    sized: dict[tuple, tuple[int, int] | None] = {}  # a referenced key's (values, characters); None while sizing
+
+    def size(value, path: tuple, resolve: bool = True) -> tuple[int, int]:
+        if isinstance(value, dict | list):
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            parts = [size(v, (*path, str(k)), resolve) for k, v in items]
+            return 1 + sum(p[0] for p in parts), 2 + sum(p[1] for p in parts)
+        if not resolve or not isinstance(value, str) or "${" not in value:
+            return 1, len(str(value))
+        if "${" in REFERENCE.sub("", value).replace("\\${", ""):
+            raise RecipeError("a nested interpolation ${...${...}...} cannot be checked before it runs; name the key "
+                              "directly, e.g. ${vars.lr}", file=file, key=".".join(path))
+        refs = [refer(ref, path) for ref in REFERENCE.findall(value)]
+        if REFERENCE.fullmatch(value):
+            return refs[0]
+        return 1, len(REFERENCE.sub("", value)) + sum(chars + 2 * values for values, chars in refs)
+
+    def refer(ref: str, path: tuple) -> tuple[int, int]:
+        target = _target(ref.strip(), path)
+        if target is None or (target not in sized and _lookup(data, target) is _MISSING):
+            return 1, len(ref)  # a resolver, or a missing key that OmegaConf reports
+        if target not in sized:
+            sized[target] = None
+            sized[target] = size(_lookup(data, target), target)
+            _limit(sized[target], f"${{{ref}}} expands to", file, ".".join(path))
+        return sized[target] or (1, len(ref))  # None: a cycle, which OmegaConf reports
+
+    values, chars = size(data, ())
+    written = size(data, (), resolve=False)
+    _limit((values - written[0], chars - written[1]), "its interpolations add", file, None)
+
+
+def _limit(size: tuple[int, int], what: str, file: str, key: str | None) -> None:
+    values, chars = size
+    if values > MAX_EXPANSION or chars > MAX_RECIPE_BYTES:
+        raise RecipeError(f"refused interpolation: {what} {values} values and {chars} characters, over the limit "
+                          f"of {MAX_EXPANSION} values (MAX_EXPANSION) and {MAX_RECIPE_BYTES >> 20} MiB of text "
+                          "(MAX_RECIPE_BYTES); refer to a value a few times, do not multiply data with references "
+                          "to references", file=file, key=key)
+
+
+_MISSING = object()
+
+
+def _target(ref: str, path: tuple) -> tuple | None:
+    """The key path that ${ref} in the value at `path` names; None for a resolver call (oc.env:HOME)."""
+    if ":" in ref:
+        name, _, args = ref.partition(":")
+        if name.strip() not in ("oc.select", "oc.dict.keys", "oc.dict.values"):
+            return None
+        ref = args.split(",", 1)[0].strip()
+    dots = len(ref) - len(ref.lstrip("."))
+    base = path[:len(path) - dots] if dots else ()
+    return (*base, *re.findall(r"[^.\[\]]+", ref))
+
+
+def _lookup(data, path: tuple):
+    for part in path:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return _MISSING
+    return data
 
 
 def _interpolation_fix(e: Exception) -> str:
