@@ -9,11 +9,14 @@ no host, no time, so the same work on another machine has the same key.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
-from .builders import builder_code_hash
 from .hashing import canonical_json, hash_json
-from .recipe import Step
+
+if TYPE_CHECKING:
+    from .recipe import Step
 
 FORMAT = 2  # bump when the derivation layout changes; every key changes with it
 
@@ -35,6 +38,9 @@ def env_fingerprint(packages: tuple[str, ...]) -> dict:
 
 def make_derivation(step: Step, inputs: dict[str, dict], recipe_dir, seed: int | None) -> dict:
     """`inputs` maps input name -> {"kind": "step"|"source", "digest": content hash}."""
+    # imported here: `diff` and `show` compare derivations without loading the builders
+    from .builders import builder_code_hash
+
     builder = step.builder
     drv = {
         "format": FORMAT,
@@ -68,14 +74,63 @@ class _Unset:
         return "<unset>"
 
 
-_UNSET = _Unset()
+UNSET = _Unset()  # the value of a field one derivation has and the other not
 
 
 def _same(a, b) -> bool:
     """Equal as the key sees them: 1 and 1.0 (or True) differ, NaN equals NaN."""
-    if a is _UNSET or b is _UNSET:
+    if a is UNSET or b is UNSET:
         return a is b
     return canonical_json(a) == canonical_json(b)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One field in which two derivations differ: `what` is its dotted path ('params.lr', 'inputs.data',
+    'builder_code', 'env.packages.torch'); `old` or `new` is UNSET where only one side has it."""
+
+    what: str
+    old: object
+    new: object
+
+    @property
+    def section(self) -> str:
+        return self.what.split(".", 1)[0]
+
+
+SECTIONS = ("builder", "builder_code", "params", "extras", "inputs", "env", "seed", "format")
+
+
+def changes(old: dict, new: dict) -> list[Change]:
+    """Every difference between two derivations that changes the key, in a stable order: what `plan`
+    explains and `diff` reports. Values are compared as the key sees them (1 vs 1.0 differ, NaN equals
+    NaN); inputs whole, by name; a new builder hides its code change."""
+    out = []
+    for section in [*SECTIONS, *sorted((set(old) | set(new)) - set(SECTIONS))]:
+        if section == "builder_code" and out and out[-1].what == "builder":
+            continue
+        a, b = old.get(section, UNSET), new.get(section, UNSET)
+        if section in ("params", "extras", "env"):
+            out += field_changes(a if isinstance(a, dict) else {}, b if isinstance(b, dict) else {}, section)
+        elif section == "inputs" and isinstance(a, dict) and isinstance(b, dict):
+            out += [Change(f"inputs.{n}", a.get(n, UNSET), b.get(n, UNSET)) for n in sorted(set(a) | set(b))
+                    if not _same(a.get(n, UNSET), b.get(n, UNSET))]
+        elif not _same(a, b):
+            out.append(Change(section, a, b))
+    return out
+
+
+def field_changes(a: dict, b: dict, section: str) -> list[Change]:
+    """The leaves of two nested mappings that differ, named by their dotted path under `section`."""
+    fa, fb = _flatten(a, section), _flatten(b, section)
+    keys = sorted(set(fa) | set(fb))
+    out = []
+    for k in keys:
+        x, y = fa.get(k, UNSET), fb.get(k, UNSET)
+        if _same(x, y) or ({} in (x, y) and any(o.startswith(k + ".") for o in keys)):
+            continue  # unchanged, or an empty mapping whose new/removed entries are listed one by one
+        out.append(Change(k, x, y))
+    return out
 
 
 def _short(value, other=None) -> str:
@@ -94,33 +149,24 @@ def explain(old: dict | None, new: dict) -> list[str]:
     """Why a step must be rebuilt, in words: 'params.lr 0.001 -> 0.0003', 'input clean changed', ..."""
     if old is None:
         return ["new"]
-    reasons = []
-    if old.get("builder") != new.get("builder"):
-        reasons.append(f"builder {old.get('builder')} -> {new.get('builder')}")
-    elif old.get("builder_code") != new.get("builder_code"):
-        reasons.append("builder code changed")
-    a, b = _flatten(old.get("params", {}), "params"), _flatten(new.get("params", {}), "params")
-    keys = sorted(set(a) | set(b))
-    for k in keys:
-        x, y = a.get(k, _UNSET), b.get(k, _UNSET)
-        if _same(x, y) or ({} in (x, y) and any(o.startswith(k + ".") for o in keys)):
-            continue  # unchanged, or an empty mapping whose new/removed entries are listed one by one
-        reasons.append(f"{k} {_short(x, y)} -> {_short(y, x)}")
-    ea, eb = _flatten(old.get("extras", {}), "extras"), _flatten(new.get("extras", {}), "extras")
-    reasons += [f"{k} changed" for k in sorted(set(ea) | set(eb)) if ea.get(k) != eb.get(k)]
-    ia, ib = old.get("inputs", {}), new.get("inputs", {})
-    for name in sorted(set(ia) | set(ib)):
-        if name not in ia:
-            reasons.append(f"input {name} added")
-        elif name not in ib:
-            reasons.append(f"input {name} removed")
-        elif ia[name] != ib[name]:
-            kind = "source" if ib[name].get("kind") == "source" else "input"
-            reasons.append(f"{kind} {name} changed")
-    va, vb = _flatten(old.get("env", {}), "env"), _flatten(new.get("env", {}), "env")
-    reasons += [f"{k} {va.get(k)} -> {vb.get(k)}" for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)]
-    if old.get("seed") != new.get("seed"):
-        reasons.append(f"seed {old.get('seed')} -> {new.get('seed')}")
-    if old.get("format") != new.get("format"):
-        reasons.append("derivation format changed")
-    return reasons or ["not in the store"]
+    return [_reason(c) for c in changes(old, new)] or ["not in the store"]
+
+
+def _reason(c: Change) -> str:
+    section, plain = c.section, (lambda v: None if v is UNSET else v)
+    if section == "builder":
+        return f"builder {plain(c.old)} -> {plain(c.new)}"
+    if section == "builder_code":
+        return "builder code changed"
+    if section == "params":
+        return f"{c.what} {_short(c.old, c.new)} -> {_short(c.new, c.old)}"
+    if section == "extras":
+        return f"{c.what} changed"
+    if section == "inputs":
+        name = c.what.split(".", 1)[1]
+        if c.old is UNSET or c.new is UNSET:
+            return f"input {name} {'added' if c.old is UNSET else 'removed'}"
+        return f"{'source' if c.new.get('kind') == 'source' else 'input'} {name} changed"
+    if section == "format":
+        return "derivation format changed"
+    return f"{c.what} {plain(c.old)} -> {plain(c.new)}"

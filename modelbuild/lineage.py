@@ -16,6 +16,7 @@ from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .derivation import UNSET, Change, changes, field_changes
 from .errors import UsageError
 from .store import Store
 
@@ -46,9 +47,20 @@ def table_summary(path: Path) -> dict | None:
 
 
 # ---- show ------------------------------------------------------------------------------------------
+def damage(store: Store, path: Path) -> list[str]:
+    """The files of an artifact that no longer match the hashes recorded when it was built (its lineage
+    record .meta.json included); [] for an intact artifact."""
+    if store.check_artifact(path):
+        return []
+    if not Path(path).is_dir():
+        return ["(the whole artifact: it is missing)"]
+    return store.changed_files(path) or ["(its tree: a file's mode or a folder changed)"]
+
+
 def show(store: Store, path: Path) -> dict:
     m = meta(store, path)
     m = {k: v for k, v in m.items() if k != "files"}
+    m["damaged"] = damage(store, path)
     m["files"] = len((store.meta_of(path) or {}).get("files", {}))
     m["keys"] = store.keys_of(path)
     m["roots"] = [name for name, p, _ in store.roots() if p == path]
@@ -61,6 +73,11 @@ def show(store: Store, path: Path) -> dict:
 def format_show(info: dict) -> str:
     drv = info.get("derivation") or {}
     lines = [f"artifact   {info.get('path')}", f"digest     {info.get('digest')}"]
+    if info.get("damaged"):
+        lines.insert(0, f"WARNING: changed since it was built: {', '.join(info['damaged'])}. This artifact no "
+                        "longer matches the hashes recorded when it was built, so what follows may not be true. "
+                        "`modelbuild verify` lists the damage; the next build that needs it moves it aside and "
+                        "rebuilds it")
     if info.get("kind") == "source":
         lines.append(f"source     {json.dumps(info.get('source'))}")
     else:
@@ -101,56 +118,70 @@ def format_show(info: dict) -> str:
 # ---- diff ------------------------------------------------------------------------------------------
 @dataclass
 class Diff:
-    """Causes are what a person changed (params, source data, code, environment); effects follow from them."""
+    """Causes are what a person changed (params, source data, code, environment); effects follow from them.
+    Notes say where a build record was gone, so what is listed rests on another record."""
 
     causes: list[str] = field(default_factory=list)
     effects: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict:
-        return {"identical": not (self.causes or self.effects), "causes": self.causes, "effects": self.effects}
+        return {"identical": not (self.causes or self.effects), "causes": self.causes, "effects": self.effects,
+                "notes": self.notes}
 
 
-def _flat(d, prefix):
-    out = {}
-    for k, v in (d or {}).items():
-        key = f"{prefix}.{k}"
-        out.update(_flat(v, key) if isinstance(v, dict) and v else {key: v})
-    return out
+def _value(v) -> str:
+    return "<unset>" if v is UNSET else json.dumps(v)
 
 
-def _changes(a: dict, b: dict, prefix: str) -> list[str]:
-    fa, fb = _flat(a, prefix), _flat(b, prefix)
-    return [f"{k}: {json.dumps(fa.get(k))} -> {json.dumps(fb.get(k))}" for k in sorted(set(fa) | set(fb))
-            if fa.get(k) != fb.get(k)]
+def _cause(c: Change) -> str:
+    """One derivation change as `diff` words it (`plan` words the same changes its own way)."""
+    words = {"builder": "builder", "builder_code": "builder code", "seed": "seed", "format": "derivation format"}
+    if c.what in words:
+        return f"{words[c.what]} {c.old} -> {c.new}"
+    return f"{c.what}: {_value(c.old)} -> {_value(c.new)}"
 
 
-def diff(store: Store, a: Path, b: Path) -> Diff:
+def diff(store: Store, a: Path, b: Path, key_a: str | None = None, key_b: str | None = None) -> Diff:
+    """Why b differs from a. `key_a`/`key_b` name the build of each to compare (a root knows it); without
+    one, an artifact's own lineage record (its first build) is used."""
     result = Diff()
-    _diff(store, Path(a), Path(b), "", result, seen=set())
+    _diff(store, (Path(a), key_a), (Path(b), key_b), "", result, seen=set())
     return result
 
 
-def _diff(store: Store, a: Path, b: Path, trail: str, out: Diff, seen: set) -> None:
-    if (a, b) in seen or a == b:
+def record(store: Store, path: Path, key: str | None, out: Diff | None = None) -> dict:
+    """What the build of `key` recorded (derivation, inputs, metrics). Under early cutoff one artifact has
+    several builds, and its .meta.json is only the first's: a consumer names the key it was built from, and
+    that build's trace record is the truth about it. Where the trace has no record of `key`, the artifact's
+    own record stands in, with the derivation of `key` (drv/) when that is intact; `out` gets a note."""
+    own = store.meta_of(path) or {}
+    if not key or own.get("key") == key:
+        return own
+    hit = store.lookup(key)
+    if hit:
+        return hit[1]
+    drv = store.read_drv(key)
+    if out is not None:
+        what = "its derivation (drv/) and the artifact's first build record" if drv else \
+            f"the record of the artifact's first build (key {own.get('key')})"
+        out.notes.append(f"{store.rel(path)}: the trace has no record of build {key}; compared {what} instead")
+    return {**own, "key": key, "derivation": drv} if drv else own
+
+
+def _diff(store: Store, a: tuple, b: tuple, trail: str, out: Diff, seen: set) -> None:
+    if (a, b) in seen or a[0] == b[0]:
         return
     seen.add((a, b))
-    ma, mb = store.meta_of(a) or {}, store.meta_of(b) or {}
-    label = trail or (mb.get("step") or mb.get("path") or str(b))
-    da, db = ma.get("derivation") or {}, mb.get("derivation") or {}
+    ma, mb = record(store, *a, out), record(store, *b, out)
+    label = trail or (mb.get("step") or mb.get("path") or str(b[0]))
     if ma.get("kind") == "source" or mb.get("kind") == "source":
         if ma.get("source_hash") != mb.get("source_hash"):
             out.causes.append(f"{label}: source {mb.get('source')} content {ma.get('source_hash')} -> "
                               f"{mb.get('source_hash')}")
         return
-    if da.get("builder") != db.get("builder"):
-        out.causes.append(f"{label}: builder {da.get('builder')} -> {db.get('builder')}")
-    elif da.get("builder_code") != db.get("builder_code"):
-        out.causes.append(f"{label}: builder code {da.get('builder_code')} -> {db.get('builder_code')}")
-    out.causes += [f"{label}: {c}" for c in _changes(da.get("params"), db.get("params"), "params")]
-    out.causes += [f"{label}: {c}" for c in _changes(da.get("extras"), db.get("extras"), "extras")]
-    out.causes += [f"{label}: {c}" for c in _changes(da.get("env"), db.get("env"), "env")]
-    if da.get("seed") != db.get("seed"):
-        out.causes.append(f"{label}: seed {da.get('seed')} -> {db.get('seed')}")
+    found = changes(ma.get("derivation") or {}, mb.get("derivation") or {})
+    out.causes += [f"{label}: {_cause(c)}" for c in found if c.section != "inputs"]  # inputs: by lineage below
     ia, ib = ma.get("inputs") or {}, mb.get("inputs") or {}
     for name in sorted(set(ia) | set(ib)):
         x, y = ia.get(name), ib.get(name)
@@ -158,19 +189,20 @@ def _diff(store: Store, a: Path, b: Path, trail: str, out: Diff, seen: set) -> N
         if x is None or y is None:
             out.causes.append(f"{label}: input {name} {'added' if x is None else 'removed'}")
         elif x.get("kind") == "step" and y.get("kind") == "step":
-            if x.get("path") != y.get("path"):
+            if x.get("path") != y.get("path"):  # the same bytes explain nothing, whichever build made them
                 out.effects.append(f"{here}: input artifact {x.get('path')} -> {y.get('path')}")
-                _diff(store, store.root / x["path"], store.root / y["path"], f"{label} <- {y.get('step')}",
-                      out, seen)
+                _diff(store, (store.root / x["path"], x.get("key")), (store.root / y["path"], y.get("key")),
+                      f"{label} <- {y.get('step')}", out, seen)
         elif x.get("hash") != y.get("hash") or x.get("kind") != y.get("kind"):
             src = (y.get("path") or y.get("pypi") or y.get("dvc") or (y.get("tag") and f"tag {y['tag']}")
                    or y.get("artifact"))
             out.causes.append(f"{here}: source {src} content {x.get('hash')} -> {y.get('hash')}")
             if x.get("path") != y.get("path"):
                 out.causes.append(f"{here}: source path {x.get('path')} -> {y.get('path')}")
-    _diff_table(a, b, label, out)
-    _diff_tune(a, b, label, out)
-    out.effects += [f"{label}: {c}" for c in _changes(ma.get("metrics"), mb.get("metrics"), "metrics")]
+    _diff_table(a[0], b[0], label, out)
+    _diff_tune(a[0], b[0], label, out)
+    metrics = field_changes(ma.get("metrics") or {}, mb.get("metrics") or {}, "metrics")
+    out.effects += [f"{label}: {c.what}: {_value(c.old)} -> {_value(c.new)}" for c in metrics]
 
 
 def _read_json(path: Path):
@@ -363,7 +395,7 @@ def format_diff(d: Diff, a: str, b: str) -> str:
                                               "run `modelbuild build --check`)"]
     if d.effects:
         lines += ["effects:"] + [f"  {e}" for e in d.effects]
-    return "\n".join(lines)
+    return "\n".join(lines + [f"note: {n}" for n in d.notes])
 
 
 # ---- why-depends -----------------------------------------------------------------------------------
