@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import errors
 from .derivation import derivation_key, explain, make_derivation
-from .errors import BuildError, ModelbuildError
+from .errors import BuildError, HashMismatch, ModelbuildError
 from .recipe import Recipe, Source, Step
 from .sources import ResolvedSource, resolve
 from .store import Store
@@ -77,9 +77,17 @@ class Realiser:
         self.prepared: dict[str, Prepared] = {}
 
     # ---- shared by plan and build -----------------------------------------------------------------
-    def _previous_drv(self, step: str) -> dict | None:
+    def _why(self, step: str, drv: dict) -> list[str]:
+        """Why a step is built: how its derivation differs from that of its last build (which its root
+        names). A damaged or missing record of that build is said so, never read as 'new' or as changes."""
         root = self.store.get_root(f"{self.recipe.name}:{step}") if self.store.exists() else None
-        return self.store.read_drv(root[1]) if root and root[1] else None
+        if not root or not root[1]:
+            return explain(None, drv)
+        old = self.store.read_drv(root[1])
+        if old is None or derivation_key(old) != root[1]:
+            return [f"what changed since its last build is unknown: the record of that build's derivation "
+                    f"(drv/{root[1]}.json) is missing or damaged"]
+        return explain(old, drv)
 
     def _source(self, step: Step, name: str, source: Source, fetch: bool) -> ResolvedSource | None:
         if (step.name, name) not in self.sources:
@@ -115,12 +123,30 @@ class Realiser:
                     path, key = best_trial(self.store, up.path)
                     via = {"tune": self.store.rel(up.path)}
                     refs.append(str(up.path))
+                self._check_input(step, name, ref, path)
                 inputs[name] = path
                 addrs[name] = {"kind": "step", "digest": path.name.split("-", 1)[0]}
                 lineage[name] = {"kind": "step", "step": ref, "key": key, "path": self.store.rel(path), **via}
                 refs.append(str(path))
         drv = make_derivation(step, addrs, self.recipe.dir, self.recipe.seed)
         return Prepared(drv, derivation_key(drv), inputs, lineage, stats, refs)
+
+    def _check_input(self, step: Step, name: str, ref: str, path: Path) -> None:
+        """An input is read only after the same check as a cache hit: damage found here (after the input's
+        own step was found intact or built) fails the step, never reaches its build."""
+        if not self.store.check_artifact(path):
+            raise HashMismatch(f"step '{step.name}': its input {name} (from step '{ref}'), the artifact "
+                               f"{self.store.rel(path)}, is missing or damaged, so it is not used. Run "
+                               "`modelbuild verify` to list the damage, and build again: the damaged artifact is "
+                               "moved aside and rebuilt")
+
+    def _damaged_trial(self, step: Step, path: Path) -> Path | None:
+        """A tune step's artifact is only as sound as its best trial, which is what its consumers read:
+        that trial when it is damaged or missing, else None."""
+        if not is_tune(step):
+            return None
+        trial, _ = best_trial(self.store, path)
+        return None if self.store.check_artifact(trial) else trial
 
     def _cached(self, key: str, repair: bool = True) -> Path | None:
         """A trace hit whose artifact is intact; a damaged artifact is moved aside so it gets rebuilt
@@ -141,6 +167,17 @@ class Realiser:
             with self.store.db:
                 self.store.db.execute("DELETE FROM trace WHERE key=?", (key,))
         return None
+
+    def _trial_reason(self, trial: Path, tune: Path, repair: bool) -> list[str]:
+        """A tune artifact whose best trial is damaged is unusable too (a rebuilt trial may land elsewhere):
+        both are moved aside and the search runs again, rebuilding the trial; every other trial is a hit."""
+        if repair:
+            for path in (trial, tune):
+                if path.exists():
+                    self.store.quarantine(path)
+        verb = "are" if repair else "will be"
+        return [f"the best trial of its search, {self.store.rel(trial)}, is damaged or missing: it and this "
+                f"step's artifact {verb} moved aside, and the search runs again to rebuild it"]
 
     # ---- plan --------------------------------------------------------------------------------------
     def plan(self, targets: list[str] | None = None) -> list[StepState]:
@@ -164,7 +201,11 @@ class Realiser:
                 continue
             st.key = prepared.key
             st.path = self._cached(prepared.key, repair=False)
-            if st.path is not None:
+            trial = st.path and self._damaged_trial(step, st.path)
+            if trial:
+                st.path, st.status = None, "build"
+                st.reasons = self._trial_reason(trial, st.path, repair=False) + describe(self, step, prepared)
+            elif st.path is not None:
                 st.status = "cached"
                 failure = self.store.failure_of(prepared.key)
                 if failure:
@@ -176,7 +217,7 @@ class Realiser:
                 st.reasons = ["the stored artifact is damaged or missing: it will be moved aside and rebuilt"]
             else:
                 st.status = "build"
-                st.reasons = explain(self._previous_drv(name), prepared.drv)
+                st.reasons = self._why(name, prepared.drv)
                 if is_tune(step):
                     st.reasons += describe(self, step, prepared)
         return [states[n] for n in self.recipe.closure(targets or self.recipe.order)]
@@ -249,9 +290,12 @@ class Realiser:
             st.key, self.prepared[name] = prepared.key, prepared
             self.store.write_drv(prepared.key, prepared.drv)
             st.path = self._cached(prepared.key)
+            trial = st.path and self._damaged_trial(step, st.path)
+            if trial:
+                st.path, st.reasons = None, self._trial_reason(trial, st.path, repair=True)
             failure = self.store.failure_of(prepared.key) if st.path is not None else None
             if st.path is None:
-                st.reasons = explain(self._previous_drv(name), prepared.drv)
+                st.reasons = st.reasons or self._why(name, prepared.drv)
             elif failure:  # a committed failure: the artifact is kept, the step fails on every cache hit
                 st.status, st.error, st.kept = "failed", failure, True
                 return "failed"

@@ -19,8 +19,9 @@ Example::
       inputs: {model: tuned}                   # the best trial's artifact
 
 The search runs in the realiser (modelbuild/tune.py), which builds each trial as an ordinary derivation; this
-builder only writes the artifact from the finished trials: trials.json, trials.csv, best.json, objective.png
-and a `best` link to the best trial's artifact. See docs/tune.md.
+builder only writes the artifact from the finished trials: trials.json, trials.csv, best.json (which names the
+best trial's artifact: an artifact holds no link to another, so it stays whole when checked) and
+objective.png. See docs/tune.md.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 
 from ..errors import RecipeError, did_you_mean
@@ -146,7 +146,6 @@ class Tune(Builder):
         _write_json(ctx.out / "best.json", {"metric": metric, "mode": mode, "objective": best["objective"],
                                              "params": best["params"], "trial": best["number"], "key": best["key"],
                                              "digest": best["digest"], "path": best["path"]})
-        os.symlink(f"../{best['path'].rsplit('/', 1)[-1]}", ctx.out / "best")
         _plot(ctx.out / "objective.png", trials, metric, mode)
         ctx.write_metrics({"best_objective": best["objective"], "metric": metric, "trials": len(trials),
                            "failed": len(trials) - len(ok)})
