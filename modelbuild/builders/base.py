@@ -47,6 +47,7 @@ class Param:
     default: Any = None
     choices: tuple = ()
     help: str = ""
+    omit: bool = False  # left out of params when the recipe does not set it, so adding it keeps existing keys
 
     def coerce(self, value, where: dict):
         """Return the value in its declared type (ints widen to floats), or raise a RecipeError."""
@@ -102,7 +103,8 @@ class Builder:
                 if spec.required:
                     raise RecipeError(f"missing required param for builder '{self.name}'"
                                       f"{': ' + spec.help if spec.help else ''}", **where)
-                out[key] = spec.default
+                if not spec.omit:
+                    out[key] = spec.default
             else:
                 out[key] = spec.coerce(params[key], where)
         for key, value in params.items():

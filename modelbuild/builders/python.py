@@ -1,16 +1,20 @@
 """`python`: call `module:function(ctx)` from the user's project.
 
 The module's source enters the key, so editing the function rebuilds the step. The module is found
-from the recipe's folder (as if run from there); extra params are passed through in `ctx.params`.
+from the recipe's folder (as if run from there); extra params are passed through in `ctx.params`. The call
+runs in the sandbox (see sandbox.py), in a child interpreter that sees the module and the project modules it
+imports, the step's inputs and output, and nothing else of the project.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
+from .. import sandbox
 from ..errors import BuildError, RecipeError, did_you_mean
 from .base import BuildContext, Builder, Param
 
@@ -38,7 +42,10 @@ class Python(Builder):
     uses_seed = True
     params = {"function": Param("str", required=True, help="the function to call, as module:function"),
               "packages": Param("list", default=[], help="distributions the function uses without importing "
-                                "them (e.g. pandas through pyarrow's to_pandas); their versions enter the key")}
+                                "them (e.g. pandas through pyarrow's to_pandas); their versions enter the key"),
+              "env": Param("dict", omit=True, help="environment variables the function may read (in the key)"),
+              "network": Param("bool", omit=True, help="reach the network from the sandbox (needs output_hash)"),
+              "output_hash": Param("str", omit=True, help="the content hash the output must have (32 hex digits)")}
 
     def check(self, params, *, file, step):
         module, sep, func = params["function"].partition(":")
@@ -52,6 +59,7 @@ class Python(Builder):
             raise RecipeError(f"cannot find module '{module}'{nearby} from {recipe_dir}: put "
                               f"{module.replace('.', '/')}.py next to the recipe or make it importable",
                               file=file, step=step, key="params.function")
+        sandbox.check_params(params, file=file, step=step)
 
     def key_extras(self, params, recipe_dir):
         """The module, the project and modelbuild modules it imports, and the versions of the packages
@@ -64,10 +72,35 @@ class Python(Builder):
         return {"module": code["source"], "packages": {**code["packages"], **declared}}
 
     def build(self, ctx: BuildContext) -> None:
-        module_name, _, func_name = ctx.params["function"].partition(":")
-        sys.path.insert(0, str(ctx.recipe_dir))
-        module = importlib.import_module(module_name)
-        func = getattr(module, func_name, None)
-        if not callable(func):
-            raise BuildError(f"step '{ctx.step}': module {module_name} has no function '{func_name}'")
-        func(ctx)
+        function, env = ctx.params["function"], {k: str(v) for k, v in (ctx.params.get("env") or {}).items()}
+        module = function.partition(":")[0]
+        path = _module_file(module, ctx.recipe_dir)
+        if path is None:
+            raise BuildError(f"step '{ctx.step}': cannot find module '{module}' from {ctx.recipe_dir}")
+        sandboxed = sandbox.use(step=ctx.step)
+        if sandboxed:
+            from ..codehash import PACKAGE_ROOT, closure
+            files, _ = closure(path, (ctx.recipe_dir.resolve(), PACKAGE_ROOT))
+            sandbox.run_python(ctx, function, files=files, sys_path=[str(_import_root(path.resolve(), module))],
+                               declared_env=env, network=ctx.params.get("network", False))
+        else:
+            os.environ.update(env)
+            sys.path.insert(0, str(ctx.recipe_dir))
+            call(function, ctx)
+        ctx.record_facts({"sandboxed": sandboxed})
+        sandbox.check_output(ctx.step, ctx.out, ctx.params)
+
+
+def _import_root(path: Path, module: str) -> Path:
+    """The folder a module is imported from: a.b in X/a/b.py or X/a/b/__init__.py is imported from X."""
+    depth = len(module.split(".")) - (path.name != "__init__.py")
+    return path.parents[depth]
+
+
+def call(function: str, ctx: BuildContext) -> None:
+    """Import `module:function` and call it with the context (inside the sandbox, or in this process)."""
+    module_name, _, func_name = function.partition(":")
+    func = getattr(importlib.import_module(module_name), func_name, None)
+    if not callable(func):
+        raise BuildError(f"step '{ctx.step}': module {module_name} has no function '{func_name}'")
+    func(ctx)
