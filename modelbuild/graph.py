@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from .lineage import input_path, record
 from .store import Store
 
 
@@ -28,19 +29,20 @@ def recipe_edges(recipe) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
 
 
 def artifact_edges(store: Store, path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    nodes, edges, seen, stack = [], [], set(), [Path(path)]
+    """An artifact's lineage, each input followed as its consumer's build recorded it (see lineage.record)."""
+    nodes, edges, seen, stack = [], [], set(), [(Path(path), None)]
     while stack:
-        p = stack.pop()
+        p, key = stack.pop()
         if p in seen:
             continue
         seen.add(p)
-        m = store.meta_of(p) or {}
+        m = record(store, p, key)
         nodes.append((p.name, f"{m.get('step') or p.name.split('-', 1)[-1]}\\n{p.name[:12]}"))
         for name, info in (m.get("inputs") or {}).items():
-            if info.get("kind") == "step" or info.get("artifact"):
-                sub = store.root / (info.get("path") if info.get("kind") == "step" else info["artifact"])
+            sub = input_path(store, info, f"input {name} in the record of {store.rel(p)}")
+            if sub is not None:
                 edges.append((sub.name, p.name))
-                stack.append(sub)
+                stack.append((sub, info.get("key")))
             else:
                 src_id = f"{p.name}.{name}"
                 nodes.append((src_id, f"{name}: {info.get('path')}"))

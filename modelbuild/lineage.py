@@ -30,11 +30,13 @@ def meta(store: Store, path: Path) -> dict:
     return m
 
 
-def _input_path(store: Store, info: dict) -> Path | None:
+def input_path(store: Store, info: dict, what: str) -> Path | None:
+    """The artifact an input record names (a step's output, or a tagged artifact), refused unless it is
+    an entry of objects/; None for other sources."""
     if info.get("kind") == "step":
-        return store.root / info["path"]
+        return store.object_path(info.get("path"), what)
     if info.get("artifact"):
-        return store.root / info["artifact"]
+        return store.object_path(info["artifact"], what)
     return None
 
 
@@ -74,10 +76,10 @@ def format_show(info: dict) -> str:
     drv = info.get("derivation") or {}
     lines = [f"artifact   {info.get('path')}", f"digest     {info.get('digest')}"]
     if info.get("damaged"):
-        lines.insert(0, f"WARNING: changed since it was built: {', '.join(info['damaged'])}. This artifact no "
-                        "longer matches the hashes recorded when it was built, so what follows may not be true. "
-                        "`modelbuild verify` lists the damage; the next build that needs it moves it aside and "
-                        "rebuilds it")
+        lines[:0] = [f"WARNING: changed since it was built: {', '.join(info['damaged'])}",
+                     "WARNING: it no longer matches the hashes recorded at its build, so what follows may not be "
+                     "true; `modelbuild verify` lists the damage, and the next build that needs it moves it aside "
+                     "and rebuilds it"]
     if info.get("kind") == "source":
         lines.append(f"source     {json.dumps(info.get('source'))}")
     else:
@@ -191,7 +193,8 @@ def _diff(store: Store, a: tuple, b: tuple, trail: str, out: Diff, seen: set) ->
         elif x.get("kind") == "step" and y.get("kind") == "step":
             if x.get("path") != y.get("path"):  # the same bytes explain nothing, whichever build made them
                 out.effects.append(f"{here}: input artifact {x.get('path')} -> {y.get('path')}")
-                _diff(store, (store.root / x["path"], x.get("key")), (store.root / y["path"], y.get("key")),
+                what = f"input {name} in the record of {label}"
+                _diff(store, (input_path(store, x, what), x.get("key")), (input_path(store, y, what), y.get("key")),
                       f"{label} <- {y.get('step')}", out, seen)
         elif x.get("hash") != y.get("hash") or x.get("kind") != y.get("kind"):
             src = (y.get("path") or y.get("pypi") or y.get("dvc") or (y.get("tag") and f"tag {y['tag']}")
@@ -400,21 +403,20 @@ def format_diff(d: Diff, a: str, b: str) -> str:
 
 # ---- why-depends -----------------------------------------------------------------------------------
 def why_depends(store: Store, a: Path, b: Path) -> list[str] | None:
-    """The chain of steps from artifact a down to its dependency b, or None if a does not depend on b."""
-    def walk(path: Path, chain: list[str], seen: set):
+    """The chain of steps from artifact a down to its dependency b, or None if a does not depend on b.
+    Each input is followed as its consumer's build recorded it."""
+    def walk(path: Path, key: str | None, chain: list[str], seen: set):
         if path == b:
             return chain
-        if path in seen:
+        if (path, key) in seen:
             return None
-        seen.add(path)
-        m = store.meta_of(path) or {}
-        for name, info in sorted((m.get("inputs") or {}).items()):
-            sub = _input_path(store, info)
-            label = f"{name} ({sub.name if sub else info.get('path')})"
+        seen.add((path, key))
+        for name, info in sorted((record(store, path, key).get("inputs") or {}).items()):
+            sub = input_path(store, info, f"input {name} in the record of {store.rel(path)}")
             if sub is not None:
-                found = walk(sub, chain + [label], seen)
+                found = walk(sub, info.get("key"), chain + [f"{name} ({sub.name})"], seen)
                 if found:
                     return found
         return None
 
-    return walk(Path(a), [Path(a).name], set())
+    return walk(Path(a), None, [Path(a).name], set())

@@ -205,10 +205,11 @@ def best_trial(store, tune_path: Path) -> tuple[Path, str | None]:
     """The best trial's artifact and key: what a step that takes a tune step as input receives."""
     try:
         best = json.loads((Path(tune_path) / "best.json").read_text())
-        return store.root / best["path"], best.get("key")
-    except (OSError, ValueError, KeyError) as e:
+        rel, key = best["path"], best.get("key")
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise BuildError(f"{tune_path} is not a tune artifact with a readable best.json ({e}); move it aside "
                          "with `modelbuild verify` and build again") from None
+    return store.object_path(rel, f"the best trial named in {store.rel(tune_path)}/best.json"), key
 
 
 def is_tune(step) -> bool:
