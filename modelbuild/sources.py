@@ -1,9 +1,10 @@
 """Sources: data from outside the store, identified by content.
 
-A local path is hashed where it lies (with the stat cache, so an unchanged large file is not re-read) and
-given to builders in place; it is re-checked after the build so a file edited mid-build cannot slip into
-an artifact under the old hash. A PyPI file is a fixed-output derivation: fetched once with
-`pip download --no-deps`, stored as an artifact, found again by its pin.
+A local path is hashed where it lies (with the stat cache, so an unchanged large file is not re-read), its
+links followed to their content, and given to builders in place; it is re-checked after the build so a file
+edited mid-build cannot slip into an artifact under the old hash. What has no content a hash can pin (a FIFO,
+a device, a kernel pseudo file, a dangling link) is refused as a recipe error. A PyPI file is a fixed-output
+derivation: fetched once with `pip download --no-deps`, stored as an artifact, found again by its pin.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BuildError, HashMismatch, RecipeError, UsageError, did_you_mean
-from .hashing import hash_json, hash_tree
+from .hashing import Unhashable, hash_json, hash_tree, stat_identity, walk_tree
 from .recipe import Source
 from .store import Store, remove_tree
 
@@ -36,10 +37,15 @@ class ResolvedSource:
 
 
 def source_fingerprint(path: Path) -> str:
-    from .hashing import stat_identity, walk_tree
-    if not Path(path).is_dir():
-        return ":".join(map(str, stat_identity(os.stat(path))))
-    return "\n".join(f"{rel}:{':'.join(map(str, stat_identity(st)))}" for rel, _, st in walk_tree(Path(path), ()))
+    """The stat identity of what a source's files and links lead to (as hash_tree(follow_links=True) reads
+    them), so an edit to a link's target counts; a file that cannot be read any more is a change too."""
+    try:
+        if not Path(path).is_dir():
+            return ":".join(map(str, stat_identity(os.stat(path))))
+        return "\n".join(f"{rel}:{':'.join(map(str, stat_identity(st)))}"
+                         for rel, _, st in walk_tree(Path(path), (), follow_links=True))
+    except (OSError, Unhashable) as e:
+        return f"unreadable: {e}"
 
 
 def resolve(source: Source, store: Store, recipe_dir: Path, *, step: str, input_name: str,
@@ -48,7 +54,11 @@ def resolve(source: Source, store: Store, recipe_dir: Path, *, step: str, input_
     if source.kind == "path":
         path = (recipe_dir / source.spec["path"]).absolute()
         cache = store.stat_cache() if store.exists() else None  # a dry run creates no store
-        digest = hash_tree(path, cache).digest
+        try:
+            digest = hash_tree(path, cache, follow_links=True).digest
+        except Unhashable as e:
+            raise RecipeError(f"the source {e.path} {e.problem}. {e.fix}", file=recipe_file or str(recipe_dir),
+                              step=step, key=f"inputs.{input_name}.path") from None
         if cache is not None:
             cache.flush()
         resolved = ResolvedSource(path, digest, {"kind": "path", "path": str(path), "hash": digest})
