@@ -203,10 +203,11 @@ def tree_fingerprint(path: Path) -> str:
 
 
 class SqliteStatCache:
-    """Stat cache for sources, kept in trace.sqlite; writes are batched until `flush()`."""
+    """Stat cache for sources, kept in trace.sqlite; writes are batched until `flush()` (and dropped on a
+    read-only store, where `plan` still works)."""
 
-    def __init__(self, db: sqlite3.Connection):
-        self.db, self.pending = db, []
+    def __init__(self, db: sqlite3.Connection, read_only: bool = False):
+        self.db, self.pending, self.read_only = db, [], read_only
 
     def get(self, path, st):
         row = self.db.execute("SELECT ino, size, mtime_ns, ctime_ns, digest FROM stat_cache WHERE path=?",
@@ -219,7 +220,7 @@ class SqliteStatCache:
         self.pending.append((path, *stat_identity(st), digest))
 
     def flush(self):
-        if self.pending:
+        if self.pending and not self.read_only:
             with self.db:
                 self.db.executemany("INSERT OR REPLACE INTO stat_cache VALUES (?,?,?,?,?,?)", self.pending)
             self.pending = []
@@ -313,7 +314,7 @@ class Store:
             self._db = None
 
     def stat_cache(self) -> SqliteStatCache:
-        return SqliteStatCache(self.db)
+        return SqliteStatCache(self.db, read_only=self.read_only)
 
     # ---- locks and tmp -----------------------------------------------------------------------------
     @contextlib.contextmanager

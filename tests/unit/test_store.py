@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from modelbuild.errors import USAGE, UsageError
+from modelbuild.errors import USAGE, HashMismatch, StoreUnavailable, UsageError
 from modelbuild.hashing import META_FILE, hash_json, hash_tree
-from modelbuild.store import Store
+from modelbuild.store import Store, inside, safe_name
 
 KEY1, KEY2, KEY3 = "1" * 32, "2" * 32, "3" * 32
 FILES = {"model.bin": b"\x00weights\x01" * 100, "config.json": '{"lr": 0.0003}', "sub/tokenizer.txt": "a b c"}
@@ -452,3 +452,116 @@ def test_gc_removes_work_areas_of_killed_builds_but_not_of_running_ones(store):
         report = collect(store)
     assert report.work_areas == [store.tmp / "work" / KEY1]
     assert not (store.tmp / "work" / KEY1).exists() and (store.tmp / "work" / KEY2 / "checkpoints").exists()
+
+
+# ---- names that become paths ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["..", ".", "../x", "a/b", "/etc", "", ".hidden", "x\n", "a b", "-rf"])
+def test_a_name_that_is_not_one_path_component_is_refused(name):
+    with pytest.raises(UsageError, match="must be letters, digits"):
+        safe_name(name, "tag name")
+
+
+@pytest.mark.parametrize("name", ["prod", "v1.2", "best_model-2", "A"])
+def test_plain_names_pass(name):
+    assert safe_name(name) == name
+
+
+@pytest.mark.parametrize("rel", ["../x", "objects/../../x", "/etc/passwd", "", None, 3])
+def test_a_record_path_leading_outside_is_tampering(store, rel):
+    with pytest.raises(HashMismatch):
+        inside(store.root, rel, "a path")
+
+
+def test_a_symlink_out_of_the_store_is_outside(store, tmp_path):
+    (store.objects / ("a" * 32 + "-evil")).symlink_to(tmp_path)
+    with pytest.raises(HashMismatch, match="leads outside"):
+        store.object_path(f"objects/{'a' * 32}-evil", "a path")
+    assert store.object_path(f"objects/{'b' * 32}-x", "a path") == store.objects / f"{'b' * 32}-x"
+    with pytest.raises(HashMismatch):
+        store.object_path("logs/x.log", "a path")  # in the store, but not an artifact
+
+
+def test_tags_are_set_and_deleted_by_name_only(store, tmp_path):
+    path = commit(store, KEY1)
+    store.set_tag("best", path, KEY1)
+    assert store.resolve("best") == path
+    victim = tmp_path / "victim.txt"
+    victim.write_text("x")
+    with pytest.raises(UsageError):
+        store.delete_tag("../../../victim.txt")
+    with pytest.raises(UsageError):
+        store.set_root("demo:../../x", path, KEY1)
+    assert victim.exists()
+    assert store.delete_tag("best") and not store.delete_tag("best")
+    assert not (store.roots_dir / "tag" / "best").is_symlink()
+
+
+def test_a_tampered_trace_path_is_never_followed(store):
+    commit(store, KEY1)
+    with store.db:
+        store.db.execute("UPDATE trace SET path='../../etc' WHERE key=?", (KEY1,))
+    with pytest.raises(HashMismatch, match="leads outside"):
+        store.lookup(KEY1)
+
+
+# ---- a store that cannot be written ------------------------------------------------------------------------
+
+def test_a_store_path_that_is_a_file_is_unavailable(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreUnavailable, match="is a file, not a directory"):
+        Store(tmp_path / "file").init()
+
+
+def test_a_damaged_trace_is_a_corrupt_store(tmp_path):
+    s = Store(tmp_path / "store").init()
+    s.close()
+    (s.root / "trace.sqlite").write_bytes(b"garbage" * 1000)
+    with pytest.raises(HashMismatch, match="verify --repair"):
+        Store(s.root).lookup(KEY1)
+
+
+def test_a_store_the_user_may_not_write_is_read_only_for_them():
+    with tempfile.TemporaryDirectory() as d:
+        os.chmod(d, 0o755)
+        s = Store(Path(d) / "store").init()
+        path = commit(s, KEY1)
+        s.close()
+        os.system(f"chmod -R a+rX {d}")
+        error = _run_unprivileged(_read_but_not_write, str(s.root), str(path))
+        assert error is None, error
+
+
+def _read_but_not_write(root: str, path: str) -> None:
+    s = Store(root)
+    assert not s.writable()
+    assert s.lookup(KEY1)[0] == Path(path) and s.check_artifact(Path(path))
+    assert s.read_only
+    with pytest.raises(StoreUnavailable, match="permission denied"):
+        s.require_writable()
+
+
+# ---- shared files and files a build does not own -------------------------------------------------------------
+
+def test_a_users_hard_linked_file_is_copied_not_frozen(store, tmp_path):
+    mine = tmp_path / "mine.txt"
+    mine.write_text("mine")
+    os.chmod(mine, 0o644)
+    out = store.new_tmp(KEY1)
+    os.link(mine, out / "mine.txt")
+    path = store.commit(KEY1, "x", out, {"key": KEY1}, refs=[])
+    assert stat.S_IMODE(mine.stat().st_mode) == 0o644
+    assert mine.stat().st_nlink == 1 and (path / "mine.txt").read_text() == "mine"
+
+
+def test_one_rebuild_heals_every_artifact_sharing_a_damaged_file(store):
+    a = commit(store, KEY1)
+    b = commit(store, KEY2, files={**FILES, "config.json": "other"})
+    flip_a_byte(a / "model.bin")  # the same inode in b
+    assert not store.check_artifact(b, deep=True)
+    store.quarantine(a)
+    again = commit(store, KEY3)  # a's content, rebuilt
+    assert again == a and store.check_artifact(a, deep=True)
+    assert store.check_artifact(b, deep=True)
+    assert (b / "model.bin").stat().st_ino == (a / "model.bin").stat().st_ino
+    assert not list(store.links.glob("*.damaged"))
