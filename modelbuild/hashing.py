@@ -115,6 +115,7 @@ class Unhashable(BuildError):
 
 SOURCE_FIX = ("Copy the data to a regular file (e.g. `cp --dereference`) and name that in the recipe; only "
               "regular files, folders and links to them are hashed")
+LINK_FIX = "Fix or remove the link, or put the data it should lead to there as a regular file"
 OUTPUT_FIX = ("An artifact must hold what it links to: copy the file into the output instead (a link in an "
               "output may only point to a file of the same output, by a relative path)")
 
@@ -161,7 +162,7 @@ class Entry:
 
     digest: str
     executable: bool = False
-    link: str | None = None  # for a symlink kept in an artifact: its target, relative to the tree's top
+    link: str | None = None  # for a symlink kept in an artifact: its resolved target, relative to its folder
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ def walk_tree(root: Path, exclude=(META_FILE,), follow_links: bool = False):
                     here = (st.st_dev, st.st_ino)
                     if here in above:
                         raise Unhashable(e.path, "is a link to a folder that contains it: following it is a loop",
-                                         "Remove the link, or copy what it should hold")
+                                         LINK_FIX)
                     stack.append((Path(e.path), above | {here}))
                     items.append((rel + "/", e.path, st))
                 else:
@@ -211,9 +212,9 @@ def _followed(entry: os.DirEntry) -> os.stat_result:
         target = os.readlink(entry.path)
         if e.errno == errno.ELOOP:
             raise Unhashable(entry.path, f"is a symbolic link loop (through {target!r})",
-                             "Fix or remove the link") from None
+                             LINK_FIX) from None
         raise Unhashable(entry.path, f"is a symbolic link to {target!r}, which does not exist",
-                         "Fix or remove the link") from None
+                         LINK_FIX) from None
 
 
 def hash_tree(root: str | os.PathLike, cache: StatCache | None = None, *, follow_links: bool = False) -> TreeHash:
@@ -247,8 +248,8 @@ def hash_tree(root: str | os.PathLike, cache: StatCache | None = None, *, follow
 
 
 def _inner_target(root: Path, rel: str, abspath: str) -> str:
-    """A link's target as a path from the tree's top, where it must stay, by its text and by what it resolves
-    to (through other links): the tree is moved into the store, so nothing outside it can be relied on."""
+    """A link's target, normalised: what it finally resolves to, relative to the link's folder. It must stay
+    inside the tree by its text and through other links: the tree moves into the store, leaving the rest."""
     target = os.readlink(abspath)
     name = f"the output file '{rel}'"
     if os.path.isabs(target):
@@ -264,4 +265,4 @@ def _inner_target(root: Path, rel: str, abspath: str) -> str:
     top = os.path.realpath(root)
     if os.path.commonpath([top, real]) != top:
         raise Unhashable(name, f"is a symbolic link to {target!r}, which leads outside the output", OUTPUT_FIX)
-    return Path(os.path.relpath(real, top)).as_posix()
+    return posixpath.relpath(Path(os.path.relpath(real, top)).as_posix(), posixpath.dirname(rel) or ".")

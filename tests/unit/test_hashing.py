@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import socket
 import time
 from pathlib import Path
 
@@ -18,11 +19,13 @@ import xxhash
 from modelbuild import hashing
 from modelbuild.hashing import (
     META_FILE,
+    Unhashable,
     canonical_json,
     hash_file,
     hash_file_cached,
     hash_json,
     hash_tree,
+    pseudo_devices,
     stat_identity,
 )
 
@@ -165,6 +168,12 @@ class TestHashFile:
         p.write_text("abc")
         assert hash_file(p) == hashing.hash_bytes("abc") == hashing.hash_bytes(b"abc")
 
+    @pytest.mark.skipif(not Path("/proc/version").is_file(), reason="no /proc")
+    def test_a_file_whose_size_says_0_is_read_not_taken_as_empty(self):
+        assert os.stat("/proc/version").st_size == 0
+        assert hash_file("/proc/version") == xxhash.xxh3_128_hexdigest(Path("/proc/version").read_bytes())
+        assert hash_file("/proc/version") != xxhash.xxh3_128_hexdigest(b"")
+
 
 # ---- trees --------------------------------------------------------------------------------------------
 
@@ -255,11 +264,131 @@ class TestHashTree:
         (one / "link").symlink_to("sub/b.txt")
         assert hash_tree(one).digest != tree.digest
 
+    def test_digests_of_ordinary_trees_and_plain_links_are_unchanged(self, tmp_path):
+        # the digests before links were resolved: artifacts already in stores keep their names
+        one = write(tmp_path / "one", FILES)
+        assert hash_tree(one).digest == "973571b3fbd9515da3e9f98d57c4e9ed"
+        (one / "a.txt").chmod(0o755)
+        (one / "empty").mkdir()
+        assert hash_tree(one).digest == "094da2478289758f9e1e7a9a27265bd4"
+        (one / "link").symlink_to("a.txt")
+        (one / "sub" / "l").symlink_to("b.txt")
+        (one / "sub" / "deeper" / "up").symlink_to("../b.txt")
+        assert hash_tree(one).digest == "0ea147e91eec21a0d0ef61a1fb69299f"
+        assert hash_tree(one / "sub" / "b.txt").digest == "892a5376d4e98f87598efaccdc294e89"
+
     def test_entries_name_every_file_with_its_hash(self, tmp_path):
         one = write(tmp_path / "one", FILES)
         tree = hash_tree(one)
         assert {k for k in tree.entries if not k.endswith("/")} == set(FILES)
         assert tree.entries["a.txt"].digest == hash_file(one / "a.txt")
+
+
+class TestArtifactLinks:
+    """Without follow_links (artifacts), a link is kept if it stays inside the tree, and refused otherwise."""
+
+    def test_a_link_is_hashed_by_what_it_resolves_to_however_spelled(self, tmp_path):
+        one, two = write(tmp_path / "one", FILES), write(tmp_path / "two", FILES)
+        (one / "sub" / "l").symlink_to("b.txt")
+        (two / "sub" / "l").symlink_to("../sub/./deeper/../b.txt")
+        assert hash_tree(one).digest == hash_tree(two).digest
+        assert hash_tree(two).entries["sub/l"].link == "b.txt"
+
+    def test_a_link_to_a_link_is_hashed_by_the_final_target(self, tmp_path):
+        one = write(tmp_path / "one", FILES)
+        (one / "first").symlink_to("second")
+        (one / "second").symlink_to("sub/b.txt")
+        assert hash_tree(one).entries["first"].link == "sub/b.txt"
+
+    def test_a_link_to_a_folder_inside_is_kept(self, tmp_path):
+        one = write(tmp_path / "one", FILES)
+        (one / "latest").symlink_to("sub", target_is_directory=True)
+        assert hash_tree(one).entries["latest"].link == "sub"
+
+    @pytest.mark.parametrize("target, why", [
+        ("/etc/hostname", "absolute path"),
+        ("../../outside.txt", "outside the output"),
+        ("missing.txt", "does not exist"),
+        ("escape", "or is a loop"),
+        ("deeper/up/../outside.txt", "leads outside"),  # inside by its text, outside through deeper/up
+    ])
+    def test_a_link_out_of_the_tree_or_to_nothing_is_refused(self, tmp_path, target, why):
+        (tmp_path / "outside.txt").write_text("not ours")
+        one = write(tmp_path / "one", FILES)
+        (one / "sub" / "deeper" / "up").symlink_to("../..", target_is_directory=True)
+        (one / "sub" / "escape").symlink_to(target)
+        with pytest.raises(Unhashable, match=why) as e:
+            hash_tree(one)
+        assert "copy the file into the output" in str(e.value) and "output file 'sub/escape'" in str(e.value)
+
+    def test_a_fifo_in_an_output_is_refused_without_opening_it(self, tmp_path):
+        one = write(tmp_path / "one", FILES)
+        os.mkfifo(one / "sub" / "pipe")
+        with pytest.raises(Unhashable, match="named pipe"):
+            hash_tree(one)
+
+
+class TestSourceLinks:
+    """With follow_links (sources), a link hashes as its target's content, as a copy would."""
+
+    def test_a_link_hashes_like_a_copy_and_follows_edits_of_its_target(self, tmp_path):
+        (tmp_path / "real.txt").write_text("v1")
+        linked = write(tmp_path / "linked", FILES)
+        (linked / "data.txt").symlink_to("../real.txt")
+        copied = write(tmp_path / "copied", {**FILES, "data.txt": "v1"})
+        assert hash_tree(linked, follow_links=True).digest == hash_tree(copied, follow_links=True).digest
+        before = hash_tree(linked, follow_links=True).digest
+        (tmp_path / "real.txt").write_text("v2")
+        assert hash_tree(linked, follow_links=True).digest != before
+
+    def test_a_linked_folder_is_walked(self, tmp_path):
+        write(tmp_path / "shared", {"x.csv": "1"})
+        one = write(tmp_path / "one", FILES)
+        (one / "parts").symlink_to("../shared", target_is_directory=True)
+        assert "parts/x.csv" in hash_tree(one, follow_links=True).entries
+
+    def test_the_stat_cache_sees_an_edit_of_a_links_target(self, tmp_path, file_reads):
+        (tmp_path / "real.txt").write_text("v1")
+        one = write(tmp_path / "one", {"a": "a"})
+        (one / "data.txt").symlink_to("../real.txt")
+        cache = CountingCache()
+        first = hash_tree(one, cache, follow_links=True).digest
+        time.sleep(0.05)
+        (tmp_path / "real.txt").write_text("v2")
+        assert hash_tree(one, cache, follow_links=True).digest != first
+
+    @pytest.mark.parametrize("make, why", [
+        (lambda d: (d / "gone").symlink_to("nowhere"), "does not exist"),
+        (lambda d: ((d / "a").symlink_to("b"), (d / "b").symlink_to("a")), "loop"),
+        (lambda d: (d / "up").symlink_to("..", target_is_directory=True), "loop"),
+        (lambda d: os.mkfifo(d / "pipe"), "named pipe"),
+        (lambda d: (d / "zero").symlink_to("/dev/zero"), "character device"),
+    ])
+    def test_what_has_no_content_is_refused(self, tmp_path, make, why):
+        one = write(tmp_path / "one", FILES)
+        make(one / "sub")
+        with pytest.raises(Unhashable, match=why) as e:
+            hash_tree(one, follow_links=True)
+        assert e.value.path.startswith(str(one / "sub")) and "regular file" in e.value.fix
+
+    def test_a_socket_is_refused(self, tmp_path):
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(tmp_path / "sock"))
+            with pytest.raises(Unhashable, match="socket"):
+                hash_tree(tmp_path / "sock", follow_links=True)
+
+    @pytest.mark.skipif(not Path("/proc/version").is_file(), reason="no /proc")
+    def test_a_proc_file_is_refused(self):
+        with pytest.raises(Unhashable, match="proc pseudo file system"):
+            hash_tree("/proc/version", follow_links=True)
+
+    def test_pseudo_file_systems_are_found_by_device_in_mountinfo(self, tmp_path):
+        info = tmp_path / "mountinfo"
+        info.write_text("22 27 0:21 / /proc rw,relatime - proc proc rw\n"
+                        "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
+                        "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw\n")
+        assert pseudo_devices(str(info)) == {os.makedev(0, 21): "proc", os.makedev(0, 38): "cgroup2"}
+        assert pseudo_devices(str(tmp_path / "none")) == {}
 
 
 # ---- the stat cache ----------------------------------------------------------------------------------
@@ -332,6 +461,14 @@ class TestStatCache:
         os.replace(new, p)  # another inode under the same name
         assert hash_file_cached(str(p), cache) == xxhash.xxh3_128_hexdigest(b"new!")
         assert len(file_reads) == 2
+
+    def test_a_file_whose_size_says_0_is_never_cached(self, tmp_path, file_reads):
+        p = tmp_path / "empty"
+        p.write_bytes(b"")
+        cache = CountingCache()
+        hash_file_cached(str(p), cache)
+        hash_file_cached(str(p), cache)
+        assert cache.puts == 0 and len(file_reads) == 2
 
     def test_without_a_cache_every_call_reads(self, tmp_path, file_reads):
         p = tmp_path / "f"
