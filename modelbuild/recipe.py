@@ -388,12 +388,14 @@ def _compose_hydra(path: Path, overrides: list[str], data: dict) -> dict:
     from omegaconf.errors import OmegaConfBaseException
 
     file = str(path)
+    _check_config_files(path, data, overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(path.parent.absolute()), version_base=None), \
                 warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*Defaults list is missing `_self_`")
             cfg = compose(config_name=path.stem, overrides=list(overrides))
+        _check_interpolations(OmegaConf.to_container(cfg, resolve=False), file)
         return OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException, yaml.YAMLError, ValueError) as e:
         msg = _first_line(e).rstrip(".")
@@ -408,6 +410,33 @@ def _compose_hydra(path: Path, overrides: list[str], data: dict) -> dict:
         raise RecipeError(f"cannot compose the recipe{with_overrides}: {msg}.{hint}", file=file, key=key) from None
     finally:
         GlobalHydra.instance().clear()
+
+
+def _check_config_files(path: Path, data: dict, overrides: list[str]) -> None:
+    """Hydra reads the config group files with its own loader, which expands aliases: check them first, each as
+    a recipe is checked. They are the files next to the recipe and in the groups its defaults lists and overrides
+    name (a group is a folder next to the recipe)."""
+    folder, seen = path.parent, {path.absolute()}
+    todo = [*folder.glob("*.y*ml"), *_group_files(folder, data.get("defaults"), overrides)]
+    while todo:
+        file = todo.pop().absolute()
+        if file in seen or not file.is_file():
+            continue
+        seen.add(file)
+        config = _parse(_read_text(file), str(file))
+        if isinstance(config, dict):
+            todo.extend(_group_files(folder, config.get("defaults"), []))
+
+
+def _group_files(folder: Path, defaults, overrides: list[str]) -> list[Path]:
+    """The YAML files of the config groups that a defaults list (`- model: small`) and overrides (`model=large`)
+    name."""
+    names = [o.split("=", 1)[0] for o in overrides]
+    for entry in defaults if isinstance(defaults, list) else []:
+        names.extend(map(str, entry) if isinstance(entry, dict) else [])
+    groups = {re.sub(r"^(?:override |optional |[+~/])*", "", n).split("/")[0].split("@")[0] for n in names}
+    dirs = [folder / g for g in groups if NAME_RE.match(g) and (folder / g).is_dir()]
+    return [f for d in dirs for f in d.rglob("*.y*ml")]
 
 
 def _override_hint(msg: str, data: dict) -> tuple[str | None, str]:
