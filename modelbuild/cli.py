@@ -217,10 +217,20 @@ def cmd_verify(args) -> int:
         return 0
     for status, what, details in problems:
         print(f"{status} {what}: {', '.join(details[:10])}", file=sys.stderr)
-    print(f"error: {len(problems)} problems in the store {store.root}. The next build moves damaged artifacts "
-          "aside and rebuilds them; `modelbuild verify --repair` quarantines them now and rebuilds the trace "
-          "from the artifacts' lineage records", file=sys.stderr)
+    print(f"error: {len(problems)} problems in the store {store.root}: {_verify_advice(problems)}", file=sys.stderr)
     return errors.CORRUPT
+
+
+def _verify_advice(problems) -> str:
+    """What to do about what verify found, worst first."""
+    damaged = sum(status == "CORRUPT" and what.startswith("objects/") for status, what, _ in problems)
+    advice = [f"the next build moves the {damaged} damaged artifacts aside and rebuilds them"] if damaged else []
+    if any(status != "MISSING" for status, _, _ in problems):
+        advice.append("`modelbuild verify --repair` quarantines damaged artifacts and rebuilds the trace from the "
+                      "artifacts' lineage records")
+    if any(status == "MISSING" for status, _, _ in problems):
+        advice.append("building their recipes again brings the missing artifacts back")
+    return "; ".join(advice)
 
 
 def cmd_tag(args) -> int:
