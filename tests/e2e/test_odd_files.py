@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -91,6 +93,31 @@ def test_a_link_and_a_copy_of_its_target_hash_alike(project, cli):
     (project / "data" / "f").unlink()
     project.write("data/f", "same\n")
     assert cli("plan", "recipe.yaml", "--json").stdout == first
+
+
+def test_editing_a_links_target_during_the_build_fails_the_step(project, cli):
+    project.write("elsewhere/real.txt", "one\n")
+    (project / "data").mkdir()
+    (project / "data" / "link.txt").symlink_to("../elsewhere/real.txt")
+    project.write("recipe.yaml", """
+        name: odd
+        steps:
+          use:
+            builder: command
+            inputs: {data: {path: data}}
+            params: {cmd: 'sleep 4; ls "$MB_IN_DATA" > "$MB_OUT/listing"'}
+    """)
+    proc = cli.popen("build", "recipe.yaml", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    jobs = cli.store / "tmp" / "jobs"
+    deadline = time.time() + 60
+    while not (jobs.is_dir() and any(jobs.iterdir())) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    project.write("elsewhere/real.txt", "two, longer\n")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "source input 'data'" in err and "changed while the step was building" in err, err
+    assert artifacts(cli) == 0
 
 
 # ---- sources: what cannot be hashed is refused ------------------------------------------------------
