@@ -113,11 +113,12 @@ class Unhashable(BuildError):
         self.path, self.problem, self.fix = path, problem, fix
 
 
-SOURCE_FIX = ("Copy the data to a regular file (e.g. `cp --dereference`) and name that in the recipe; only "
-              "regular files, folders and links to them are hashed")
+SOURCE_FIX = ("Write the data to a regular file and name that in the recipe: only regular files, folders and "
+              "links to them are hashed")
 LINK_FIX = "Fix or remove the link, or put the data it should lead to there as a regular file"
-OUTPUT_FIX = ("An artifact must hold what it links to: copy the file into the output instead (a link in an "
-              "output may only point to a file of the same output, by a relative path)")
+OUTPUT_FIX = ("An artifact holds regular files, folders and links to its own files: write the data into the "
+              "output as a regular file (copy a file rather than link to it; a link may point, by a relative "
+              "path, only to a file of the same output)")
 
 SPECIAL_FILES = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket", stat.S_IFBLK: "a block device",
                  stat.S_IFCHR: "a character device"}
