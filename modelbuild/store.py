@@ -176,6 +176,14 @@ def _why_unwritable(path: Path) -> int:
     return errno.EACCES
 
 
+def _same_file(path: Path, st: os.stat_result) -> bool:
+    try:
+        other = os.lstat(path)
+    except OSError:
+        return False
+    return (other.st_ino, other.st_dev) == (st.st_ino, st.st_dev)
+
+
 def _make_writable(path: Path) -> None:
     for dirpath, _dirnames, _ in os.walk(path):
         os.chmod(dirpath, 0o755)
@@ -498,13 +506,14 @@ class Store:
             p = out / rel if rel != "." else out
             if rel.endswith("/") or entry.link is not None:
                 continue
-            if os.lstat(p).st_nlink > 1:
+            link = self.links / f"{entry.digest}{'x' if entry.executable else ''}"
+            st = os.lstat(p)
+            if st.st_nlink > 1 and not _same_file(link, st):  # (the store's own copy needs no copying)
                 tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex[:6]}")
                 shutil.copyfile(p, tmp)
-                os.chmod(tmp, os.lstat(p).st_mode & 0o777)
+                os.chmod(tmp, st.st_mode & 0o777)
                 os.replace(tmp, p)
             os.chmod(p, 0o555 if entry.executable else 0o444)
-            link = self.links / f"{entry.digest}{'x' if entry.executable else ''}"
             try:
                 os.link(p, link)
             except FileExistsError:
