@@ -157,7 +157,9 @@ def verify(store: Store, paths: list[Path] | None = None) -> list[tuple[str, str
     trace = _trace_damage(store)
     if trace:
         return [("CORRUPT", "trace.sqlite", [trace])]  # nothing else can be checked against it
-    problems = []
+    problems = [("CORRUPT", "trace.sqlite", [why]) for *_, why in _tampered_rows(store)]
+    if problems:
+        return problems  # the checks below read these rows
     known = set(store.artifacts())
     for path in paths if paths is not None else _objects(store):
         if paths is None and path not in known:
@@ -188,6 +190,35 @@ def _trace_damage(store: Store) -> str | None:
     except sqlite3.DatabaseError as e:
         return f"SQLite cannot read it: {e}"
     return None if row and row[0] == "ok" else f"SQLite's check found damage: {row[0] if row else 'no answer'}"
+
+
+# Rows whose path or key becomes a file name: (table, column holding a path, column holding a key).
+_NAMING_ROWS = (("trace", "path", "key"), ("artifacts", "path", None), ("refs", "path", None),
+                ("refs", "ref", None), ("roots", "path", "key"), ("attempts", None, "key"))
+
+
+def _tampered_rows(store: Store) -> list[tuple[str, str, object, str]]:
+    """Trace rows naming a path outside objects/ or a key that is not one: (table, column, value, why)."""
+    bad = []
+    for table, path_column, key_column in _NAMING_ROWS:
+        for column, check in ((path_column, _path_ok), (key_column, _key_ok)):
+            if column:
+                bad += [(table, column, value, f"its {table} table names {value!r} as a {column}: {why}")
+                        for (value,) in store.db.execute(f"SELECT DISTINCT {column} FROM {table}")
+                        if (why := check(store, value))]
+    return bad
+
+
+def _path_ok(store: Store, value) -> str | None:
+    try:
+        store.object_path(value, "")
+    except HashMismatch:
+        return "not an artifact in objects/"
+    return None
+
+
+def _key_ok(store: Store, value) -> str | None:
+    return None if value is None or (isinstance(value, str) and KEY_RE.fullmatch(value)) else "not a key"
 
 
 def _trace_records_damage(store: Store, path: Path) -> list[str]:
@@ -244,6 +275,10 @@ def repair(store: Store) -> list[str]:
     aside and rebuilt from the artifacts' .meta.json files and roots/; damaged artifacts, artifacts whose
     lineage record does not hold up, and damaged derivations are moved aside."""
     done = _replace_damaged_trace(store)
+    for table, column, value, why in _tampered_rows(store):
+        with store.db:
+            store.db.execute(f"DELETE FROM {table} WHERE {column}=?", (value,))
+        done.append(f"removed from the trace: {why}")
     known = set(store.artifacts())
     for path in _objects(store):
         if path in known:

@@ -264,6 +264,13 @@ CASES = {
         ("verify", "--repair"), 0, out=("restored the trace's record of key",),
         damage=sql("UPDATE trace SET meta=json_set(meta, '$.metrics', json('{{\"accuracy\": 0.99}}')) "
                    "WHERE key='{train}'"), then=verify_clean),
+    "verify-a-root-row-leading-outside-the-store": Case(
+        ("verify",), 5, ("CORRUPT trace.sqlite", "its roots table names '../../etc' as a path", "verify --repair"),
+        damage=sql("UPDATE roots SET path='../../etc' WHERE name='tag:best'")),
+    "verify-repair-a-root-row-leading-outside-the-store": Case(
+        ("verify", "--repair"), 0, out=("removed from the trace: its roots table names '../../etc'",
+                                        "restored root tag:best", "ok: 2 artifacts"),
+        damage=sql("UPDATE roots SET path='../../etc' WHERE name='tag:best'"), then=clean_and_cached),
     # ---- 5. the sandbox flag -----------------------------------------------------------------------------
     "build-with-an-unknown-sandbox-mode": Case(("build", "recipe.yaml", "--sandbox", "bogus"), 2,
                                                ("invalid choice: 'bogus'", "'auto', 'required', 'off'")),
