@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import HashMismatch
 from .hashing import DIGEST_CHARS, META_FILE, hash_file, hash_json, hash_tree
-from .store import KEY_RE, Store, remove_tree, tree_fingerprint
+from .store import KEY_RE, NAME_RE, Store, remove_tree, tree_fingerprint
 
 
 @dataclass
@@ -185,8 +185,8 @@ def _trace_damage(store: Store) -> str | None:
     try:
         row = store.db.execute("PRAGMA quick_check").fetchone()
         store.db.execute("SELECT count(*) FROM trace").fetchone()
-    except HashMismatch as e:
-        return str(e.__context__ or e).split(". Run")[0]
+    except HashMismatch as e:  # raised on opening it
+        return f"SQLite cannot read it: {e.__context__ or e}"
     except sqlite3.DatabaseError as e:
         return f"SQLite cannot read it: {e}"
     return None if row and row[0] == "ok" else f"SQLite's check found damage: {row[0] if row else 'no answer'}"
@@ -263,8 +263,9 @@ def _root_links(store: Store) -> list[tuple[str, Path]]:
     if store.roots_dir.is_dir():
         for kind in sorted(os.scandir(store.roots_dir), key=lambda e: e.name):
             if kind.is_dir(follow_symlinks=False):
-                links += [(f"{kind.name}:{e.name}", Path(e.path)) for e in sorted(os.scandir(kind.path), key=lambda e: e.name)
-                          if e.is_symlink() and not e.name.startswith(".")]
+                links += [(f"{kind.name}:{e.name}", Path(e.path))
+                          for e in sorted(os.scandir(kind.path), key=lambda e: e.name)
+                          if e.is_symlink() and NAME_RE.fullmatch(kind.name) and NAME_RE.fullmatch(e.name)]
     return links
 
 
@@ -354,7 +355,9 @@ def _refs(store: Store, meta: dict) -> list[Path]:
 
 def _record(store: Store, path: Path, meta: dict) -> None:
     """Write an artifact's rows (artifacts, trace, refs) from its lineage record, as its commit did."""
-    rel, created = store.rel(path), float(meta.get("started") or os.stat(path / META_FILE).st_mtime)
+    started = meta.get("started")
+    created = started if isinstance(started, (int, float)) else os.stat(path / META_FILE).st_mtime
+    rel = store.rel(path)
     with store.db:
         store.db.execute("BEGIN IMMEDIATE")
         store.db.execute("INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?)",
@@ -390,11 +393,8 @@ def _restore_roots(store: Store) -> list[str]:
         target = store.objects / target.name  # a quarantined target stays a root: a rebuild brings it back
         row = store.db.execute("SELECT meta FROM trace WHERE path=?", (store.rel(target),)).fetchone()
         key = json.loads(row[0]).get("key") if row else None
-        try:
-            with store.db:
-                store.db.execute("INSERT OR REPLACE INTO roots VALUES (?,?,?,?)",
-                                 (name, store.rel(target), key, os.lstat(link).st_mtime))
-        except sqlite3.Error:
-            continue
+        with store.db:
+            store.db.execute("INSERT OR REPLACE INTO roots VALUES (?,?,?,?)",
+                             (name, store.rel(target), key, os.lstat(link).st_mtime))
         done.append(f"restored root {name} -> {store.rel(target)}")
     return done
