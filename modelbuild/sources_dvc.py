@@ -8,7 +8,8 @@
    (`DVCFileSystem.info`, which reads metadata only, never the data);
 3. the key `hash_json({"fixed-output": "dvc", repo, path, md5})` is looked up in the store. On a miss the
    file or folder is copied out of DVC (its local cache `.dvc/cache`, else its remote) into the store,
-   checked against DVC's md5, and committed under the key's lock, like a PyPI source.
+   as files of its own (never links into DVC's cache), checked against DVC's md5, and committed under the
+   key's lock, like a PyPI source.
 
 The revision is not part of the key: two revisions with the same data share one artifact, and a
 revision that changes the data makes a new key. The lineage records the revision as written, the
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -270,6 +272,19 @@ def _copy_out(fs, path: str, target: Path, isdir: bool, what: str, local: bool) 
                          "NAME URL` so DVC can download it") from None
     if not target.exists():  # an empty tracked folder
         target.mkdir(parents=True)
+    _own_copies(target)
+
+
+def _own_copies(target: Path) -> None:
+    """Replace the links DVC may copy out (`cache.type` symlink or hardlink) with copies: the artifact must
+    hold its bytes, not lean on (or share an inode with) the repo's cache, which may change or go."""
+    files = [target] if not target.is_dir() or target.is_symlink() else \
+        [Path(d, f) for d, _, names in os.walk(target) for f in names]
+    for f in files:
+        if f.is_symlink() or os.lstat(f).st_nlink > 1:
+            tmp = f.with_name(f".{f.name}.copy")
+            shutil.copy(f, tmp)  # a link's content and mode (its executable bit)
+            os.replace(tmp, f)
 
 
 def _expected_md5s(fs, path: str, isdir: bool) -> dict[str, str] | None:

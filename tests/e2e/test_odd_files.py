@@ -9,9 +9,11 @@ special file in a step's output fails the step (exit 1) and nothing is committed
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -181,6 +183,33 @@ def test_a_link_to_a_device_in_a_source_folder_is_refused(project, cli):
 def test_a_proc_file_source_is_refused(project, cli):
     source_recipe(project, "/proc/version")
     refused(cli, "/proc/version", "pseudo file system", "cat /proc/version >")
+
+
+# ---- DVC sources: a symlinked DVC cache is copied, not linked into the store --------------------------
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
+def test_a_dvc_source_from_a_linked_cache_is_stored_as_its_own_copy(project, cli, tmp_path, link):
+    pytest.importorskip("dvc.api")
+    dvc = Path(sys.executable).parent / "dvc"
+    repo = tmp_path / "registry"
+    env = {"DVC_NO_ANALYTICS": "1", "HOME": str(tmp_path / "home"), "GIT_CONFIG_NOSYSTEM": "1",
+           "GIT_CONFIG_GLOBAL": os.devnull, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    (repo / "data").mkdir(parents=True)
+    (repo / "data" / "a.txt").write_text("alpha\n")
+    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "config", "cache.type", link],
+                [dvc, "add", "-q", "data"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "data"]):
+        subprocess.run([str(c) for c in cmd], cwd=repo, env={**os.environ, **env}, check=True, capture_output=True)
+    assert (repo / "data" / "a.txt").is_symlink() == (link == "symlink")
+    project.write("recipe.yaml", LIST_SOURCE.replace("{path: DATA}", "{dvc: {repo: ../registry, path: data}}"))
+    cli.build(env=env)
+    stored = [p for p in (cli.store / "objects").iterdir() if p.name.endswith("-dvc-data")]
+    assert len(stored) == 1
+    copy = stored[0] / "data" / "a.txt"
+    assert not copy.is_symlink() and copy.stat().st_nlink <= 2  # its own file and the store's shared link
+    shutil.rmtree(repo / ".dvc" / "cache")
+    assert copy.read_text() == "alpha\n"
+    cli("verify", env=env)
 
 
 # ---- outputs -------------------------------------------------------------------------------------
