@@ -117,8 +117,8 @@ def check_params(params: dict, *, file: str | None, step: str) -> None:
     if network and pinned is None:
         raise RecipeError("`network: true` needs `output_hash:`, the hash of the output it must produce: what the "
                           "network answers is not in the key, so only a pinned result can be cached (as a Nix "
-                          "fixed-output derivation). Set `output_hash: " + "0" * 32 + "`, build, and copy the hash "
-                          "the error reports", file=file, step=step, key="params.network")
+                          "fixed-output derivation). Set `output_hash: '" + "0" * 32 + "'`, build, and copy the "
+                          "hash the error reports (quoted: YAML reads some hashes as numbers)", file=file, step=step, key="params.network")
     use(file=file, step=step)
 
 
@@ -131,7 +131,7 @@ def check_output(step: str, out: Path, params: dict) -> None:
     digest = hash_tree(out).digest
     if digest != pinned:
         raise HashMismatch(f"step '{step}': the output has content hash {digest}, but `params.output_hash` pins "
-                           f"{pinned}. If the new output is intended, set `output_hash: {digest}`; otherwise find "
+                           f"{pinned}. If the new output is intended, set `output_hash: '{digest}'`; otherwise find "
                            "out what changed in what the step downloads")
 
 
@@ -148,10 +148,11 @@ def run(command: list[str], *, env: dict, cwd: Path, read=(), write=(), network:
 
     `read` paths are visible read-only and `write` paths writable, each at its own path; `cwd` is an empty
     read-only folder apart from what `read` and `write` put in it."""
+    declared = {**{Path(p): "ro" for p in read}, **{Path(p): "rw" for p in write}}
     mounts = {Path(p): "ro" for p in (*system_paths(network), *interpreter_paths())}
-    mounts.setdefault(Path(cwd), "hidden")
-    mounts.update({Path(p): "ro" for p in read})
-    mounts.update({Path(p): "rw" for p in write})
+    if Path(cwd) not in mounts and not any(Path(cwd).is_relative_to(p) for p in declared):
+        mounts[Path(cwd)] = "hidden"
+    mounts.update(declared)
     return subprocess.run(_argv(bwrap(), command, mounts, cwd=cwd, network=network), env=env).returncode
 
 

@@ -211,7 +211,7 @@ def test_network_with_a_pinned_output_hash_is_checked_like_a_fixed_output(projec
     recipe("0" * 32)
     err = cli("build", "recipe.yaml", check=5).stderr
     assert "`params.output_hash` pins 00000000000000000000000000000000" in err
-    actual = re.search(r"set `output_hash: ([0-9a-f]{32})`", err)[1]
+    actual = re.search(r"set `output_hash: '([0-9a-f]{32})'`", err)[1]
     recipe(actual)
     assert read_output(cli.build()) == "connected"
 
