@@ -7,6 +7,7 @@ All three read numbers the same way (`1e-3` is a float, as in OmegaConf's YAML l
 
 from __future__ import annotations
 
+import operator
 import os
 import re
 import warnings
@@ -252,7 +253,7 @@ def _check_nodes(root) -> None:
     the composed nodes form a graph in which an alias is one more edge to its anchor's node. Each node is
     sized once, so this takes time in proportion to the file, not to what its aliases would expand to."""
     known, expanded = {}, 0  # id(node) -> (size, height), or None while inside it
-    scalar, sequence = yaml.ScalarNode, yaml.SequenceNode
+    scalar, sequence, second = yaml.ScalarNode, yaml.SequenceNode, operator.itemgetter(1)
 
     def visit(node, depth: int) -> tuple[int, int]:
         nonlocal expanded
@@ -262,12 +263,12 @@ def _check_nodes(root) -> None:
                 raise _refuse(node, TOO_DEEP)
             known[key] = None
             size = height = 0
-            for child in node.value if type(node) is sequence else [v for _, v in node.value]:  # a key is a string
-                if type(child) is scalar:
-                    size += 1
-                else:
+            children = node.value if type(node) is sequence else map(second, node.value)  # keys are strings
+            for child in children:
+                if type(child) is not scalar:
                     child_size, child_height = visit(child, depth + 1)
-                    size, height = size + child_size, max(height, child_height)
+                    size, height = size + child_size - 1, max(height, child_height)
+            size += len(node.value)
             known[key] = size + 1, height + 1
             return known[key]
         if known[key] is None:
