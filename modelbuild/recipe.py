@@ -332,7 +332,11 @@ def _check_interpolations(data: dict, file: str) -> None:
             _limit(sized[target], f"${{{ref}}} expands to", file, ".".join(path))
         return sized[target] or (1, len(ref))  # None: a cycle, which OmegaConf reports
 
-    values, chars = size(data, ())
+    try:
+        values, chars = size(data, ())
+    except RecursionError:
+        raise RecipeError("refused interpolation: its ${...} refer to keys that are references in turn, in a chain "
+                          "too long to resolve; refer to the value itself", file=file) from None
     written = size(data, (), resolve=False)
     _limit((values - written[0], chars - written[1]), "its interpolations add", file, None)
 

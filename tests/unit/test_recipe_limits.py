@@ -131,3 +131,8 @@ def test_interpolations_within_the_limits_resolve(tmp_path):
 def test_a_nested_interpolation_is_refused(tmp_path):
     refused(tmp_path, python_step("'${vars.${vars.which}}'", "vars: {which: a, a: 1}\n"),
             "nested interpolation", "steps.train.params.data")
+
+
+def test_a_long_chain_of_references_is_refused(tmp_path):
+    chain = "".join(f"  a{i}: ${{vars.a{i + 1}}}\n" for i in range(2000))  # a0 -> a1 -> ... -> a2000
+    refused(tmp_path, python_step("'${vars.a0}'", f"vars:\n{chain}  a2000: x\n"), "chain", "refer to the value itself")
