@@ -303,37 +303,39 @@ REFERENCE = re.compile(r"(?<!\\)\$\{([^${}]*)\}")  # ${key}, ${.sibling}, ${reso
 
 
 def _check_interpolations(data: dict, file: str) -> None:
-    """Refuse ${...} bombs before OmegaConf expands them: a reference counts the values and text of the key it
-    names, each key sized once, so a bomb is sized in time proportional to the recipe (as in _check_nodes)."""
-    sized: dict[tuple, tuple[int, int] | None] = {}  # a referenced key's (values, characters); None while sizing
+    """Refuse ${...} bombs before OmegaConf expands them: a reference counts the values, text and depth of the key
+    it names, each key sized once, so a bomb is sized in time proportional to the recipe (as in _check_nodes)."""
+    sized: dict[tuple, tuple | None] = {}  # a referenced key's (values, characters, depth); None while sizing
 
-    def size(value, path: tuple, resolve: bool = True) -> tuple[int, int]:
+    def size(value, path: tuple, resolve: bool = True) -> tuple[int, int, int]:
         if isinstance(value, dict | list):
             items = value.items() if isinstance(value, dict) else enumerate(value)
             parts = [size(v, (*path, str(k)), resolve) for k, v in items]
-            return 1 + sum(p[0] for p in parts), 2 + sum(p[1] for p in parts)
+            return 1 + sum(p[0] for p in parts), 2 + sum(p[1] for p in parts), 1 + max((p[2] for p in parts), default=0)
         if not resolve or not isinstance(value, str) or "${" not in value:
-            return 1, len(str(value))
+            return 1, len(str(value)), 0
         if "${" in REFERENCE.sub("", value).replace("\\${", ""):
             raise RecipeError("a nested interpolation ${...${...}...} cannot be checked before it runs; name the key "
                               "directly, e.g. ${vars.lr}", file=file, key=".".join(path))
         refs = [refer(ref, path) for ref in REFERENCE.findall(value)]
-        if REFERENCE.fullmatch(value):
-            return refs[0]
-        return 1, len(REFERENCE.sub("", value)) + sum(chars + 2 * values for values, chars in refs)
+        if not REFERENCE.fullmatch(value):
+            return 1, len(REFERENCE.sub("", value)) + sum(chars + 2 * values for values, chars, _ in refs), 0
+        if len(path) + refs[0][2] > MAX_DEPTH:
+            raise RecipeError(f"refused interpolation: once resolved, {TOO_DEEP}", file=file, key=".".join(path))
+        return refs[0]
 
-    def refer(ref: str, path: tuple) -> tuple[int, int]:
+    def refer(ref: str, path: tuple) -> tuple[int, int, int]:
         target = _target(ref.strip(), path)
         if target is None or (target not in sized and _lookup(data, target) is _MISSING):
-            return 1, len(ref)  # a resolver, or a missing key that OmegaConf reports
+            return 1, len(ref), 0  # a resolver, or a missing key that OmegaConf reports
         if target not in sized:
             sized[target] = None
             sized[target] = size(_lookup(data, target), target)
             _limit(sized[target], f"${{{ref}}} expands to", file, ".".join(path))
-        return sized[target] or (1, len(ref))  # None: a cycle, which OmegaConf reports
+        return sized[target] or (1, len(ref), 0)  # None: a cycle, which OmegaConf reports
 
     try:
-        values, chars = size(data, ())
+        values, chars, _ = size(data, ())
     except RecursionError:
         raise RecipeError("refused interpolation: its ${...} refer to keys that are references in turn, in a chain "
                           "too long to resolve; refer to the value itself", file=file) from None
@@ -341,8 +343,8 @@ def _check_interpolations(data: dict, file: str) -> None:
     _limit((values - written[0], chars - written[1]), "its interpolations add", file, None)
 
 
-def _limit(size: tuple[int, int], what: str, file: str, key: str | None) -> None:
-    values, chars = size
+def _limit(size: tuple, what: str, file: str, key: str | None) -> None:
+    values, chars = size[:2]
     if values > MAX_EXPANSION or chars > MAX_RECIPE_BYTES:
         raise RecipeError(f"refused interpolation: {what} {values} values and {chars} characters, over the limit "
                           f"of {MAX_EXPANSION} values (MAX_EXPANSION) and {MAX_RECIPE_BYTES >> 20} MiB of text "

@@ -136,3 +136,8 @@ def test_a_nested_interpolation_is_refused(tmp_path):
 def test_a_long_chain_of_references_is_refused(tmp_path):
     chain = "".join(f"  a{i}: ${{vars.a{i + 1}}}\n" for i in range(2000))  # a0 -> a1 -> ... -> a2000
     refused(tmp_path, python_step("'${vars.a0}'", f"vars:\n{chain}  a2000: x\n"), "chain", "refer to the value itself")
+
+
+def test_nesting_through_interpolations_is_limited(tmp_path):
+    deep = "vars:\n  d0: " + "[" * 60 + "x" + "]" * 60 + "\n  d1: " + "[" * 60 + "'${vars.d0}'" + "]" * 60 + "\n"
+    refused(tmp_path, python_step("'${vars.d1}'", deep), "once resolved", "nested more than 100 deep")
