@@ -200,7 +200,7 @@ def cmd_gc(args) -> int:
 def cmd_verify(args) -> int:
     from .gc import repair, verify
     store = _store(args)
-    if not store.exists():
+    if not store.exists() and not store.objects.is_dir():
         raise UsageError(f"there is no store at {store.root}")
     if args.repair:
         if args.artifacts:
@@ -211,7 +211,10 @@ def cmd_verify(args) -> int:
         print("\n".join(done) if done else "nothing to repair")
     paths = [store.resolve(a) for a in args.artifacts] if args.artifacts else None
     problems = verify(store, paths)
-    if not problems:
+    if all(status == "UNRECORDED" for status, _, _ in problems):
+        for _, what, _ in problems:
+            print(f"note: {what} is not in the trace (left by a build killed as it committed, or by a lost "
+                  "trace): `modelbuild gc` removes it, `modelbuild verify --repair` records it")
         count = len(paths) if paths is not None else len(store.artifacts())
         print(f"ok: {count} artifacts match their digests; derivations, lineage records and roots are sound")
         return 0
@@ -225,10 +228,10 @@ def _verify_advice(problems) -> str:
     """What to do about what verify found, worst first."""
     damaged = sum(status == "CORRUPT" and what.startswith("objects/") for status, what, _ in problems)
     advice = [f"the next build moves the {damaged} damaged artifacts aside and rebuilds them"] if damaged else []
-    if any(status != "MISSING" for status, _, _ in problems):
+    if any(status != "MISSING" or what == "trace.sqlite" for status, what, _ in problems):
         advice.append("`modelbuild verify --repair` quarantines damaged artifacts and rebuilds the trace from the "
                       "artifacts' lineage records")
-    if any(status == "MISSING" for status, _, _ in problems):
+    if any(status == "MISSING" and what != "trace.sqlite" for status, what, _ in problems):
         advice.append("building their recipes again brings the missing artifacts back")
     return "; ".join(advice)
 

@@ -152,8 +152,11 @@ def _objects(store: Store) -> list[Path]:
 
 def verify(store: Store, paths: list[Path] | None = None) -> list[tuple[str, str, list[str]]]:
     """Re-hash artifacts and check every record the store keeps; return (status, what, details) for each
-    problem: CORRUPT (changed after it was written), MISSING (named, not there), UNKNOWN (there, but the
-    trace has no record of it: an emptied or replaced trace)."""
+    problem: CORRUPT (changed after it was written), MISSING (named, not there), UNKNOWN (a root link the
+    trace has no record of: an emptied or replaced trace), and, harmless alone, UNRECORDED (an artifact the
+    trace does not know: a build killed between its commit's two steps leaves one, and so does a lost trace)."""
+    if not (store.root / "trace.sqlite").exists():
+        return [("MISSING", "trace.sqlite", ["the store's trace is gone"])]
     trace = _trace_damage(store)
     if trace:
         return [("CORRUPT", "trace.sqlite", [trace])]  # nothing else can be checked against it
@@ -163,7 +166,7 @@ def verify(store: Store, paths: list[Path] | None = None) -> list[tuple[str, str
     known = set(store.artifacts())
     for path in paths if paths is not None else _objects(store):
         if paths is None and path not in known:
-            problems.append(("UNKNOWN", store.rel(path), ["the trace has no record of this artifact"]))
+            problems.append(("UNRECORDED", store.rel(path), ["the trace has no record of this artifact"]))
         elif not store.check_artifact(path, deep=True):
             problems.append(("CORRUPT", store.rel(path), store.changed_files(path) if path.exists() else ["(missing)"]))
         else:

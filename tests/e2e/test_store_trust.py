@@ -220,7 +220,7 @@ CASES = {
     "verify-a-garbled-trace": Case(("verify",), 5, ("CORRUPT trace.sqlite", "verify --repair"),
                                    damage=trace_bytes(b"garbage" * 1000)),
     "verify-an-emptied-trace": Case(
-        ("verify",), 5, ("UNKNOWN objects/", "the trace has no record", "UNKNOWN roots/tag/best",
+        ("verify",), 5, ("UNRECORDED objects/", "the trace has no record", "UNKNOWN roots/tag/best",
                          "a root the trace does not have", "verify --repair"), damage=trace_bytes(b"")),
     "show-on-a-store-that-is-a-file": Case(("show", "demo:train"), 7, ("is a file, not a directory", "--store"),
                                            damage=store_is_a_file),
@@ -241,6 +241,15 @@ CASES = {
         ("build", "recipe.yaml", "steps.train.params.cmd='echo x > $MB_OUT/x'"), 7, ("permission denied", "use a store you may write"),
         run_as="nobody"),
     "gc-on-a-store-you-may-not-write": Case(("gc",), 7, ("permission denied",), run_as="nobody"),
+    "verify-a-leftover-of-a-build-killed-as-it-committed": Case(
+        ("verify",), 0, out=("note: objects/", "is not in the trace", "`modelbuild gc` removes it", "ok: 1 artifacts"),
+        damage=both(sql("DELETE FROM artifacts WHERE path LIKE '%-prepare'"),
+                    sql("DELETE FROM trace WHERE path LIKE '%-prepare'"))),
+    "verify-a-deleted-trace": Case(("verify",), 5, ("MISSING trace.sqlite", "verify --repair"),
+                                   damage=lambda cli: (cli.store / "trace.sqlite").unlink()),
+    "verify-repair-a-deleted-trace": Case(("verify", "--repair"), 0, out=("recorded objects/", "restored root tag:best"),
+                                          damage=lambda cli: (cli.store / "trace.sqlite").unlink(),
+                                          then=clean_and_cached),
     # ---- 4. a lost trace, rebuilt ------------------------------------------------------------------------
     "verify-repair-an-emptied-trace": Case(
         ("verify", "--repair"), 0, out=("recorded objects/", "from its lineage record", "restored root tag:best",
