@@ -176,6 +176,11 @@ def _diff(store: Store, a: tuple, b: tuple, trail: str, out: Diff, seen: set) ->
         return
     seen.add((a, b))
     ma, mb = record(store, *a, out), record(store, *b, out)
+    for path in (a[0], b[0]):
+        changed = damage(store, path)
+        note = f"{store.rel(path)} changed since it was built ({', '.join(changed)}): what it records may not be true"
+        if changed and note not in out.notes:
+            out.notes.append(note)
     label = trail or (mb.get("step") or mb.get("path") or str(b[0]))
     if ma.get("kind") == "source" or mb.get("kind") == "source":
         if ma.get("source_hash") != mb.get("source_hash"):

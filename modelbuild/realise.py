@@ -203,8 +203,9 @@ class Realiser:
             st.path = self._cached(prepared.key, repair=False)
             trial = st.path and self._damaged_trial(step, st.path)
             if trial:
-                st.path, st.status = None, "build"
+                st.status = "build"
                 st.reasons = self._trial_reason(trial, st.path, repair=False) + describe(self, step, prepared)
+                st.path = None
             elif st.path is not None:
                 st.status = "cached"
                 failure = self.store.failure_of(prepared.key)
@@ -292,7 +293,8 @@ class Realiser:
             st.path = self._cached(prepared.key)
             trial = st.path and self._damaged_trial(step, st.path)
             if trial:
-                st.path, st.reasons = None, self._trial_reason(trial, st.path, repair=True)
+                st.reasons = self._trial_reason(trial, st.path, repair=True)
+                st.path = None
             failure = self.store.failure_of(prepared.key) if st.path is not None else None
             if st.path is None:
                 st.reasons = st.reasons or self._why(name, prepared.drv)

@@ -144,6 +144,9 @@ def test_diff_follows_the_build_each_consumer_recorded(project, cli):
     third = build_ab(project, cli, p=2, r=2, q=2)
     d = json.loads(cli("diff", "--json", second["B"]["path"], third["B"]["path"]).stdout)
     assert d["causes"] == ["B <- A: params.r: 1 -> 2"]  # p was 2 in both builds B read
+    flip_a_byte(Path(third["B"]["path"]) / "b.txt")
+    d = json.loads(cli("diff", "--json", second["B"]["path"], third["B"]["path"]).stdout)
+    assert [n for n in d["notes"] if "changed since it was built (b.txt)" in n], d["notes"]
 
 
 def test_plan_and_diff_find_the_same_changes(project, cli):

@@ -5,6 +5,7 @@ the tune artifact is reproducible."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,14 @@ def test_tune_a_train_step(project, cli):
     assert set(cli.statuses(again).values()) == {"cached"}
     check = cli.build("recipe.yaml", "-t", "tuned", "--check")
     assert check["by_step"]["tuned"]["reproducible"] is True
+    # a flipped byte in the best trial's model: the trial is rebuilt before anything reads it again
+    model = cli.store / best["path"] / "model.safetensors"
+    os.chmod(model, 0o644)
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    model.write_bytes(bytes(data))
+    rebuilt = cli.build()
+    assert cli.statuses(rebuilt)["tuned"] == "built"
+    now = json.loads((Path(rebuilt["by_step"]["tuned"]["path"]) / "best.json").read_text())
+    assert json.loads(cli("show", str(cli.store / now["path"]), "--json").stdout)["damaged"] == []
+    assert cli("verify").returncode == 0
