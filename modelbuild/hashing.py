@@ -2,6 +2,9 @@
 
 Files are hashed through mmap (no copy into Python memory), which runs at memory speed on a file in the
 page cache. A stat cache on (inode, size, mtime, ctime) lets an unchanged multi-GB file skip re-reading.
+Sources follow links to their content and artifacts keep only links inside themselves (`hash_tree`'s
+`follow_links`); what has no content to pin (FIFOs, devices, kernel pseudo files, links to nowhere) raises
+Unhashable before it is ever opened. docs/hashing.md says why.
 """
 
 from __future__ import annotations
