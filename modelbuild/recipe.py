@@ -195,7 +195,7 @@ def _where(raw: bytes, offset: int) -> str:
     return f"line {line}, column {offset - line_start + 1}"
 
 
-def _parse(text: str, file: str, construct: bool = True):
+def _parse(text: str, file: str):
     """One YAML document, its aliases, depth and values checked before anything expands them."""
     loader = _Loader(text)
     try:
@@ -203,7 +203,7 @@ def _parse(text: str, file: str, construct: bool = True):
         if node is None:
             return None
         _check_nodes(node)
-        return loader.construct_document(node) if construct else None
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
         raise RecipeError(_yaml_problem(e), file=file) from None
     except RecursionError:  # the pure-Python composer, without libyaml
@@ -420,30 +420,28 @@ def _compose_hydra(path: Path, overrides: list[str], data: dict) -> dict:
 
 
 def _check_config_files(path: Path, data: dict, overrides: list[str]) -> None:
-    """Hydra reads the config group files with its own loader, which expands aliases: check them first, each as
-    a recipe is checked. They are the files next to the recipe and in the groups its defaults lists and overrides
-    name (a group is a folder next to the recipe)."""
-    folder, seen = path.parent, {path.absolute()}
-    todo = [*folder.glob("*.y*ml"), *_group_files(folder, data.get("defaults"), overrides)]
+    """Hydra reads the files that a defaults list names with its own loader, which expands aliases: check each
+    first, as a recipe is checked: the files its entries name (`- base`: base.yaml next to the file), and every
+    option of the config groups that its entries (`- model: small`) and the overrides (`model=large`) name."""
+    seen, todo = {path.absolute()}, [(path.parent, data, overrides)]
     while todo:
-        file = todo.pop().absolute()
-        if file in seen or not file.is_file():
-            continue
-        seen.add(file)
-        config = _parse(_read_text(file), str(file))
-        if isinstance(config, dict):
-            todo.extend(_group_files(folder, config.get("defaults"), []))
+        folder, config, extra = todo.pop()
+        for file in _default_files(path.parent, folder, config.get("defaults"), extra):
+            if file.absolute() not in seen and file.is_file():
+                seen.add(file.absolute())
+                parsed = _parse(_read_text(file), str(file))
+                if isinstance(parsed, dict):
+                    todo.append((file.parent, parsed, []))
 
 
-def _group_files(folder: Path, defaults, overrides: list[str]) -> list[Path]:
-    """The YAML files of the config groups that a defaults list (`- model: small`) and overrides (`model=large`)
-    name."""
-    names = [o.split("=", 1)[0] for o in overrides]
-    for entry in defaults if isinstance(defaults, list) else []:
-        names.extend(map(str, entry) if isinstance(entry, dict) else [])
-    groups = {re.sub(r"^(?:override |optional |[+~/])*", "", n).split("/")[0].split("@")[0] for n in names}
-    dirs = [folder / g for g in groups if NAME_RE.match(g) and (folder / g).is_dir()]
-    return [f for d in dirs for f in d.rglob("*.y*ml")]
+def _default_files(root: Path, folder: Path, defaults, overrides: list[str]) -> list[Path]:
+    entries = defaults if isinstance(defaults, list) else []
+    names = [o.split("=", 1)[0] for o in overrides] + [str(k) for e in entries if isinstance(e, dict) for k in e]
+    groups = {re.sub(r"^(?:override |optional |[+~/])*", "", n).split("@")[0] for n in names}
+    inside = [g for g in groups if g and ".." not in g.split("/")]
+    dirs = {base / g for g in inside for base in (root, folder) if (base / g).is_dir()}
+    files = [folder / f"{e.lstrip('/')}.yaml" for e in entries if isinstance(e, str) and ".." not in e.split("/")]
+    return files + [f for d in sorted(dirs) for f in sorted(d.rglob("*.y*ml"))]
 
 
 def _override_hint(msg: str, data: dict) -> tuple[str | None, str]:
