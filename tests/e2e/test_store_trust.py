@@ -44,6 +44,7 @@ class Case:
     out: tuple = ()  # each in stdout
     then: Callable | None = None  # then(cli, proc): what else must hold afterwards
     run_as: str = "root"  # root, read-only (the store on a read-only bind mount), nobody (may not write it)
+    env: dict | None = None
 
 
 # ---- damage ----------------------------------------------------------------------------------------------
@@ -283,6 +284,12 @@ CASES = {
     # ---- 5. the sandbox flag -----------------------------------------------------------------------------
     "build-with-an-unknown-sandbox-mode": Case(("build", "recipe.yaml", "--sandbox", "bogus"), 2,
                                                ("invalid choice: 'bogus'", "'auto', 'required', 'off'")),
+    "build-with-the-sandbox-required-where-there-is-none": Case(
+        ("build", "recipe.yaml", "steps.train.params.cmd='echo x > $MB_OUT/x'", "--sandbox", "required"), 2,
+        ("the sandbox is required",), env={"MODELBUILD_BWRAP": "/nonexistent/bwrap"}),
+    "build-with-the-sandbox-off-overrides-the-environment": Case(
+        ("build", "recipe.yaml", "steps.train.params.cmd='echo x > $MB_OUT/x'", "--sandbox", "off"), 0,
+        env={"MODELBUILD_BWRAP": "/nonexistent/bwrap", "MODELBUILD_SANDBOX": "required"}),
 }
 
 
@@ -339,7 +346,8 @@ def test_store_trust(name, project, cli, built_store):
     args = _artifact_names(cli, case.args)
     command = [*_wrapped(case.run_as, cli.store), sys.executable, "-m", "modelbuild", "--store", str(cli.store),
                *args]
-    proc = subprocess.run(command, cwd=cli.project, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(command, cwd=cli.project, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(case.env or {})})
 
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
     assert "internal error" not in proc.stderr, proc.stderr
