@@ -718,14 +718,16 @@ class Store:
             if hit:
                 return hit[0]
         p = Path(name)
-        if len(p.parts) > 1 or name.startswith("."):  # a path: it must lead into objects/ (a roots/ link may)
-            found = Path(os.path.realpath(p))
-            if found.parent != Path(os.path.realpath(self.objects)) or not found.is_dir():
+        if len(p.parts) > 1 or name.startswith("."):  # a path (a roots/ link too) must lead into objects/
+            found = self._in_objects(p)
+            if found is None:
                 raise UsageError(f"'{name}' is not an artifact of the store {self.root}: a path must lead to an "
                                  f"artifact under {self.objects}. Name an artifact by its store path, a digest "
                                  "prefix, RECIPE:STEP (its last build) or a tag; `modelbuild roots` lists the "
                                  "named ones")
-            return self.objects / found.name
+            if found.is_dir():
+                return found
+            p = Path(found.name)  # objects/<digest prefix>
         base = p.name
         if len(base) >= 6 and self.objects.exists():
             matches = [e for e in os.listdir(self.objects) if e.startswith(base) and e != ".links"]
@@ -740,6 +742,15 @@ class Store:
         raise UsageError(f"no artifact named '{name}' in the store {self.root}{hint}. Name an artifact by its "
                          "store path, a digest prefix, RECIPE:STEP (its last build) or a tag; "
                          "`modelbuild roots` lists the named ones")
+
+    def _in_objects(self, path: Path) -> Path | None:
+        """`path` (from the working directory, or from the store's root) as an entry of objects/, or None."""
+        objects = Path(os.path.realpath(self.objects))
+        for candidate in (path, self.root / path):
+            real = Path(os.path.realpath(candidate))
+            if real.parent == objects and real.name != ".links":
+                return self.objects / real.name
+        return None
 
     def verify_or_raise(self, path: Path) -> None:
         if not self.check_artifact(path, deep=True):

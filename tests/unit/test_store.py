@@ -565,3 +565,16 @@ def test_one_rebuild_heals_every_artifact_sharing_a_damaged_file(store):
     assert store.check_artifact(b, deep=True)
     assert (b / "model.bin").stat().st_ino == (a / "model.bin").stat().st_ino
     assert not list(store.links.glob("*.damaged"))
+
+
+def test_resolve_takes_paths_into_objects_only(store, tmp_path, monkeypatch):
+    path = commit(store, KEY1)
+    store.set_root("tag:best", path, KEY1)
+    monkeypatch.chdir(tmp_path)
+    for name in (str(path), f"objects/{path.name}", f"objects/{path.name[:8]}", str(store.roots_dir / "tag" / "best")):
+        assert store.resolve(name) == path, name
+    copy = tmp_path / "elsewhere" / path.name
+    copy.mkdir(parents=True)
+    for name in (str(copy), "objects/.links", "../../etc", "/etc"):
+        with pytest.raises(UsageError, match="is not an artifact of the store"):
+            store.resolve(name)
