@@ -14,7 +14,7 @@ DATA_INVALID = 3
 GATE_FAILED = 4
 CORRUPT = 5
 NOT_REPRODUCIBLE = 6
-STORE_UNAVAILABLE = 7
+STORE_UNAVAILABLE = 7  # no space left, a read-only store, no permission to write it, not a store directory
 INTERRUPTED = 130
 
 

@@ -329,12 +329,20 @@ def _artifact_names(cli, args) -> list[str]:
     return [a.format(**names) if "{" in a and "$" not in a else a for a in args]
 
 
+@pytest.fixture
+def open_dir():
+    """A folder user nobody may enter (pytest's own tmp folders are root's alone)."""
+    base = Path(tempfile.mkdtemp(prefix="mb-nobody-"))
+    os.chmod(base, 0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest.mark.parametrize("name", list(CASES))
-def test_store_trust(name, project, cli, built_store):
+def test_store_trust(name, project, cli, built_store, request):
     case = CASES[name]
-    if case.run_as == "nobody":  # nobody must reach the project and the store: a world-readable folder
-        base = Path(tempfile.mkdtemp(prefix="mb-nobody-"))
-        os.chmod(base, 0o755)
+    if case.run_as == "nobody":  # nobody must reach the project and the store
+        base = request.getfixturevalue("open_dir")
         cli.project, cli.store = base / "project", base / "store"
         cli.project.mkdir()
     (cli.project / "recipe.yaml").write_text(RECIPE)
