@@ -237,20 +237,18 @@ def _verify_advice(problems) -> str:
 
 
 def cmd_tag(args) -> int:
+    from .store import safe_name
     store = _store(args)
+    safe_name(args.name, "tag name")  # first: a tag name becomes a file name under roots/tag/
     if args.delete:
         if args.artifact:
             raise UsageError(f"tag --delete takes only the tag's NAME, not {args.artifact!r}")
-        from .store import safe_name
-        safe_name(args.name, "tag name")
         if not store.exists() or not store.delete_tag(args.name):
             raise UsageError(f"there is no tag '{args.name}'; `modelbuild roots` lists the tags")
         print(f"deleted tag {args.name}")
         return 0
     if not args.artifact:
         raise UsageError("tag needs NAME and ARTIFACT, e.g. `modelbuild tag prod income:model`")
-    from .store import safe_name
-    safe_name(args.name, "tag name")
     path, key = store.resolve_with_key(args.artifact)
     store.require_writable()
     store.set_tag(args.name, path, key)

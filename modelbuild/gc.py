@@ -44,10 +44,11 @@ def live_set(store: Store) -> set[Path]:
             stack.extend((p, None) for p in store.refs_of(path) if p not in live)
             continue
         for name, info in (hit[1].get("inputs") or {}).items():
-            for field_ in ("path", "artifact"):
-                if isinstance(info, dict) and (field_ == "artifact" or info.get("kind") == "step") and info.get(field_):
-                    ref = store.object_path(info[field_], f"input {name}'s {field_} in the record of key {key}")
-                    stack.append((ref, info.get("key") if field_ == "path" else None))
+            what = f"input {name} in the record of key {key}"  # a tampered path is refused, never followed
+            if isinstance(info, dict) and info.get("kind") == "step":
+                stack.append((store.object_path(info.get("path"), what), info.get("key")))
+            elif isinstance(info, dict) and info.get("artifact"):
+                stack.append((store.object_path(info["artifact"], what), None))
     return live
 
 
