@@ -670,22 +670,28 @@ def _check_dvc(spec: dict, path: Path, step: str, key: str) -> dict:
 
 
 def _topological_order(steps: dict[str, Step], file: str) -> list[str]:
-    """File order, moved only as far as dependencies require; a cycle is named step by step."""
-    order, state = [], {}
-
-    def visit(name, trail):
-        if state.get(name) == "done":
-            return
-        if state.get(name) == "active":
-            cycle = trail[trail.index(name):] + [name]
-            raise RecipeError(f"the steps form a cycle: {' -> '.join(cycle)}. Remove one of these inputs",
-                              file=file, step=name, key="inputs")
-        state[name] = "active"
-        for dep in steps[name].deps:
-            visit(dep, trail + [name])
-        state[name] = "done"
-        order.append(name)
-
-    for name in steps:
-        visit(name, [])
+    """File order, moved only as far as dependencies require; a cycle is named step by step. Depth-first with
+    its own stack, so a chain of thousands of steps needs no deep recursion."""
+    order, done, active = [], set(), set()
+    for first in steps:
+        if first in done:
+            continue
+        stack = [(first, iter(steps[first].deps))]  # the steps being visited, each with its deps still to visit
+        active.add(first)
+        while stack:
+            name, deps = stack[-1]
+            dep = next((d for d in deps if d not in done), None)
+            if dep is None:
+                stack.pop()
+                active.discard(name)
+                done.add(name)
+                order.append(name)
+            elif dep in active:
+                trail = [n for n, _ in stack]
+                cycle = trail[trail.index(dep):] + [dep]
+                raise RecipeError(f"the steps form a cycle: {' -> '.join(cycle)}. Remove one of these inputs",
+                                  file=file, step=dep, key="inputs")
+            else:
+                stack.append((dep, iter(steps[dep].deps)))
+                active.add(dep)
     return order

@@ -141,3 +141,10 @@ def test_a_long_chain_of_references_is_refused(tmp_path):
 def test_nesting_through_interpolations_is_limited(tmp_path):
     deep = "vars:\n  d0: " + "[" * 60 + "x" + "]" * 60 + "\n  d1: " + "[" * 60 + "'${vars.d0}'" + "]" * 60 + "\n"
     refused(tmp_path, python_step("'${vars.d1}'", deep), "once resolved", "nested more than 100 deep")
+
+
+def test_a_long_chain_of_steps_is_ordered_without_deep_recursion(tmp_path):
+    n = 3000  # each step's input is declared after it, so ordering walks the whole chain at once
+    steps = "".join(f"  s{i}: {{builder: command, inputs: [s{i + 1}], params: {{cmd: 'true'}}}}\n" for i in range(n))
+    text = f"steps:\n{steps}  s{n}: {{builder: command, params: {{cmd: 'true'}}}}\n".replace("s0:", "train:")
+    assert load(tmp_path, text)["params"]["cmd"] == "true"
