@@ -180,6 +180,8 @@ def _read_text(path: Path) -> str:
         raise RecipeError(f"the file is over {MAX_RECIPE_BYTES >> 20} MiB, the limit for a recipe; a recipe "
                           "describes steps: keep data in its own file and name it as a source, e.g. "
                           "inputs: {data: {path: table.csv}}", file=file)
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise RecipeError("the file is UTF-16 text; save the recipe as UTF-8", file=file)
     if b"\0" in raw:
         raise RecipeError(f"the file is not YAML text: it holds a NUL byte at {_where(raw, raw.index(0))} (a "
                           "binary file?); pass the recipe's .yaml file", file=file)

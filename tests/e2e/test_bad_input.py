@@ -155,6 +155,9 @@ CASES = {
     "recipe-not-utf8": Case(
         b"steps:\n  train: {builder: command, params: {cmd: 'echo \xe9t\xe9'}}\n", BUILD, 2,
         ("recipe.yaml", "not UTF-8 text", "byte 0xe9 at line 2, column 49", "save the recipe as UTF-8")),
+    "recipe-in-utf16": Case(
+        step(builder="command", params=CMD).encode("utf-16"), BUILD, 2,
+        ("recipe.yaml", "the file is UTF-16 text", "save the recipe as UTF-8")),
     "recipe-is-binary": Case(
         b"\x7fELF\x02\x01\x01" + bytes(range(256)), BUILD, 2,
         ("recipe.yaml", "not YAML text", "NUL byte at line 1, column 8", "binary file?")),
