@@ -59,8 +59,6 @@ def cmd_build(args) -> int:
                         reporter=reporter_for(args.json))
     states = realiser.build(args.target)
     code = exit_code(states)
-    if any(st.status == "failed" and (st.error or {}).get("type") == "StoreUnavailable" for st in states):
-        code = errors.STORE_UNAVAILABLE  # a full disk is not the recipe's fault
     if args.json:
         steps = [s.as_json(store) for s in states]
         for out, st in zip(steps, states, strict=True):
@@ -115,13 +113,14 @@ def cmd_show(args) -> int:
     store = _store(args)
     info = show(store, store.resolve(args.artifact))
     print(json.dumps(info, indent=2, sort_keys=True) if args.json else format_show(info))
-    return 0
+    return errors.CORRUPT if info["damaged"] else 0
 
 
 def cmd_diff(args) -> int:
     from .lineage import diff, format_diff
     store = _store(args)
-    d = diff(store, store.resolve(args.a), store.resolve(args.b))
+    (a, key_a), (b, key_b) = store.resolve_with_key(args.a), store.resolve_with_key(args.b)
+    d = diff(store, a, b, key_a, key_b)
     print(json.dumps(d.as_json(), indent=2) if args.json else format_diff(d, args.a, args.b))
     return 0
 

@@ -28,7 +28,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the folder that holds t
 ENGINE = frozenset(f"modelbuild/{m}" for m in (
     "__init__.py", "__main__.py", "builders/__init__.py", "cli.py", "codehash.py", "derivation.py", "environment.py",
     "errors.py", "gc.py", "graph.py", "lineage.py", "persist.py", "progress.py", "realise.py", "recipe.py",
-    "sources.py", "sources_dvc.py", "store.py", "worker.py"))
+    "resolved.py", "sandbox.py", "sources.py", "sources_dvc.py", "store.py", "worker.py"))
 
 
 def _is_engine(path: Path) -> bool:

@@ -8,32 +8,16 @@ no host, no time, so the same work on another machine has the same key.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
-from functools import cache
 from typing import TYPE_CHECKING
 
+from .environment import env_fingerprint, package_version  # noqa: F401 - package_version: re-exported
 from .hashing import canonical_json, hash_json
 
 if TYPE_CHECKING:
     from .recipe import Step
 
 FORMAT = 2  # bump when the derivation layout changes; every key changes with it
-
-
-@cache
-def package_version(name: str) -> str | None:
-    from importlib import metadata  # imported here: it costs ~20 ms and most steps declare no packages
-
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def env_fingerprint(packages: tuple[str, ...]) -> dict:
-    return {"python": f"{sys.version_info.major}.{sys.version_info.minor}",
-            "packages": {p: package_version(p) for p in sorted(packages)}}
 
 
 def make_derivation(step: Step, inputs: dict[str, dict], recipe_dir, seed: int | None) -> dict:

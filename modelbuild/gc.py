@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import HashMismatch
-from .hashing import DIGEST_CHARS, META_FILE, hash_file, hash_json, hash_tree
+from .hashing import DIGEST_CHARS, META_FILE, Unhashable, hash_file, hash_json, hash_tree
 from .store import KEY_RE, NAME_RE, Store, remove_tree, tree_fingerprint
 
 
@@ -326,7 +326,10 @@ def _trusted_meta(store: Store, path: Path) -> tuple[dict | None, str | None]:
         return None, f"its {META_FILE} is missing or not JSON"
     if not isinstance(meta, dict):
         return None, f"its {META_FILE} is not a lineage record"
-    tree = hash_tree(path)
+    try:
+        tree = hash_tree(path)
+    except Unhashable as e:
+        return None, f"{e.path} {e.problem}"
     files = {rel: e.digest for rel, e in tree.entries.items() if not rel.endswith("/")}
     digest = path.name[:DIGEST_CHARS]
     checks = [(tree.digest == digest, "its content does not match its digest"),

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import errors
+from . import errors, persist
 from .derivation import derivation_key, explain, make_derivation
 from .errors import BuildError, HashMismatch, ModelbuildError
 from .recipe import Recipe, Source, Step
@@ -71,6 +71,8 @@ class Realiser:
     def __init__(self, store: Store, recipe: Recipe, *, jobs: int = 1, keep_going: bool = False,
                  check: bool = False, reporter=None):
         self.store, self.recipe = store, recipe
+        if store.exists():  # code hashes and the distributions' map, kept between runs (persist.py)
+            persist.configure(store.root / "cache")
         self.jobs, self.keep_going, self.check = max(1, jobs), keep_going, check
         self.reporter = reporter
         self.sources: dict[tuple[str, str], ResolvedSource] = {}
@@ -402,7 +404,7 @@ def exit_code(states: list[StepState]) -> int:
             codes.append(cls.exit_code)
         if st.differences:
             codes.append(errors.NOT_REPRODUCIBLE)
-    for preferred in (errors.CORRUPT, errors.USAGE, errors.DATA_INVALID, errors.GATE_FAILED, errors.BUILD_FAILED,
+    for preferred in (errors.STORE_UNAVAILABLE, errors.CORRUPT, errors.USAGE, errors.DATA_INVALID, errors.GATE_FAILED, errors.BUILD_FAILED,
                       errors.NOT_REPRODUCIBLE):
         if preferred in codes:
             return preferred

@@ -250,7 +250,7 @@ def main(spec_file: str) -> int:
     import traceback
 
     from .builders.base import BuildContext
-    from .builders.python import call
+
     spec = json.loads(Path(spec_file).read_text())
     sys.path[:0] = spec["sys_path"]
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
@@ -272,6 +272,17 @@ def main(spec_file: str) -> int:
     sys.stdout.flush()
     Path(spec["result"]).write_text(json.dumps(outcome, default=str))
     return 0
+
+
+def call(function: str, ctx) -> None:
+    """Import `module:function` and call it with the context (inside the sandbox, or in the worker itself)."""
+    import importlib
+
+    module_name, _, func_name = function.partition(":")
+    func = getattr(importlib.import_module(module_name), func_name, None)
+    if not callable(func):
+        raise BuildError(f"step '{ctx.step}': module {module_name} has no function '{func_name}'")
+    func(ctx)
 
 
 if __name__ == "__main__":

@@ -15,37 +15,13 @@ import sys
 import tarfile
 import time
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BuildError, HashMismatch, RecipeError, UsageError, did_you_mean
-from .hashing import Unhashable, hash_json, hash_tree, stat_identity, walk_tree
+from .hashing import Unhashable, hash_json, hash_tree
 from .recipe import Source
+from .resolved import ResolvedSource, source_fingerprint  # noqa: F401 - re-exported
 from .store import Store, remove_tree
-
-
-@dataclass
-class ResolvedSource:
-    path: Path  # what the builder reads: a file or a folder
-    digest: str  # content hash (hash_tree), the source's identity in keys
-    lineage: dict  # what an auditor needs to find it again
-
-    @property
-    def stat_identity(self) -> str:
-        """Every file's (inode, size, mtime, ctime): a change during a build means its input moved under it."""
-        return source_fingerprint(self.path)
-
-
-def source_fingerprint(path: Path) -> str:
-    """The stat identity of what a source's files and links lead to (as hash_tree(follow_links=True) reads
-    them), so an edit to a link's target counts; a file that cannot be read any more is a change too."""
-    try:
-        if not Path(path).is_dir():
-            return ":".join(map(str, stat_identity(os.stat(path))))
-        return "\n".join(f"{rel}:{':'.join(map(str, stat_identity(st)))}"
-                         for rel, _, st in walk_tree(Path(path), (), follow_links=True))
-    except (OSError, Unhashable) as e:
-        return f"unreadable: {e}"
 
 
 def resolve(source: Source, store: Store, recipe_dir: Path, *, step: str, input_name: str,

@@ -30,7 +30,7 @@ from pathlib import Path
 from .errors import HashMismatch, UsageError, did_you_mean
 from .hashing import hash_json, hash_tree
 from .recipe import Source
-from .sources import ResolvedSource
+from .resolved import ResolvedSource
 from .store import Store, remove_tree
 
 _URL_RE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|[^/:@\s]+@[^/:\s]+:)")  # scheme://... or user@host:path

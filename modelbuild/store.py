@@ -22,7 +22,16 @@ import uuid
 from pathlib import Path
 
 from .errors import HashMismatch, StoreUnavailable, UsageError
-from .hashing import DIGEST_CHARS, META_FILE, hash_file, hash_json, hash_tree, stat_identity, walk_tree
+from .hashing import (
+    DIGEST_CHARS,
+    META_FILE,
+    Unhashable,
+    hash_file,
+    hash_json,
+    hash_tree,
+    stat_identity,
+    walk_tree,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS artifacts (path TEXT PRIMARY KEY, digest TEXT NOT NULL, fingerprint TEXT NOT NULL,
@@ -586,7 +595,10 @@ class Store:
             row = self.db.execute("SELECT fingerprint FROM artifacts WHERE path=?", (self.rel(path),)).fetchone()
             if row and row[0] == tree_fingerprint(path):
                 return True
-        ok = hash_tree(path).digest == digest
+        try:
+            ok = hash_tree(path).digest == digest
+        except Unhashable:  # a link out of the artifact or a special file put into it: damage
+            return False
         if ok:  # the lineage record is checked too: an edited .meta.json is tampering
             row = self.db.execute("SELECT meta_digest FROM artifacts WHERE path=?", (self.rel(path),)).fetchone()
             meta_file = path / META_FILE
@@ -602,7 +614,10 @@ class Store:
         """Files of an artifact whose content no longer matches the deduplicated original."""
         meta = self.meta_of(path) or {}
         files = meta.get("files") or {}
-        now = {rel: e.digest for rel, e in hash_tree(path).entries.items() if not rel.endswith("/")}
+        try:
+            now = {rel: e.digest for rel, e in hash_tree(path).entries.items() if not rel.endswith("/")}
+        except Unhashable as e:
+            return [f"{e.path} {e.problem}"]
         changed = sorted(rel for rel in set(files) | set(now) if files.get(rel) != now.get(rel)) if files else sorted(now)
         row = self.db.execute("SELECT meta_digest FROM artifacts WHERE path=?", (self.rel(path),)).fetchone()
         meta_file = Path(path) / META_FILE

@@ -22,7 +22,7 @@ from .builders import BuildContext, load_builder
 from .builders.base import RANK_OF_ENV, launcher_rank
 from .errors import BuildError, ModelbuildError
 from .hashing import hash_tree
-from .store import Store, remove_tree
+from .store import Store, remove_tree, store_fault
 
 
 def main(job_file: str) -> int:
@@ -61,6 +61,11 @@ def run_job(job: dict) -> dict:
     except KeyboardInterrupt:
         return {"error": {"type": "BuildError", "message": "interrupted"}, "interrupted": True}
     except BaseException as e:  # noqa: BLE001 - any builder failure becomes a step failure, never a crash
+        fault = store_fault(e, store.root) if isinstance(e, OSError) else None
+        if fault is not None:  # the disk filled while the step wrote its output
+            message = f"step '{job['step']}': {fault}"
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            return {"error": {"type": "StoreUnavailable", "message": message}, "seconds": time.time() - started}
         traceback.print_exc()
         log = store.logs / f"{key}.log"
         return {"error": {"type": "BuildError", "message":

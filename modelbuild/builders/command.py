@@ -39,7 +39,7 @@ class Command(Builder):
         if not all(isinstance(p, str) for p in params["packages"]):
             raise RecipeError("packages are distribution names, e.g. [pandas, scikit-learn]", file=file, step=step,
                               key="params.packages")
-        from ..derivation import package_version
+        from ..environment import package_version
         missing = [p for p in params["packages"] if package_version(p) is None]
         if missing:
             raise RecipeError(f"package {missing[0]!r} is not installed, so its version cannot enter the key: "
@@ -52,7 +52,7 @@ class Command(Builder):
         sandbox.check_params(params, file=file, step=step)
 
     def key_extras(self, params, recipe_dir):
-        from ..derivation import package_version
+        from ..environment import package_version
         return {"packages": {p: package_version(p) for p in sorted(params["packages"])}} if params["packages"] else {}
 
     def build(self, ctx: BuildContext) -> None:

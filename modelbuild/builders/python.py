@@ -67,7 +67,7 @@ class Python(Builder):
         from ..codehash import project_code
         module = params["function"].partition(":")[0]
         code = project_code(_module_file(module, Path(recipe_dir)), Path(recipe_dir))
-        from ..derivation import package_version
+        from ..environment import package_version
         declared = {p: package_version(p) for p in params.get("packages") or []}
         return {"module": code["source"], "packages": {**code["packages"], **declared}}
 
@@ -86,7 +86,7 @@ class Python(Builder):
         else:
             os.environ.update(env)
             sys.path.insert(0, str(ctx.recipe_dir))
-            call(function, ctx)
+            sandbox.call(function, ctx)
         ctx.record_facts({"sandboxed": sandboxed})
         sandbox.check_output(ctx.step, ctx.out, ctx.params)
 
@@ -95,12 +95,3 @@ def _import_root(path: Path, module: str) -> Path:
     """The folder a module is imported from: a.b in X/a/b.py or X/a/b/__init__.py is imported from X."""
     depth = len(module.split(".")) - (path.name != "__init__.py")
     return path.parents[depth]
-
-
-def call(function: str, ctx: BuildContext) -> None:
-    """Import `module:function` and call it with the context (inside the sandbox, or in this process)."""
-    module_name, _, func_name = function.partition(":")
-    func = getattr(importlib.import_module(module_name), func_name, None)
-    if not callable(func):
-        raise BuildError(f"step '{ctx.step}': module {module_name} has no function '{func_name}'")
-    func(ctx)

@@ -94,7 +94,7 @@ def test_grid_is_the_full_cartesian_product_and_downstream_gets_the_best(project
                       for k in "ab" for lr in (0.001, 0.01, 0.1) for x in (0.0, 0.5, 1.0)}
     best = json.loads((tuned / "best.json").read_text())
     assert best["params"] == {"kind": "a", "opt.lr": 0.01, "x": 0.5}
-    assert (tuned / "best").resolve() == (cli.store / best["path"]).resolve()
+    assert not (tuned / "best").exists() and (cli.store / best["path"]).is_dir()  # best.json names it
     use = json.loads((Path(result["by_step"]["use"]["path"]) / "got.json").read_text())
     assert (use["x"], use["opt"]["lr"], use["kind"]) == (0.5, 0.01, "a")
     shown = json.loads(cli("show", "t:use", "--json").stdout)
