@@ -58,6 +58,20 @@ class Project(type(Path())):
         return Path(path)
 
 
+# Two command steps, one feeding the other: the store the bad-input and store-trust corpora start from.
+TWO_STEPS = """
+name: demo
+steps:
+  prepare:
+    builder: command
+    params: {cmd: 'echo pear > "$MB_OUT/fruit.txt"'}
+  train:
+    builder: command
+    inputs: [prepare]
+    params: {cmd: 'cat "$MB_IN_PREPARE/fruit.txt" > "$MB_OUT/model.txt"'}
+"""
+
+
 # A small tabular project: data.csv (x1, x2, colour -> label yes/no) ingested and split 80/20 by label. Recipes
 # that train on it add their own steps after TABULAR_STEPS.
 TABULAR_STEPS = """

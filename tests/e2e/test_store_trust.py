@@ -20,18 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import TWO_STEPS
 
-RECIPE = """
-name: demo
-steps:
-  prepare:
-    builder: command
-    params: {cmd: 'echo pear > "$MB_OUT/fruit.txt"'}
-  train:
-    builder: command
-    inputs: [prepare]
-    params: {cmd: 'cat "$MB_IN_PREPARE/fruit.txt" > "$MB_OUT/model.txt"'}
-"""
 FULL = "No space left on device"
 
 
@@ -296,7 +286,7 @@ CASES = {
 @pytest.fixture(scope="session")
 def built_store(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("trusted")
-    (root / "recipe.yaml").write_text(RECIPE)
+    (root / "recipe.yaml").write_text(TWO_STEPS)
     for args in (("build", "recipe.yaml"), ("tag", "best", "demo:train")):
         subprocess.run([sys.executable, "-m", "modelbuild", "--store", str(root / "store"), *args],
                        cwd=root, check=True, capture_output=True)
@@ -345,7 +335,7 @@ def test_store_trust(name, project, cli, built_store, request):
         base = request.getfixturevalue("open_dir")
         cli.project, cli.store = base / "project", base / "store"
         cli.project.mkdir()
-    (cli.project / "recipe.yaml").write_text(RECIPE)
+    (cli.project / "recipe.yaml").write_text(TWO_STEPS)
     shutil.copytree(built_store, cli.store, symlinks=True)
     if case.run_as == "nobody":
         subprocess.run(["chmod", "-R", "a+rX", str(cli.store.parent)], check=True)
@@ -459,7 +449,7 @@ def _nothing_half_written(cli, steps: int) -> None:
 
 
 def test_a_build_on_a_full_disk_says_so_and_keeps_nothing_half_written(project, cli, built_store):
-    project.write("recipe.yaml", RECIPE)
+    project.write("recipe.yaml", TWO_STEPS)
     fill = f'cp -a "{built_store}" "$0/store" && (head -c 10000000 /dev/zero > "$0/filler" || true)'
     proc = _on_a_tiny_disk(cli, "2m", ["build", "recipe.yaml", "steps.train.params.cmd='echo other > $MB_OUT/m'"],
                            setup=fill)
