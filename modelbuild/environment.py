@@ -27,7 +27,7 @@ def _stamp() -> list:
         try:
             with os.scandir(entry or ".") as it:
                 if any(e.name.endswith((".dist-info", ".egg-info")) for e in it):
-                    stamp.append([entry, os.stat(entry).st_mtime_ns])
+                    stamp.append([os.path.abspath(entry or "."), os.stat(entry or ".").st_mtime_ns])
         except OSError:
             continue
     return stamp
