@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .environment import env_fingerprint, package_version  # noqa: F401 - package_version: re-exported
+from .environment import env_fingerprint
 from .hashing import canonical_json, hash_json
 
 if TYPE_CHECKING:

@@ -36,8 +36,7 @@ def table(name: str) -> dict:
 
 
 def touch(name: str) -> None:
-    if not _DIRTY:
-        atexit.register(flush)
+    """Mark the cache `name` changed: it is written at `flush()`, at the latest when the process exits."""
     _DIRTY.add(name)
 
 
@@ -66,6 +65,9 @@ def _load(name: str) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+atexit.register(flush)
 
 
 def stat_stamp(st: os.stat_result) -> list[int]:

@@ -21,7 +21,8 @@ from . import errors, persist
 from .derivation import derivation_key, explain, make_derivation
 from .errors import BuildError, HashMismatch, ModelbuildError
 from .recipe import Recipe, Source, Step
-from .sources import ResolvedSource, resolve
+from .resolved import ResolvedSource
+from .sources import resolve
 from .store import Store
 from .tune import best_trial, describe, is_tune, start_search
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from .errors import BuildError, HashMismatch, RecipeError, UsageError, did_you_mean
 from .hashing import Unhashable, hash_json, hash_tree
 from .recipe import Source
-from .resolved import ResolvedSource, source_fingerprint  # noqa: F401 - re-exported
+from .resolved import ResolvedSource
 from .store import Store, remove_tree
 
 

@@ -155,7 +155,7 @@ def _run_builder(store: Store, job: dict, out: Path, work: Path | None = None) -
     builder.build(ctx)
     sys.stdout.flush()
     sys.stderr.flush()
-    from .sources import source_fingerprint
+    from .resolved import source_fingerprint
     for name, expected in job.get("source_stats", {}).items():
         if source_fingerprint(job["inputs"][name]) != expected:
             raise BuildError(f"step '{job['step']}': source input '{name}' ({job['inputs'][name]}) changed while "
