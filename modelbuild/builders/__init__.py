@@ -27,6 +27,7 @@ BUILTIN = {
     "finetune": "modelbuild.builders.finetune:Finetune",
     "evaluate": "modelbuild.builders.evaluate:Evaluate",
     "tune": "modelbuild.builders.tune:Tune",
+    "package": "modelbuild.builders.package:Package",
 }
 
 __all__ = ["BUILTIN", "BuildContext", "Builder", "Param", "load_builder", "builder_code_hash"]

@@ -1,0 +1,132 @@
+"""The package builder: OCI images that the standard tools read, the same digest from any empty store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+from conftest import free_port, images, model_recipe, need, skopeo_inspect, stop, wait_for_port
+
+from tests.conftest import Cli, Project
+
+
+def _image(cli, recipe: str = model_recipe(1), step: str = "image") -> Path:
+    cli.project.write("recipe.yaml", recipe)
+    return Path(cli.build()["by_step"][step]["path"])
+
+
+def test_two_empty_stores_give_the_same_manifest_digest(tmp_path):
+    """Different folders, different stores, one recipe: byte-identical layouts, and skopeo agrees."""
+    need("skopeo")
+    outs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        outs.append(_image(Cli(Project(tmp_path / name / "project"), tmp_path / name / "store")))
+    first, second = (json.loads((out / "image.json").read_text()) for out in outs)
+    assert first == second
+    manifest = first["images"]["modelcar"]["manifest"]
+    inspected = skopeo_inspect(f"oci:{outs[0]}/oci:modelcar")
+    assert inspected["Digest"] == manifest == skopeo_inspect(f"oci:{outs[1]}/oci:modelcar")["Digest"]
+    labels = inspected["Labels"]
+    assert labels["dev.modelbuild.model.digest"] == first["model_digest"]
+    assert (labels["dev.modelbuild.recipe"], labels["dev.modelbuild.step"]) == ("demo", "model")
+
+
+def test_model_layer_is_models_folder_with_fixed_owners_and_times(cli, tmp_path):
+    need("umoci")
+    out = _image(cli)
+    layer = json.loads((out / "image.json").read_text())["images"]["modelcar"]["layers"][-1]
+    with tarfile.open(out / "oci" / "blobs" / "sha256" / layer.partition(":")[2]) as tar:
+        members = tar.getmembers()
+    names = [m.name for m in members]
+    assert names == ["models", "models/weights", "models/.modelbuild.json", "models/weights/model.json"]
+    assert {(m.uid, m.gid, m.mtime, m.uname) for m in members} == {(0, 0, 0, "")}
+    subprocess.run(["umoci", "unpack", "--image", f"{out}/oci:modelcar", tmp_path / "bundle"], check=True,
+                   capture_output=True, timeout=120)
+    rootfs = tmp_path / "bundle" / "rootfs"
+    assert json.loads((rootfs / "models/weights/model.json").read_text()) == {"w": 1}
+    lineage = json.loads((rootfs / "models/.modelbuild.json").read_text())
+    assert lineage["step"] == "model"
+    assert lineage["digest"] == json.loads((out / "image.json").read_text())["model_digest"]
+
+
+def test_a_changed_model_changes_the_image(cli):
+    before = _image(cli)
+    after = _image(cli, model_recipe(2))
+    digests = [json.loads((p / "image.json").read_text())["images"]["modelcar"]["manifest"] for p in (before, after)]
+    assert digests[0] != digests[1]
+
+
+SERVER = """
+  server:
+    builder: package
+    inputs: {model: model, base: {path: base}, wheels: {path: wheels}}
+    params: {server: true, image: demo-server}
+"""
+
+
+def test_server_image_runs_under_runc(cli, python_base, tmp_path):
+    """The server image on a Python base: modelbuild and the wheels importable, the model at /models, the
+    entrypoint `modelbuild serve /models`, not root. runc runs the unpacked bundle."""
+    need("umoci", "runc", "skopeo")
+    shutil.copytree(python_base, cli.project / "base")
+    images.wheel(cli.project / "wheels", "hello", "1.0", {"hello.py": "GREETING = 'hi'\n"})
+    out = _image(cli, model_recipe(3, SERVER), step="server")
+    config = skopeo_inspect(f"oci:{out}/oci:server", "--config")["config"]
+    assert config["Entrypoint"] == ["/usr/local/bin/modelbuild", "serve", "/models"]
+    assert config["User"] == "65532:65532" and "8000/tcp" in config["ExposedPorts"]
+    bundle = tmp_path / "bundle"
+    subprocess.run(["umoci", "unpack", "--image", f"{out}/oci:server", bundle], check=True, capture_output=True,
+                   timeout=120)
+    spec = json.loads((bundle / "config.json").read_text())
+    assert spec["process"]["user"]["uid"] == 65532
+    script = ("import hello, json, modelbuild.cli; "
+              "print(hello.GREETING, json.load(open('/models/weights/model.json'))['w'])")
+    spec["process"].update(args=["python3", "-c", script], terminal=False)
+    (bundle / "config.json").write_text(json.dumps(spec))
+    name = f"mb-test-{free_port()}"
+    proc = subprocess.run(["runc", "--root", tmp_path / "runc", "run", "--bundle", bundle, name],
+                          capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "hi 3"), proc.stderr
+
+
+def test_push_to_a_local_registry(cli, tmp_path):
+    """skopeo copies the modelcar to Debian's docker-registry on loopback; the registry keeps its digest."""
+    need("skopeo", "docker-registry")
+    out = _image(cli)
+    port = free_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tmp_path / 'registry'}\n"
+                      f"http:\n  addr: 127.0.0.1:{port}\n")
+    registry = subprocess.Popen(["docker-registry", "serve", config], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, registry)
+        target = f"docker://127.0.0.1:{port}/demo/model:v1"
+        subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", f"oci:{out}/oci:modelcar", target],
+                       check=True, capture_output=True, timeout=120)
+        pushed = skopeo_inspect(target, "--tls-verify=false")
+    finally:
+        stop(registry)
+    assert pushed["Digest"] == json.loads((out / "image.json").read_text())["images"]["modelcar"]["manifest"]
+    assert pushed["Labels"]["dev.modelbuild.step"] == "model"
+
+
+def test_server_without_base_is_a_recipe_error(cli):
+    cli.project.write("recipe.yaml", model_recipe(1, "    params: {server: true}\n"))
+    proc = cli("build", "recipe.yaml", check=2)
+    assert "image" in proc.stderr and "params.server" in proc.stderr
+    assert "server: true needs a `base` input" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_base_that_is_not_an_image_fails_the_step(cli):
+    cli.project.write("base/readme.txt", "not an image\n")
+    cli.project.write("recipe.yaml", model_recipe(1).replace(
+        "inputs: {model: model}", "inputs: {model: model, base: {path: base}}"))
+    proc = cli("build", "recipe.yaml", check=1)
+    assert "the `base` input is not a usable image" in proc.stderr and "skopeo copy" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list((cli.store / "objects").glob("*-image"))
