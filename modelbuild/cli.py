@@ -56,7 +56,8 @@ def cmd_build(args) -> int:
     recipe = _recipe_and_overrides(args)
     store = _store(args)
     realiser = Realiser(store, recipe, jobs=args.jobs, keep_going=args.keep_going, check=args.check,
-                        reporter=reporter_for(args.json))
+                        reporter=reporter_for(args.json), substituter=_substituter(args, store),
+                        require_cached=args.require_cached)
     states = realiser.build(args.target)
     code = exit_code(states)
     if args.json:
@@ -89,8 +90,106 @@ def _with_log(message: str, key: str | None, store) -> str:
 def _print_summary(states, store) -> None:
     width = max(len(s.name) for s in states)
     for st in states:
-        where = store.rel(st.path) if st.path and st.status in ("built", "cached") else ""
-        print(f"{st.name:<{width}}  {st.status:<7}  {st.seconds:6.1f}s  {where}")
+        where = store.rel(st.path) if st.path and st.status in ("built", "cached", "substituted") else ""
+        print(f"{st.name:<{width}}  {st.status:<11}  {st.seconds:6.1f}s  {where}")
+
+
+def _substituter(args, store):
+    """The shared caches this build may take artifacts from (modelbuild/cache), or None."""
+    if args.no_substitute:
+        if args.require_cached:
+            raise UsageError("--require-cached needs a cache to take artifacts from: drop --no-substitute")
+        return None
+    from .cache.config import settings
+    conf = settings(substituters=args.substituter, trusted=args.trusted_public_key)
+    if not conf.substituters:
+        if args.require_cached:
+            raise UsageError("--require-cached needs a cache: give --substituter URL, set MODELBUILD_SUBSTITUTERS, "
+                             "or add substituters to [tool.modelbuild] in pyproject.toml (docs/cache.md)")
+        return None
+    from .cache.substitute import Substituter
+    return Substituter(store, conf.substituters, conf.trusted_public_keys, conf.project_dir)
+
+
+def cmd_pull(args) -> int:
+    """`pull RECIPE`: every step from the caches, nothing built (exit 8 for a step no cache has)."""
+    args.require_cached, args.no_substitute, args.jobs, args.keep_going, args.check = True, False, 1, True, False
+    return cmd_build(args)
+
+
+def cmd_push(args) -> int:
+    from .cache.config import settings
+    from .cache.push import closure, push, targets
+    from .cache.remote import Remote, Unreachable
+    conf = settings(push_to=args.to, secret_key_file=args.secret_key_file)
+    if not conf.push_to:
+        raise UsageError("push needs a cache to push to: give --to URL (a folder, s3://..., remote://NAME), or set "
+                         "MODELBUILD_PUSH_TO or push-to in [tool.modelbuild] (docs/cache.md)")
+    if not conf.secret_key_file:
+        raise UsageError("push signs what it publishes: give --secret-key-file FILE or set MODELBUILD_SECRET_KEY_FILE "
+                         "(make a key with `modelbuild key generate NAME`)")
+    secret = _read_secret(conf.secret_key_file)
+    store = _store(args)
+    items = closure(store, targets(store, args.what, lambda recipe: _built_steps(args, recipe, store)))
+    remote = Remote(conf.push_to, conf.project_dir)
+    try:
+        report = push(store, remote, secret, conf.secret_key_file, items)
+    except Unreachable as e:
+        raise errors.StoreUnavailable(f"the cache {conf.push_to} cannot be reached ({e}): nothing was published; "
+                                      "check the URL and credentials and push again") from None
+    if args.json:
+        print(json.dumps({"to": conf.push_to, "pushed": [{"key": k, "path": str(p)} for k, p in report.pushed],
+                          "present": [{"key": k, "path": str(p)} for k, p in report.present],
+                          "files": report.files, "bytes": report.bytes}, indent=2))
+        return 0
+    for key, path in report.pushed:
+        print(f"pushed   {store.rel(path)}  (key {key})")
+    print(f"pushed {len(report.pushed)} artifacts ({report.files} files, {report.bytes / 1e6:.1f} MB) to "
+          f"{conf.push_to}; {len(report.present)} were already there")
+    return 0
+
+
+def _read_secret(path: str) -> str:
+    try:
+        return Path(path).expanduser().read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"the secret key file {path} cannot be read ({getattr(e, 'strerror', None) or e}): make one "
+                         "with `modelbuild key generate NAME`") from None
+
+
+def _built_steps(args, recipe_file: str, store) -> list:
+    """A recipe's steps as they are built now (their current keys); the ones not built are named."""
+    from .realise import Realiser
+    from .recipe import load_recipe
+    recipe = load_recipe(recipe_file, _overrides(args))
+    states = Realiser(store, recipe).plan()
+    missing = [s.name for s in states if s.status != "cached"]
+    if missing:
+        print(f"note: not pushed, not built in this store: {', '.join(missing)} (build {recipe_file} first)",
+              file=sys.stderr)
+    return [(s.path, s.key) for s in states if s.status == "cached"]
+
+
+def cmd_key(args) -> int:
+    from .cache.manifest import generate_key, public_of
+    if args.action == "public":
+        print(public_of(_read_secret(args.name), args.name))
+        return 0
+    secret, public = generate_key(args.name)
+    target = Path(args.output or f"{args.name}.secret")
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise UsageError(f"{target} exists: modelbuild does not overwrite a secret key. Choose another name or "
+                         "-o FILE") from None
+    except OSError as e:
+        raise UsageError(f"cannot write the secret key to {target}: {e.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    print(public)
+    print(f"wrote the secret key to {target} (mode 0600): keep it secret; give the line above to "
+          "trusted-public-keys", file=sys.stderr)
+    return 0
 
 
 def cmd_plan(args) -> int:
@@ -281,7 +380,7 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="modelbuild", description="Reproducible, content-addressed builds of ML models. Exit "
                 "codes: 0 ok, 1 build failed, 2 usage or recipe error, 3 data invalid, 4 gate failed, 5 corrupt "
                 "store or hash mismatch, 6 not reproducible, 7 store unavailable (no space, read-only, no "
-                "permission, not a store directory), 130 interrupted.")
+                "permission, not a store directory), 8 not cached (--require-cached, pull), 130 interrupted.")
     p.add_argument("--store", help="store directory (default: $MODELBUILD_STORE or ./store)")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -298,6 +397,17 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("-j", "--jobs", type=int, default=1, help="steps to build in parallel")
     b.add_argument("-k", "--keep-going", action="store_true", help="after a failure, build what does not depend on it")
     b.add_argument("--check", action="store_true", help="rebuild cached steps and compare (reproducibility)")
+    b.add_argument("--no-substitute", action="store_true", help="take nothing from shared caches: build it here")
+    b.add_argument("--require-cached", action="store_true", help="build nothing: a step that no cache has fails "
+                   "(exit 8), the CI check that a merge built nothing new")
+    pu = recipe_verb("pull", cmd_pull, "fetch a recipe's artifacts from the shared caches, building nothing "
+                     "(exit 8 for a step that no cache has)")
+    for sp in (b, pu):
+        sp.add_argument("--substituter", action="append", metavar="URL", help="a shared cache to take artifacts "
+                        "from (repeatable; replaces $MODELBUILD_SUBSTITUTERS and the project's substituters): a "
+                        "folder, s3://bucket/prefix[?endpointurl=...], remote://DVC_REMOTE")
+        sp.add_argument("--trusted-public-key", action="append", metavar="KEY", help="NAME:BASE64 public key whose "
+                        "signatures are trusted (repeatable; replaces $MODELBUILD_TRUSTED_PUBLIC_KEYS)")
     pl = recipe_verb("plan", cmd_plan, "what a build would do, and why (dry run)")
     for sp in (b, pl):
         sp.add_argument("--sandbox", choices=("auto", "required", "off"), default=None,
@@ -340,6 +450,20 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("artifact", nargs="?")
     t.add_argument("--delete", action="store_true")
     t.set_defaults(fn=cmd_tag)
+    ps = sub.add_parser("push", help="publish artifacts and what they need to a shared cache, signed")
+    ps.add_argument("what", metavar="RECIPE|ARTIFACT|TAG", help="a recipe (its built steps), an artifact or a tag")
+    ps.add_argument("overrides", nargs="*", default=[], help="Hydra overrides of the recipe")
+    ps.add_argument("--to", metavar="URL", help="the cache: a folder, s3://bucket/prefix, remote://DVC_REMOTE "
+                    "(default: $MODELBUILD_PUSH_TO or push-to in the project config)")
+    ps.add_argument("--secret-key-file", metavar="FILE", help="the signing key (default: $MODELBUILD_SECRET_KEY_FILE)")
+    ps.add_argument("--json", action="store_true")
+    ps.set_defaults(fn=cmd_push)
+    k = sub.add_parser("key", help="signing keys for the shared cache")
+    k.add_argument("action", choices=("generate", "public"), help="generate NAME: a new key pair (the secret to "
+                   "NAME.secret, mode 0600; the public key printed); public FILE: the public key of a secret key")
+    k.add_argument("name", metavar="NAME|FILE")
+    k.add_argument("-o", "--output", metavar="FILE", help="where generate writes the secret key")
+    k.set_defaults(fn=cmd_key)
     r = sub.add_parser("roots", help="the gc roots: the last build of every recipe step, and tags")
     r.add_argument("--json", action="store_true")
     r.set_defaults(fn=cmd_roots)

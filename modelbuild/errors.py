@@ -15,6 +15,7 @@ GATE_FAILED = 4
 CORRUPT = 5
 NOT_REPRODUCIBLE = 6
 STORE_UNAVAILABLE = 7  # no space left, a read-only store, no permission to write it, not a store directory
+NOT_CACHED = 8  # `build --require-cached` / `pull`: a step is in no cache and would have to be built
 INTERRUPTED = 130
 
 
@@ -88,9 +89,17 @@ class StoreUnavailable(ModelbuildError):
     exit_code = STORE_UNAVAILABLE
 
 
+class NotCached(ModelbuildError):
+    """`build --require-cached` (or `pull`) found a step that no cache has: it would have to be built.
+
+    The CI check that a merge built nothing new; not a fault of the step, which builds fine without the flag."""
+
+    exit_code = NOT_CACHED
+
+
 EXIT_CLASSES = {cls.__name__: cls for cls in (
     ModelbuildError, UsageError, RecipeError, BuildError, DataValidationError, GateFailed, HashMismatch,
-    NotReproducible, StoreUnavailable)}
+    NotReproducible, StoreUnavailable, NotCached)}
 
 
 def did_you_mean(name: str, choices) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-STYLE = {"pending": "dim", "running": "yellow", "cached": "cyan", "built": "green", "failed": "bold red",
+STYLE = {"pending": "dim", "running": "yellow", "cached": "cyan", "substituted": "blue", "built": "green", "failed": "bold red",
          "skipped": "dim"}
 
 
@@ -32,7 +32,7 @@ def _detail(st) -> str:
 def _seconds(st) -> str:
     if st.status == "running" and st.started:
         return f"{time.time() - st.started:.1f}s"
-    return f"{st.seconds:.1f}s" if st.status in ("built", "failed") or st.differences is not None else ""
+    return f"{st.seconds:.1f}s" if st.status in ("built", "substituted", "failed") or st.differences is not None else ""
 
 
 class LiveReporter:

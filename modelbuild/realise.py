@@ -26,13 +26,14 @@ from .sources import resolve
 from .store import Store
 from .tune import best_trial, describe, is_tune, start_search
 
-FINAL = ("cached", "built", "failed", "skipped")
+FINAL = ("cached", "substituted", "built", "failed", "skipped")
+DONE = ("cached", "substituted", "built")  # an artifact to use: in the store, fetched from a cache, or built
 
 
 @dataclass
 class StepState:
     name: str
-    status: str = "pending"  # pending | running | cached | built | failed | skipped
+    status: str = "pending"  # pending | running | cached | substituted | built | failed | skipped
     key: str | None = None
     path: Path | None = None
     reasons: list[str] = field(default_factory=list)
@@ -70,12 +71,13 @@ class Prepared:
 
 class Realiser:
     def __init__(self, store: Store, recipe: Recipe, *, jobs: int = 1, keep_going: bool = False,
-                 check: bool = False, reporter=None):
+                 check: bool = False, reporter=None, substituter=None, require_cached: bool = False):
         self.store, self.recipe = store, recipe
         if store.exists():  # code hashes and the distributions' map, kept between runs (persist.py)
             persist.configure(store.root / "cache")
         self.jobs, self.keep_going, self.check = max(1, jobs), keep_going, check
         self.reporter = reporter
+        self.substituter, self.require_cached = substituter, require_cached  # modelbuild/cache
         self.sources: dict[tuple[str, str], ResolvedSource] = {}
         self.prepared: dict[str, Prepared] = {}
 
@@ -265,10 +267,10 @@ class Realiser:
             self._interrupt(running)
             raise
         for name in order:
-            if states[name].status in ("cached", "built") or states[name].kept:
+            if states[name].status in DONE or states[name].kept:
                 self._root(name, states[name])
         self.store.record_attempts([(f"{self.recipe.name}:{n}", states[n].key, states[n].status) for n in order
-                                    if states[n].key and states[n].status in ("cached", "built", "failed")])
+                                    if states[n].key and states[n].status in (*DONE, "failed")])
         self._report("finish", [states[n] for n in order])
         return [states[n] for n in order]
 
@@ -279,7 +281,7 @@ class Realiser:
             st.status = "skipped"
             st.error = {"message": "an input failed"}
             return "skipped"
-        if any(states[d].status not in ("cached", "built") for d in step.deps):
+        if any(states[d].status not in DONE for d in step.deps):
             return "wait"
         if stop:
             st.status = "skipped"
@@ -294,6 +296,11 @@ class Realiser:
             st.key, self.prepared[name] = prepared.key, prepared
             self.store.write_drv(prepared.key, prepared.drv)
             st.path = self._cached(prepared.key)
+            try:
+                substituted = st.path is None and self._substitute(st)
+            except ModelbuildError as e:  # a cache offered an untrustworthy artifact: refused (exit 5)
+                st.status, st.error = "failed", {"type": type(e).__name__, "message": str(e)}
+                return "failed"
             trial = st.path and self._damaged_trial(step, st.path)
             if trial:
                 st.reasons = self._trial_reason(trial, st.path, repair=True)
@@ -305,8 +312,12 @@ class Realiser:
                 st.status, st.error, st.kept = "failed", failure, True
                 return "failed"
             elif not self.check:
-                st.status = "cached"
-                return "cached"
+                st.status = "substituted" if substituted else "cached"
+                return st.status
+        if self.require_cached and st.path is None:
+            st.status, st.error = "failed", {"type": "NotCached", "message": f"step '{name}' is in no cache and would "
+                                             f"have to be built ({'; '.join(st.reasons)}); --require-cached builds nothing"}
+            return "failed"
         if len(running) >= self.jobs:
             return "wait"
         prepared, cached = self.prepared[name], st.path
@@ -315,6 +326,15 @@ class Realiser:
                          else self._launch(step, st, prepared, mode=mode))
         st.status, st.started = "running", time.time()
         return "running"
+
+    def _substitute(self, st: StepState) -> bool:
+        """Fetch the step's artifact from a shared cache (modelbuild/cache) when one has it."""
+        if self.substituter is None:
+            return False
+        started = time.time()
+        st.path = self.substituter.substitute(st.key)
+        st.seconds = time.time() - started
+        return st.path is not None
 
     def _launch(self, step: Step, st: StepState, p: Prepared, mode: str) -> dict:
         jobs_dir = self.store.tmp / "jobs"
@@ -405,7 +425,7 @@ def exit_code(states: list[StepState]) -> int:
             codes.append(cls.exit_code)
         if st.differences:
             codes.append(errors.NOT_REPRODUCIBLE)
-    for preferred in (errors.STORE_UNAVAILABLE, errors.CORRUPT, errors.USAGE, errors.DATA_INVALID, errors.GATE_FAILED, errors.BUILD_FAILED,
+    for preferred in (errors.STORE_UNAVAILABLE, errors.CORRUPT, errors.USAGE, errors.NOT_CACHED, errors.DATA_INVALID, errors.GATE_FAILED, errors.BUILD_FAILED,
                       errors.NOT_REPRODUCIBLE):
         if preferred in codes:
             return preferred
