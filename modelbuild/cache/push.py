@@ -46,7 +46,7 @@ def closure(store: Store, roots: list[tuple[Path, str]]) -> list[tuple[Path, str
 
 def push(store: Store, remote: Remote, secret: str, secret_where: str, items: list[tuple[Path, str]]) -> PushReport:
     report = PushReport()
-    remote.check()
+    remote.create()
     present = remote.has_manifests([key for _, key in items])
     todo = [(p, k) for (p, k), there in zip(items, present, strict=True) if not there]
     report.present = [(k, p) for (p, k), there in zip(items, present, strict=True) if there]

@@ -23,6 +23,10 @@ class Unreachable(Exception):
     """The remote did not answer (network, credentials, a missing folder): a substituter is skipped."""
 
 
+class Incomplete(Exception):
+    """The cache lacks a file its manifest names (removed by hand, or a cache cleaned without care)."""
+
+
 class Remote:
     def __init__(self, url: str, project_dir: Path | None = None):
         self.url = url
@@ -58,7 +62,10 @@ class Remote:
 
     def get_files(self, digests: list[str], targets: list[str]) -> None:
         with self._reaching():
-            self.fs.get([self.file_path(d) for d in digests], targets, batch_size=JOBS)
+            try:
+                self.fs.get([self.file_path(d) for d in digests], targets, batch_size=JOBS)
+            except FileNotFoundError as e:
+                raise Incomplete(f"it has no file {getattr(e, 'filename', None) or e}") from None
 
     def put_files(self, sources: list[str], digests: list[str]) -> None:
         """Upload content-addressed files; each appears whole or not at all (DVC's own put is atomic)."""
@@ -82,6 +89,12 @@ class Remote:
         if self.fs.protocol == "local" and not os.path.isdir(self.root):
             raise Unreachable(f"the folder {self.root} does not exist")
 
+    def create(self) -> None:
+        """Make the cache's folder, as `dvc push` makes its remote's (object stores need none)."""
+        if self.fs.protocol == "local":
+            with self._reaching():
+                os.makedirs(self.root, exist_ok=True)
+
     def _reaching(self):
         return _Reaching(self)
 
@@ -96,7 +109,7 @@ class _Reaching:
         return self
 
     def __exit__(self, kind, error, tb):
-        if error is None or isinstance(error, (FileNotFoundError, KeyboardInterrupt, Unreachable)):
+        if error is None or isinstance(error, (FileNotFoundError, KeyboardInterrupt, Unreachable, Incomplete)):
             return False
         if isinstance(error, Exception):
             raise Unreachable(f"{type(error).__name__}: {error}".strip().rstrip(":")) from error

@@ -17,7 +17,7 @@ from ..errors import HashMismatch
 from ..hashing import Unhashable, hash_file, hash_tree
 from ..store import Store, remove_tree
 from .manifest import decode, load_public
-from .remote import Remote, Unreachable
+from .remote import Incomplete, Remote, Unreachable
 
 
 class Substituter:
@@ -47,6 +47,10 @@ class Substituter:
                 self.down.add(remote.url)
                 print(f"warning: the cache {remote.url} cannot be reached ({str(e)[:200]}); building what it "
                       "would have provided", file=sys.stderr, flush=True)
+                continue
+            except Incomplete as e:
+                print(f"warning: the cache {remote.url} has a manifest for key {key} but not all its files "
+                      f"({str(e)[:200]}); nothing of it was kept", file=sys.stderr, flush=True)
                 continue
             if path is not None:
                 return path
