@@ -1,6 +1,6 @@
 """The `modelbuild` command line: parses arguments, calls the verb's module, prints.
 
-Lineage verbs (show, diff, why-depends, graph, log, path, gc, verify, tag) import no ML library;
+Lineage verbs (show, diff, why-depends, graph, log, path, gc, verify, tag, promote) import no ML library;
 `build` and `plan` load only the builders a recipe names.
 """
 
@@ -283,7 +283,7 @@ def cmd_gc(args) -> int:
     if not args.dry_run:
         store.require_writable()
     with store.gc_lock(exclusive=True):
-        report = collect(store, dry_run=args.dry_run)
+        report = collect(store, dry_run=args.dry_run, forget_tag_history=args.forget_tag_history)
     verb = "would remove" if args.dry_run else "removed"
     for p in report.removed:
         print(f"{verb} {store.rel(p)}")
@@ -338,10 +338,14 @@ def cmd_tag(args) -> int:
     from .store import safe_name
     store = _store(args)
     safe_name(args.name, "tag name")  # first: a tag name becomes a file name under roots/tag/
+    if args.history:
+        if args.artifact or args.delete:
+            raise UsageError(f"tag --history takes only the tag's NAME: `modelbuild tag --history {args.name}`")
+        return _print_history(store, args.name, args.json)
     if args.delete:
         if args.artifact:
             raise UsageError(f"tag --delete takes only the tag's NAME, not {args.artifact!r}")
-        if not store.exists() or not store.delete_tag(args.name):
+        if not store.exists() or not store.delete_tag(args.name, reason=args.reason):
             raise UsageError(f"there is no tag '{args.name}'; `modelbuild roots` lists the tags")
         print(f"deleted tag {args.name}")
         return 0
@@ -349,8 +353,39 @@ def cmd_tag(args) -> int:
         raise UsageError("tag needs NAME and ARTIFACT, e.g. `modelbuild tag prod income:model`")
     path, key = store.resolve_with_key(args.artifact)
     store.require_writable()
-    store.set_tag(args.name, path, key)
-    print(f"{args.name} -> {store.rel(path)}")
+    old = store.set_tag(args.name, path, key, reason=args.reason)
+    print(f"{args.name} -> {store.rel(path)}" + (f" (was {old})" if old and old != store.rel(path) else ""))
+    return 0
+
+
+def _print_history(store, tag: str, as_json: bool) -> int:
+    from .store import format_time
+    moves = store.tag_history(tag) if store.exists() else []
+    if not moves and not (store.exists() and store.get_root(f"tag:{tag}")):
+        raise UsageError(f"the tag '{tag}' has no history in the store {store.root}; `modelbuild roots` lists "
+                         "the tags")
+    if as_json:
+        print(json.dumps(moves, indent=2))
+        return 0
+    for i, m in enumerate(reversed(moves)):
+        where = m["new"] if m["new"] else "(deleted)"
+        print(f"{tag}~{i:<3} {format_time(m['time'])}  {m['action']:<7}  {m['user']:<10}  {where}"
+              + (f"  (was {m['old']})" if m["old"] else "") + (f"  {m['reason']}" if m["reason"] else ""))
+    if not moves:
+        print(f"{tag} was set before modelbuild kept tag history: only its present is known")
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from .monitoring.promote import promote
+    from .store import safe_name
+    store = _store(args)
+    safe_name(args.tag, "tag name")
+    path, key = store.resolve_with_key(args.artifact)
+    store.require_writable()
+    old, evaluations = promote(store, args.tag, path, key, args.reason)
+    judged = ", ".join(f"{e.step} ({store.rel(e.path)})" for e in evaluations)
+    print(f"promoted {args.tag} -> {store.rel(path)}" + (f" (was {old})" if old else "") + f": passed {judged}")
     return 0
 
 
@@ -418,7 +453,8 @@ def parser() -> argparse.ArgumentParser:
     def artifact_verb(name, fn, help_, *positional):
         sp = sub.add_parser(name, help=help_)
         for arg in positional:
-            sp.add_argument(arg, help="artifact: store path, digest prefix, RECIPE:STEP or tag")
+            sp.add_argument(arg, help="artifact: store path, digest prefix, RECIPE:STEP, tag, or a tag's past: "
+                                      "TAG@2026-12-01 (as it stood then, UTC) or TAG~1 (one move ago)")
         sp.set_defaults(fn=fn)
         return sp
 
@@ -438,6 +474,8 @@ def parser() -> argparse.ArgumentParser:
     g.set_defaults(fn=cmd_graph)
     gc = sub.add_parser("gc", help="delete artifacts no root reaches")
     gc.add_argument("--dry-run", action="store_true", help="list what would go, delete nothing")
+    gc.add_argument("--forget-tag-history", action="store_true", help="also remove the artifacts tags named in "
+                    "the past (kept by default, so `show TAG@DATE` answers), and drop those moves from history")
     gc.set_defaults(fn=cmd_gc)
     v = sub.add_parser("verify", help="re-hash artifacts, check derivations, lineage and roots; report "
                        "tampering (exit 5)")
@@ -449,6 +487,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("name")
     t.add_argument("artifact", nargs="?")
     t.add_argument("--delete", action="store_true")
+    t.add_argument("--history", action="store_true", help="every move of the tag, newest first (TAG~0 is now)")
+    t.add_argument("--reason", help="why the tag moves (kept in its history)")
+    t.add_argument("--json", action="store_true", help="with --history: machine-readable")
     t.set_defaults(fn=cmd_tag)
     ps = sub.add_parser("push", help="publish artifacts and what they need to a shared cache, signed")
     ps.add_argument("what", metavar="RECIPE|ARTIFACT|TAG", help="a recipe (its built steps), an artifact or a tag")
@@ -464,6 +505,11 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("name", metavar="NAME|FILE")
     k.add_argument("-o", "--output", metavar="FILE", help="where generate writes the secret key")
     k.set_defaults(fn=cmd_key)
+    pr = sub.add_parser("promote", help="move a tag to a model whose gated evaluations all passed (exit 4 if not)")
+    pr.add_argument("tag")
+    pr.add_argument("artifact", help="the model: store path, digest prefix, RECIPE:STEP or tag")
+    pr.add_argument("--reason", help="why it is promoted (kept in the tag's history)")
+    pr.set_defaults(fn=cmd_promote)
     r = sub.add_parser("roots", help="the gc roots: the last build of every recipe step, and tags")
     r.add_argument("--json", action="store_true")
     r.set_defaults(fn=cmd_roots)

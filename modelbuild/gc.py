@@ -24,14 +24,18 @@ class GcReport:
     work_areas: list[Path] = field(default_factory=list)  # checkpoints of builds that never finished
 
 
-def live_set(store: Store) -> set[Path]:
-    """Rooted artifacts and what their rooted builds were made from (an audit needs a model's data too).
+def live_set(store: Store, tag_history: bool = True) -> set[Path]:
+    """Rooted artifacts and what their rooted builds were made from (an audit needs a model's data too);
+    with `tag_history`, also every artifact a tag ever named (and its inputs): "which model served then"
+    must stay answerable.
 
     Inputs are followed through each root's own build record (key), not through every build that ever
     produced the same bytes: an artifact made identically from old and new data keeps only what it is
     rooted by alive.
     """
     live, stack = set(), [(p, k) for _, p, k in store.roots()]
+    if tag_history:
+        stack += [(p, k) for p, k in store.tagged_ever() if p.exists()]
     seen_keys = set()
     while stack:
         path, key = stack.pop()
@@ -62,11 +66,15 @@ def _size(path: Path) -> int:
     return total
 
 
-def collect(store: Store, dry_run: bool = False) -> GcReport:
+def collect(store: Store, dry_run: bool = False, forget_tag_history: bool = False) -> GcReport:
+    """Remove what no root reaches. Artifacts a tag once named stay unless `forget_tag_history`, which also
+    drops those past moves from the tags' histories (their present stays)."""
     report = GcReport()
     if not store.objects.exists():
         return report
-    live = live_set(store)
+    if forget_tag_history and not dry_run:
+        store.forget_tag_history()
+    live = live_set(store, tag_history=not forget_tag_history)
     _drop_idle_work_areas(store, report, dry_run)
     for entry in sorted(store.objects.iterdir()):
         if entry.name == ".links":

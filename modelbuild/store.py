@@ -43,6 +43,9 @@ CREATE TABLE IF NOT EXISTS refs (path TEXT NOT NULL, ref TEXT NOT NULL, PRIMARY 
 CREATE TABLE IF NOT EXISTS roots (name TEXT PRIMARY KEY, path TEXT NOT NULL, key TEXT, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS attempts (name TEXT PRIMARY KEY, key TEXT NOT NULL, status TEXT NOT NULL,
     time REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS tag_history (seq INTEGER PRIMARY KEY AUTOINCREMENT, tag TEXT NOT NULL,
+    old TEXT, new TEXT, key TEXT, time REAL NOT NULL, user TEXT NOT NULL, reason TEXT, action TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS tag_history_tag ON tag_history(tag, seq);
 CREATE TABLE IF NOT EXISTS stat_cache (path TEXT PRIMARY KEY, ino INTEGER, size INTEGER, mtime_ns INTEGER,
     ctime_ns INTEGER, digest TEXT NOT NULL);
 """
@@ -71,6 +74,38 @@ def safe_name(name, what: str = "name") -> str:
         raise UsageError(f"{what} {name!r} must be letters, digits, '-', '_' or '.', starting with a letter or "
                          "digit (it becomes a file name in the store)")
     return name
+
+
+TAG_PAST_RE = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.-]*)(@.+|~[0-9]*)")
+
+
+def _user() -> str:
+    import getpass
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry
+        return str(os.getuid())
+
+
+def parse_when(text: str, where: str) -> float:
+    """A time given on the command line: an ISO date (its start, 00:00 UTC, as git's `@{date}`) or date and
+    time (UTC unless it names its offset), or a Unix time."""
+    from datetime import UTC, datetime
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{where}: '{text}' is not a time; write a date or date and time in ISO form, e.g. "
+                         "2026-12-01 or 2026-12-01T14:30 (UTC unless an offset is given)") from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def format_time(t: float) -> str:
+    from datetime import UTC, datetime
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def safe_key(key, where: str = "the trace") -> str:
@@ -671,16 +706,90 @@ class Store:
         os.symlink(os.path.relpath(path, link.parent), tmp)
         os.replace(tmp, link)
 
-    def set_tag(self, tag: str, path: Path, key: str | None) -> None:
-        self.set_root(f"tag:{safe_name(tag, 'tag name')}", path, key)
+    def set_tag(self, tag: str, path: Path, key: str | None, *, reason: str | None = None,
+                action: str = "tag") -> str | None:
+        """Point a tag at an artifact and keep the move in its history (old, new, time, user, reason), so that
+        `TAG@DATE` and `TAG~N` can say which model it named then. Returns the old path (None if new)."""
+        name = f"tag:{safe_name(tag, 'tag name')}"
+        old = self.get_root(name)
+        self.set_root(name, path, key)
+        if old is None or old[0] != Path(path).absolute() or reason:
+            self._record_tag_move(tag, old[0] if old else None, path, key, reason, action)
+        return self.rel(old[0]) if old else None
 
-    def delete_tag(self, tag: str) -> bool:
-        """Forget a tag (its row and its roots/tag/ link); False if there was none."""
+    def delete_tag(self, tag: str, reason: str | None = None) -> bool:
+        """Forget a tag (its row and its roots/tag/ link); False if there was none. The history keeps it."""
         safe_name(tag, "tag name")
+        old = self.get_root(f"tag:{tag}")
         with self.db:
             gone = self.db.execute("DELETE FROM roots WHERE name=?", (f"tag:{tag}",)).rowcount
         (self.roots_dir / "tag" / tag).unlink(missing_ok=True)
+        if old:
+            self._record_tag_move(tag, old[0], None, None, reason, "delete")
         return bool(gone)
+
+    def _record_tag_move(self, tag, old, new, key, reason, action) -> None:
+        user = os.environ.get("MODELBUILD_USER") or _user()
+        with self.db:
+            self.db.execute("INSERT INTO tag_history (tag, old, new, key, time, user, reason, action) "
+                            "VALUES (?,?,?,?,?,?,?,?)", (tag, self.rel(old) if old else None,
+                                                         self.rel(new) if new else None, key, time.time(), user,
+                                                         reason, action))
+
+    def tag_history(self, tag: str | None = None) -> list[dict]:
+        """Every move of a tag (or of all tags), oldest first: {tag, old, new, key, time, user, reason, action}."""
+        columns = ("seq", "tag", "old", "new", "key", "time", "user", "reason", "action")
+        where, args = ("WHERE tag=?", (tag,)) if tag else ("", ())
+        try:
+            rows = self.db.execute(f"SELECT {', '.join(columns)} FROM tag_history {where} ORDER BY seq", args)
+        except sqlite3.OperationalError as e:  # a read-only store made before tag history: none kept
+            if "no such table" in str(e):
+                return []
+            raise
+        return [dict(zip(columns, r, strict=True)) for r in rows]
+
+    def tag_at(self, tag: str, spec: str) -> tuple[Path, str | None]:
+        """What `TAG@WHEN` (the tag as it stood at that time) or `TAG~N` (N moves ago) names."""
+        history = self.tag_history(tag)
+        current = self.get_root(f"tag:{tag}")
+        if not history and current is None:
+            raise UsageError(f"there is no tag '{tag}' and it has no history; `modelbuild roots` lists the tags")
+        if not history:  # a tag set before history was kept: it has only its present
+            history = [{"new": self.rel(current[0]), "key": current[1], "time": 0.0, "action": "tag"}]
+        if spec.startswith("~"):
+            back = int(spec[1:] or 1)
+            if back >= len(history):
+                raise UsageError(f"{tag}{spec}: the tag '{tag}' has moved only {len(history)} times (`modelbuild "
+                                 f"tag --history {tag}` lists them); {tag}~{len(history) - 1} is the first")
+            move = history[-1 - back]
+        else:
+            when = parse_when(spec[1:], f"{tag}{spec}")
+            before = [m for m in history if m["time"] <= when]
+            if not before:
+                raise UsageError(f"{tag}{spec}: the tag '{tag}' did not exist yet then (it was first set "
+                                 f"{format_time(history[0]['time'])}); `modelbuild tag --history {tag}` lists its moves")
+            move = before[-1]
+        if move["new"] is None:
+            raise UsageError(f"{tag}{spec}: the tag '{tag}' was deleted then ({format_time(move['time'])})")
+        path = self.object_path(move["new"], f"the history of tag {tag}")
+        if not path.exists():
+            raise UsageError(f"{tag}{spec} named {move['new']}, which is no longer in the store (`gc "
+                             "--forget-tag-history`, or gc after the tag was deleted, removed it)")
+        return path, move["key"]
+
+    def tagged_ever(self) -> list[tuple[Path, str | None]]:
+        """Every artifact a tag that exists has pointed to (gc keeps them: each answers "which model served
+        then"). A deleted tag's moves stay in its history but keep nothing alive: deleting it lets them go."""
+        tags = {n.removeprefix("tag:") for n, _, _ in self.roots() if n.startswith("tag:")}
+        return [(self.object_path(m["new"], f"the history of tag {m['tag']}"), m["key"])
+                for m in self.tag_history() if m["new"] and m["tag"] in tags]
+
+    def forget_tag_history(self) -> int:
+        """Drop every tag move but the present ones (`gc --forget-tag-history`); returns the rows dropped."""
+        with self.db:
+            return self.db.execute("DELETE FROM tag_history WHERE seq NOT IN (SELECT max(seq) FROM tag_history "
+                                   "WHERE new IS NOT NULL GROUP BY tag) OR tag NOT IN (SELECT substr(name, 5) "
+                                   "FROM roots WHERE name LIKE 'tag:%')").rowcount
 
     def record_attempts(self, rows: list[tuple[str, str, str]]) -> None:
         """The last build of each RECIPE:STEP, failed ones too, so `log` can show why it failed."""
@@ -715,6 +824,9 @@ class Store:
     # ---- naming artifacts on the command line ------------------------------------------------------
     def resolve_with_key(self, name: str) -> tuple[Path, str | None]:
         """Like `resolve`, plus the key of the build that a root names (None for a bare path)."""
+        past = TAG_PAST_RE.fullmatch(name)
+        if past and self.exists():
+            return self.tag_at(past.group(1), past.group(2))
         for root_name in (f"tag:{name}", name):
             hit = self.get_root(root_name) if self.exists() else None
             if hit:
@@ -724,10 +836,14 @@ class Store:
         return path, (keys[-1] if keys else None)
 
     def resolve(self, name: str) -> Path:
-        """An artifact named by store path, digest prefix, RECIPE:STEP (its last build) or tag."""
+        """An artifact named by store path, digest prefix, RECIPE:STEP (its last build), tag, or a tag's past:
+        TAG@2026-12-01 (as it stood then) or TAG~1 (one move ago)."""
         if not self.exists():
             raise UsageError(f"there is no store at {self.root}: build something first, or point --store / "
                              "MODELBUILD_STORE at an existing store")
+        past = TAG_PAST_RE.fullmatch(name)
+        if past:
+            return self.tag_at(past.group(1), past.group(2))[0]
         for root_name in (f"tag:{name}", name):
             hit = self.get_root(root_name)
             if hit:
