@@ -401,6 +401,21 @@ def cmd_roots(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .serving.artifact import find
+    from .store import default_store_root
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be 0 to 65535 (0: any free port), got {args.port}")
+    if args.max_batch_size < 1 or args.batch_timeout < 0 or args.max_body_bytes < 1:
+        raise UsageError("--max-batch-size and --max-body-bytes must be at least 1, --batch-timeout at least 0")
+    model = find(args.artifact, Path(args.store or default_store_root()))
+    from .serving.server import Options, serve
+    opts = Options(host=args.host, port=args.port, api_key=args.api_key or os.environ.get("MODELBUILD_API_KEY"),
+                   max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout,
+                   max_body_bytes=args.max_body_bytes, log_dir=Path(args.log_dir), threads=args.threads)
+    return serve(model, opts)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors as one `error:` paragraph that says how to get help."""
 
@@ -513,6 +528,25 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("roots", help="the gc roots: the last build of every recipe step, and tags")
     r.add_argument("--json", action="store_true")
     r.set_defaults(fn=cmd_roots)
+    s = sub.add_parser("serve", help="serve a model artifact over HTTP (LitServe; OpenAI-compatible for language "
+                       "models), with /health, /metrics and request logs")
+    s.add_argument("artifact", help="RECIPE:STEP, tag, digest prefix, store path, or a folder holding a model "
+                   "artifact (an image's /models)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    s.add_argument("--api-key", help="require this key (`Authorization: Bearer KEY` or `X-API-Key`); default "
+                   "$MODELBUILD_API_KEY; /health and /metrics stay open")
+    s.add_argument("--max-batch-size", type=int, default=8, help="text classifiers: requests answered by one "
+                   "model call at most (default 8; 1: no batching)")
+    s.add_argument("--batch-timeout", type=float, default=0.005, help="text classifiers: seconds to wait for a "
+                   "batch to fill (default 0.005)")
+    s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413 "
+                   "(default 1 MiB)")
+    s.add_argument("--log-dir", default=os.environ.get("MODELBUILD_SERVE_LOG_DIR", "serve-logs"),
+                   help="request and feedback logs, in rotated segments (default $MODELBUILD_SERVE_LOG_DIR or "
+                   "./serve-logs)")
+    s.add_argument("--threads", type=int, default=0, help="torch threads of the inference worker (default: all)")
+    s.set_defaults(fn=cmd_serve)
     return p
 
 

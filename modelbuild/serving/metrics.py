@@ -49,7 +49,7 @@ class ServerMetrics:
                                  buckets=LATENCY_BUCKETS)
         self.in_flight = Gauge(IN_FLIGHT, "requests being answered now", multiprocess_mode="livesum")
         self.model_info = Gauge(MODEL_INFO, "the served model: 1, labelled with its digest", list(INFO_LABELS),
-                                multiprocess_mode="liveall")
+                                multiprocess_mode="max")
 
 
 def batch_size_histogram():
