@@ -27,6 +27,7 @@ BUILTIN = {
     "finetune": "modelbuild.builders.finetune:Finetune",
     "evaluate": "modelbuild.builders.evaluate:Evaluate",
     "tune": "modelbuild.builders.tune:Tune",
+    "drift": "modelbuild.builders.drift:Drift",
     "package": "modelbuild.builders.package:Package",
 }
 
