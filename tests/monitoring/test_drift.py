@@ -13,7 +13,7 @@ from conftest import Cli, Project
 
 DATA = 'pypi: "nannyml==0.13.1", path: nannyml/datasets/data/employment_MA_%s.pq'
 IGNORE = "[id, year, employed, prediction, predicted_probability]"
-RECIPE = f"""
+RECIPE = """
 name: dr
 steps:
 """ + "".join(f"""
