@@ -29,6 +29,7 @@ BUILTIN = {
     "tune": "modelbuild.builders.tune:Tune",
     "drift": "modelbuild.builders.drift:Drift",
     "package": "modelbuild.builders.package:Package",
+    "deploy": "modelbuild.builders.deploy:Deploy",
 }
 
 __all__ = ["BUILTIN", "BuildContext", "Builder", "Param", "load_builder", "builder_code_hash"]

@@ -111,7 +111,7 @@ class Package(Builder):
             images.append(oci.Image(base + [app, model_layer], _server_config(base_config, labels, p),
                                     "server", labels, platform))
         manifests = oci.write_layout(ctx.out / "oci", images)
-        info = {"model_digest": lineage.get("digest"), "labels": labels, "images": {
+        info = {"model_digest": lineage.get("digest"), "labels": labels, "port": p["port"], "images": {
             ref: {"manifest": d["digest"], "layers": [layer.descriptor["digest"] for layer in image.layers]}
             for (ref, d), image in zip(manifests.items(), images, strict=True)}}
         (ctx.out / "image.json").write_text(json.dumps(info, sort_keys=True, indent=2))

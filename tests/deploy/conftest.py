@@ -45,6 +45,30 @@ def python_base(tmp_path_factory) -> Path:
     return images.python_base(tmp_path_factory.mktemp("base") / "python")
 
 
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """An OCI layout of one small layer: enough for the manifests, which never run the image."""
+    from modelbuild import oci
+
+    layout = tmp_path_factory.mktemp("tiny") / "base"
+    layer = oci.write_layer(layout / "blobs" / "sha256", {"etc/os-release": b"ID=tiny\n"})
+    oci.write_layout(layout, [oci.Image([layer], {"Env": ["PATH=/usr/bin"]}, "latest")])
+    return layout
+
+
+# The model packaged as a server image and deployed; `base` is copied into the project by the test.
+DEPLOY = """
+  server:
+    builder: package
+    inputs: {model: model, base: {path: base}}
+    params: {server: true, image: demo-server}
+  deploy:
+    builder: deploy
+    inputs: {image: server}
+    params: {repository: registry.example.com/demo, replicas: {min: 1, max: 4}}
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,0 +1,124 @@
+"""deploy: Kubernetes, KServe, Knative and Prometheus manifests for a packaged model, as an artifact.
+
+Output layout::
+
+    <artifact>/
+      kubernetes/   deployment.yaml service.yaml hpa.yaml pdb.yaml   (`kubectl apply -f kubernetes/`)
+      kserve/       inferenceservice.yaml
+      knative/      service.yaml                                      (serverless: scales to zero)
+      prometheus/   rules.yaml (alerts: p95 latency, error rate, no traffic), adapter.yaml (requests/s for the HPA)
+      deploy.json   the image reference, the model digest, the push command, the files
+
+The image is the `server` image of the `image` input (a package step with `server: true`), pinned as
+`<repository>@sha256:...`: push it there first (deploy.json's `push`: `skopeo copy` keeps the digest). Because
+the manifests name the image by digest and the digest follows from the model, a retrained model gives new
+manifests, and `modelbuild diff` of two deploy artifacts walks down to what changed in the model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from ..errors import BuildError, RecipeError, did_you_mean
+from .base import Builder, Param
+
+_DNS = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+DEFAULT_RESOURCES = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}}
+
+
+class Deploy(Builder):
+    """Manifests that run a packaged model's server image.
+
+    Example::
+
+        deploy:
+          builder: deploy
+          inputs: {image: image}
+          params: {repository: registry.example.com/models/income, replicas: {min: 2, max: 10}}
+    """
+
+    name = "deploy"
+    env = ("pyyaml",)
+    params = {
+        "name": Param("str", help="the objects' name (a DNS label), default the image's title"),
+        "namespace": Param("str", default="default"),
+        "repository": Param("str", default="localhost:5000/modelbuild",
+                            help="where the image is pushed; manifests name it as <repository>@sha256:..."),
+        "resources": Param("dict", default=DEFAULT_RESOURCES, help="the container's requests and limits"),
+        "replicas": Param("dict", default={"min": 2, "max": 10}, help="{min, max} for the HPA and KServe"),
+        "target_cpu": Param("int", default=70, help="HPA: average CPU use, percent of the request"),
+        "target_rps": Param("int", default=50, help="HPA: requests per second per pod"),
+        "concurrency": Param("int", default=16, help="Knative/KServe: requests in flight per pod"),
+        "alerts": Param("dict", default={"p95_seconds": 0.5, "error_rate": 0.05, "no_traffic_minutes": 10},
+                        help="thresholds: p95_seconds, error_rate (0-1), no_traffic_minutes"),
+    }
+
+    def check(self, params: dict, *, file: str | None, step: str) -> None:
+        def fail(key, message):
+            raise RecipeError(message, file=file, step=step, key=f"params.{key}")
+
+        if params["name"] is not None and not _DNS.fullmatch(params["name"]):
+            fail("name", f"{params['name']!r} is not a DNS label: lowercase letters, digits and '-', at most 63")
+        replicas = params["replicas"]
+        if set(replicas) - {"min", "max"} or not all(isinstance(replicas.get(k), int) for k in ("min", "max")) \
+                or not 0 <= replicas["min"] <= replicas["max"] or replicas["max"] < 1:
+            fail("replicas", f"replicas must be {{min: N, max: M}} with 0 <= N <= M and M >= 1, got {replicas!r}")
+        alerts = {"p95_seconds": 0.5, "error_rate": 0.05, "no_traffic_minutes": 10}
+        for key in params["alerts"]:
+            if key not in alerts:
+                fail(f"alerts.{key}", f"unknown alert threshold{did_you_mean(key, alerts)}; "
+                                      f"the thresholds are {', '.join(alerts)}")
+        for key in ("target_cpu", "target_rps", "concurrency"):
+            if params[key] < 1:
+                fail(key, f"{key} must be 1 or more, got {params[key]}")
+        if "@" in params["repository"] or ":" in params["repository"].rpartition("/")[2]:
+            fail("repository", f"repository is a name without tag or digest (e.g. registry.example.com/team/model), "
+                               f"got {params['repository']!r}: the digest is added from the image")
+
+    def check_inputs(self, params: dict, inputs: dict, *, file: str | None, step: str) -> None:
+        if set(inputs) != {"image"}:
+            raise RecipeError("deploy takes one input, `image`: a package step with `server: true`",
+                              file=file, step=step, key="inputs")
+
+    def build(self, ctx) -> None:
+        import yaml
+
+        from .. import k8s
+
+        p, image = ctx.params, ctx.input("image")
+        info_path = image / "image.json"
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        server = info.get("images", {}).get("server")
+        if server is None:
+            raise BuildError(f"step '{ctx.step}': its `image` input has no server image"
+                             f"{' (only ' + ', '.join(info['images']) + ')' if info.get('images') else ''}; "
+                             f"set `server: true` and a `base` input on the package step it names")
+        title = info["labels"].get("org.opencontainers.image.title", ctx.step)
+        name = p["name"] or _dns_label(title)
+        alerts = {"p95_seconds": 0.5, "error_rate": 0.05, "no_traffic_minutes": 10, **p["alerts"]}
+        spec = k8s.Spec(name=name, namespace=p["namespace"], image=f"{p['repository']}@{server['manifest']}",
+                        port=info.get("port", 8000), model_digest=info["model_digest"], resources=p["resources"],
+                        min_replicas=p["replicas"]["min"], max_replicas=p["replicas"]["max"],
+                        target_cpu=p["target_cpu"], target_rps=p["target_rps"], concurrency=p["concurrency"],
+                        p95_seconds=float(alerts["p95_seconds"]), error_rate=float(alerts["error_rate"]),
+                        no_traffic_minutes=int(alerts["no_traffic_minutes"]))
+        files = {"kubernetes/deployment.yaml": k8s.deployment(spec), "kubernetes/service.yaml": k8s.service(spec),
+                 "kubernetes/hpa.yaml": k8s.hpa(spec), "kubernetes/pdb.yaml": k8s.pdb(spec),
+                 "kserve/inferenceservice.yaml": k8s.inference_service(spec),
+                 "knative/service.yaml": k8s.knative_service(spec),
+                 "prometheus/rules.yaml": k8s.alert_rules(spec), "prometheus/adapter.yaml": k8s.adapter_rules(spec)}
+        for rel, doc in files.items():
+            (ctx.out / rel).parent.mkdir(parents=True, exist_ok=True)
+            (ctx.out / rel).write_text(yaml.safe_dump(doc, sort_keys=False, width=120))
+        tag = info["model_digest"][:12]
+        summary = {"name": name, "image": spec.image, "model_digest": info["model_digest"], "files": sorted(files),
+                   "push": f"skopeo copy oci:$(modelbuild path {image.name.split('-')[0]})/oci:server "
+                           f"docker://{p['repository']}:{tag}"}
+        (ctx.out / "deploy.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+        ctx.log.info("deploy %s: %s", name, spec.image)
+
+
+def _dns_label(text: str) -> str:
+    label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:63].strip("-")
+    return label or "model"

@@ -1,0 +1,150 @@
+"""The deploy builder: manifests that the Kubernetes schemas, promtool and the lineage commands accept."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import DEPLOY, model_recipe, need
+
+KUBERNETES = ("1.30.0", "1.33.0", "1.37.0")
+
+
+@pytest.fixture
+def deployed(cli, tiny_base) -> Path:
+    shutil.copytree(tiny_base, cli.project / "base")
+    cli.project.write("recipe.yaml", model_recipe(1, DEPLOY))
+    return Path(cli.build()["by_step"]["deploy"]["path"])
+
+
+def _validate(version: str, *files: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", "--quiet",
+                           "-k", version, *map(str, files)], capture_output=True, text=True, timeout=120)
+
+
+def test_core_kinds_are_valid_for_several_kubernetes_versions(deployed, tmp_path):
+    """Deployment, Service, HPA and PDB strictly; Knative's and KServe's pod parts as core PodSpecs."""
+    pods = {"knative": yaml.safe_load((deployed / "knative/service.yaml").read_text())["spec"]["template"]["spec"],
+            "kserve": yaml.safe_load((deployed / "kserve/inferenceservice.yaml").read_text())["spec"]["predictor"]}
+    for name, spec in pods.items():
+        spec = {k: v for k, v in spec.items() if k not in ("containerConcurrency", "timeoutSeconds", "minReplicas",
+                                                           "maxReplicas", "scaleMetric", "scaleTarget")}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Pod",
+                                                               "metadata": {"name": name}, "spec": spec}))
+    files = sorted((deployed / "kubernetes").glob("*.yaml")) + sorted(tmp_path.glob("*.yaml"))
+    assert len(files) == 6
+    for version in KUBERNETES:
+        proc = _validate(version, *files)
+        assert proc.returncode == 0, f"Kubernetes {version}:\n{proc.stdout}{proc.stderr}"
+
+
+def test_the_validator_rejects_a_broken_manifest(deployed, tmp_path):
+    """The check above can fail: a field Kubernetes does not know is refused under --strict."""
+    doc = yaml.safe_load((deployed / "kubernetes/deployment.yaml").read_text())
+    doc["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["pathh"] = "/health"
+    (tmp_path / "broken.yaml").write_text(yaml.safe_dump(doc))
+    proc = _validate(KUBERNETES[-1], tmp_path / "broken.yaml")
+    assert proc.returncode != 0 and "pathh" in proc.stdout + proc.stderr
+
+
+def test_image_is_pinned_by_digest_and_pods_are_locked_down(deployed):
+    info = json.loads((deployed / "deploy.json").read_text())
+    deployment = yaml.safe_load((deployed / "kubernetes/deployment.yaml").read_text())
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == info["image"]
+    assert info["image"].startswith("registry.example.com/demo@sha256:") and len(info["image"].split(":")[-1]) == 64
+    assert container["securityContext"]["runAsNonRoot"] and container["securityContext"]["readOnlyRootFilesystem"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health" == container["livenessProbe"]["httpGet"]["path"]
+    hpa = yaml.safe_load((deployed / "kubernetes/hpa.yaml").read_text())
+    assert {m["type"] for m in hpa["spec"]["metrics"]} == {"Resource", "Pods"}
+    knative = yaml.safe_load((deployed / "knative/service.yaml").read_text())["spec"]["template"]
+    assert knative["metadata"]["annotations"]["autoscaling.knative.dev/min-scale"] == "0"
+
+
+RULE_TESTS = """
+rule_files: [RULES]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      # 10 requests/s, 1 in 10 answered 500, every request slower than 1 s
+      - series: 'modelbuild_serve_requests_total{job="demo-server",route="/predict",status="200"}'
+        values: '0+540x30'
+      - series: 'modelbuild_serve_requests_total{job="demo-server",route="/predict",status="500"}'
+        values: '0+60x30'
+      - series: 'modelbuild_serve_request_duration_seconds_bucket{job="demo-server",route="/predict",le="0.5"}'
+        values: '0x30'
+      - series: 'modelbuild_serve_request_duration_seconds_bucket{job="demo-server",route="/predict",le="1.0"}'
+        values: '0x30'
+      - series: 'modelbuild_serve_request_duration_seconds_bucket{job="demo-server",route="/predict",le="+Inf"}'
+        values: '0+600x30'
+    alert_rule_test:
+      - eval_time: 20m
+        alertname: ModelLatencyHigh
+        exp_alerts:
+          - exp_labels: {severity: warning, model: demo-server}
+            exp_annotations: {summary: "demo-server: p95 latency above 0.5s for 10 minutes", model_digest: DIGEST}
+      - eval_time: 20m
+        alertname: ModelErrorRateHigh
+        exp_alerts:
+          - exp_labels: {severity: critical, model: demo-server}
+            exp_annotations: {summary: "demo-server: more than 5% of requests answered 5xx", model_digest: DIGEST}
+      - eval_time: 20m
+        alertname: ModelNoTraffic
+        exp_alerts: []
+  - interval: 1m
+    input_series:
+      - series: 'modelbuild_serve_requests_total{job="demo-server",route="/predict",status="200"}'
+        values: '5x30'
+    alert_rule_test:
+      - eval_time: 25m
+        alertname: ModelNoTraffic
+        exp_alerts:
+          - exp_labels: {severity: info, model: demo-server}
+            exp_annotations: {summary: "demo-server: no requests for 10m", model_digest: DIGEST}
+      - eval_time: 25m
+        alertname: ModelErrorRateHigh
+        exp_alerts: []
+"""
+
+
+def test_alert_rules_pass_promtool(deployed, tmp_path):
+    need("promtool")
+    rules = deployed / "prometheus/rules.yaml"
+    check = subprocess.run(["promtool", "check", "rules", rules], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    digest = json.loads((deployed / "deploy.json").read_text())["model_digest"]
+    (tmp_path / "test.yaml").write_text(RULE_TESTS.replace("RULES", str(rules)).replace("DIGEST", digest))
+    proc = subprocess.run(["promtool", "test", "rules", tmp_path / "test.yaml"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_diff_of_two_deployments_names_the_model_change(cli, deployed):
+    cli.project.write("recipe.yaml", model_recipe(2, DEPLOY))
+    after = Path(cli.build()["by_step"]["deploy"]["path"])
+    proc = cli("diff", deployed, after)
+    assert "deploy <- server <- model: params.cmd" in proc.stdout
+    assert "WEIGHT" not in proc.stdout and '1}' in proc.stdout and '2}' in proc.stdout
+
+
+def test_why_depends_goes_through_the_image(cli, deployed):
+    proc = cli("why-depends", "demo:deploy", "demo:model")
+    lines = proc.stdout.splitlines()
+    assert "deploy" in lines[0] and "image (" in lines[1] and "model (" in lines[2]
+
+
+def test_deploy_of_a_modelcar_only_package_says_what_to_set(cli):
+    cli.project.write("recipe.yaml", model_recipe(1, """
+  deploy:
+    builder: deploy
+    inputs: {image: image}
+"""))
+    proc = cli("build", "recipe.yaml", check=1)
+    assert "has no server image (only modelcar)" in proc.stderr and "server: true" in proc.stderr
+    assert "Traceback" not in proc.stderr
