@@ -22,7 +22,7 @@ from .derivation import derivation_key, explain, make_derivation
 from .errors import BuildError, HashMismatch, ModelbuildError
 from .recipe import Recipe, Source, Step
 from .resolved import ResolvedSource
-from .sources import resolve
+from .sources import fixed_output_key, resolve
 from .store import Store
 from .tune import best_trial, describe, is_tune, start_search
 
@@ -241,6 +241,7 @@ class Realiser:
             step = self.recipe.steps[name]
             for input_name, ref in step.inputs.items():
                 if isinstance(ref, Source):
+                    self._substitute_source(ref)
                     self._source(step, input_name, ref, fetch=True)
         states = {name: StepState(name) for name in self.recipe.order}
         pending, running = list(order), {}
@@ -335,6 +336,13 @@ class Realiser:
         st.path = self.substituter.substitute(st.key)
         st.seconds = time.time() - started
         return st.path is not None
+
+    def _substitute_source(self, source: Source) -> None:
+        """A fetched source (a PyPI pin) comes from a shared cache too, when one has it."""
+        key = fixed_output_key(source) if self.substituter is not None else None
+        hit = key and self.store.lookup(key)
+        if key and not (hit and self.store.check_artifact(hit[0])):
+            self.substituter.substitute(key)
 
     def _launch(self, step: Step, st: StepState, p: Prepared, mode: str) -> dict:
         jobs_dir = self.store.tmp / "jobs"

