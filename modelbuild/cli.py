@@ -158,16 +158,21 @@ def _read_secret(path: str) -> str:
 
 
 def _built_steps(args, recipe_file: str, store) -> list:
-    """A recipe's steps as they are built now (their current keys); the ones not built are named."""
-    from .realise import Realiser
+    """A recipe's steps as last built in this store (their roots: what `build` just made or found), so a push
+    needs no planning; the steps never built here are named."""
     from .recipe import load_recipe
     recipe = load_recipe(recipe_file, _overrides(args))
-    states = Realiser(store, recipe).plan()
-    missing = [s.name for s in states if s.status != "cached"]
+    for t in args.target or []:
+        if t not in recipe.steps:
+            raise UsageError(f"--target {t}: the recipe {recipe_file} has no step '{t}'"
+                             f"{errors.did_you_mean(t, recipe.steps)}; its steps are {', '.join(recipe.order)}")
+    steps = recipe.closure(args.target) if args.target else recipe.order
+    roots = {step: store.get_root(f"{recipe.name}:{step}") if store.exists() else None for step in steps}
+    missing = [step for step, root in roots.items() if not (root and root[1])]
     if missing:
-        print(f"note: not pushed, not built in this store: {', '.join(missing)} (build {recipe_file} first)",
+        print(f"note: not pushed, never built in this store: {', '.join(missing)} (build {recipe_file} first)",
               file=sys.stderr)
-    return [(s.path, s.key) for s in states if s.status == "cached"]
+    return [(root[0], root[1]) for root in roots.values() if root and root[1]]
 
 
 def cmd_key(args) -> int:
@@ -509,6 +514,7 @@ def parser() -> argparse.ArgumentParser:
     ps = sub.add_parser("push", help="publish artifacts and what they need to a shared cache, signed")
     ps.add_argument("what", metavar="RECIPE|ARTIFACT|TAG", help="a recipe (its built steps), an artifact or a tag")
     ps.add_argument("overrides", nargs="*", default=[], help="Hydra overrides of the recipe")
+    ps.add_argument("-t", "--target", action="append", help="push only this step of the recipe and what it needs")
     ps.add_argument("--to", metavar="URL", help="the cache: a folder, s3://bucket/prefix, remote://DVC_REMOTE "
                     "(default: $MODELBUILD_PUSH_TO or push-to in the project config)")
     ps.add_argument("--secret-key-file", metavar="FILE", help="the signing key (default: $MODELBUILD_SECRET_KEY_FILE)")

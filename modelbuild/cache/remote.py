@@ -28,15 +28,29 @@ class Incomplete(Exception):
 
 
 class Remote:
+    """A cache's folder. A directory cache answers 'is it there?' with the os module alone, so a push of what
+    the cache already has loads no file-system library (half of a no-op push's time otherwise)."""
+
     def __init__(self, url: str, project_dir: Path | None = None):
-        self.url = url
-        self.fs, self.root = open_fs(url, project_dir or Path.cwd())
+        self.url, self.project_dir = url, project_dir or Path.cwd()
+        self.local = local_path(url)
+        self.root = self.local
+        self._fs = None
 
     def __str__(self) -> str:
         return self.url
 
+    @property
+    def fs(self):
+        if self._fs is None:
+            self._fs, self.root = open_fs(self.url, self.project_dir)
+        return self._fs
+
     def _path(self, *parts: str) -> str:
-        return self.fs.join(self.root, *parts)
+        if self.local:
+            return os.path.join(self.local, *parts)
+        fs = self.fs  # opening it sets the root
+        return fs.join(self.root, *parts)
 
     def file_path(self, digest: str) -> str:
         return self._path("files", digest)
@@ -45,6 +59,11 @@ class Remote:
         return self._path("manifests", f"{key}.json")
 
     def read_manifest(self, key: str) -> bytes | None:
+        if self.local:
+            try:
+                return Path(self.manifest_path(key)).read_bytes()
+            except FileNotFoundError:
+                return None
         with self._reaching():
             try:
                 return self.fs.cat_file(self.manifest_path(key))
@@ -52,10 +71,14 @@ class Remote:
                 return None
 
     def has_manifests(self, keys: list[str]) -> list[bool]:
+        if self.local:
+            return [os.path.exists(self.manifest_path(k)) for k in keys]
         with self._reaching():
             return list(self.fs.exists([self.manifest_path(k) for k in keys], batch_size=JOBS)) if keys else []
 
     def missing_files(self, digests: list[str]) -> list[str]:
+        if self.local:
+            return [d for d in digests if not os.path.exists(self.file_path(d))]
         with self._reaching():
             found = self.fs.exists([self.file_path(d) for d in digests], batch_size=JOBS) if digests else []
         return [d for d, ok in zip(digests, found, strict=True) if not ok]
@@ -86,14 +109,14 @@ class Remote:
 
     def check(self) -> None:
         """A directory remote must exist (a mistyped path is not an empty cache)."""
-        if self.fs.protocol == "local" and not os.path.isdir(self.root):
-            raise Unreachable(f"the folder {self.root} does not exist")
+        if self.local and not os.path.isdir(self.local):
+            raise Unreachable(f"the folder {self.local} does not exist")
 
     def create(self) -> None:
         """Make the cache's folder, as `dvc push` makes its remote's (object stores need none)."""
-        if self.fs.protocol == "local":
+        if self.local:
             with self._reaching():
-                os.makedirs(self.root, exist_ok=True)
+                os.makedirs(self.local, exist_ok=True)
 
     def _reaching(self):
         return _Reaching(self)
@@ -116,23 +139,37 @@ class _Reaching:
         return False
 
 
-def open_fs(url: str, project_dir: Path):
-    """(a dvc-objects FileSystem, the cache's root path on it) for URL, as DVC would open that remote."""
-    from dvc.fs import get_cloud_fs
+def local_path(url: str) -> str | None:
+    """The folder a directory cache's URL names (absolute), or None for any other kind of remote."""
     parts = urlsplit(url)
-    options = dict(parse_qsl(parts.query))
-    if parts.scheme == "remote":
-        config = _dvc_config(project_dir, parts.netloc)
-        url = f"remote://{parts.netloc}{parts.path}"
-    else:
-        config = {}
-        if parts.scheme in ("", "file"):
-            url = os.path.abspath(os.path.expanduser(parts.path if parts.scheme else url))
-        else:
-            url = parts._replace(query="").geturl()
+    if parts.scheme not in ("", "file"):
+        return None
+    return os.path.abspath(os.path.expanduser(parts.path if parts.scheme else url))
+
+
+def open_fs(url: str, project_dir: Path):
+    """(a dvc-objects FileSystem, the cache's root path on it) for URL, as DVC opens that remote: a DVC
+    remote by name through DVC's own config; a URL through the file system DVC registers for its scheme."""
+    parts = urlsplit(url)
+    options = {k: {"true": True, "false": False}.get(v.lower(), v) for k, v in parse_qsl(parts.query)}
     try:
-        cls, conf, path = get_cloud_fs(config, url=url, **options)
-        return cls(**conf), path
+        if parts.scheme == "remote":
+            from dvc.fs import get_cloud_fs
+            cls, conf, path = get_cloud_fs(_dvc_config(project_dir, parts.netloc),
+                                           url=f"remote://{parts.netloc}{parts.path}", **options)
+            return cls(**conf), path
+        if local_path(url):
+            from dvc_objects.fs.local import LocalFileSystem
+            return LocalFileSystem(), local_path(url)
+        from dvc_objects.fs import get_fs_cls, registry
+        if parts.scheme not in registry:
+            raise UsageError(f"the cache {url}: '{parts.scheme}://' is not a kind of remote DVC knows (it knows "
+                             f"{', '.join(sorted(registry))}); give a folder, s3://... or remote://NAME")
+        bare = parts._replace(query="").geturl()
+        cls = get_fs_cls({"url": bare})
+        return cls(**{**cls._get_kwargs_from_urls(bare), **options}), cls._strip_protocol(bare)
+    except UsageError:
+        raise
     except ImportError as e:
         raise UsageError(f"the cache {url}: {e}") from None
     except Exception as e:  # noqa: BLE001 - DVC's config errors: an unknown option, a bad URL

@@ -130,13 +130,15 @@ def test_two_stores_share_work_through_moto_s3(built, keys, store_b, s3):
     assert again["pushed"] == [] and again["files"] == 0
 
 
+@pytest.mark.slow  # botocore and s3fs retry a dead endpoint for ~10 s; the directory case above runs always
 def test_an_s3_cache_that_does_not_answer_degrades_to_building(built, keys, store_b):
     import socket
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     _, public = keys
-    env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_EC2_METADATA_DISABLED": "true"}
+    env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_EC2_METADATA_DISABLED": "true",
+           "AWS_MAX_ATTEMPTS": "1"}  # fail fast: what is tested is the fallback, not the retries
     result = store_b.build("recipe.yaml", "--substituter", f"s3://b/c?endpointurl=http://127.0.0.1:{port}",
                            "--trusted-public-key", public, env=env)
     assert store_b.statuses(result) == {"prepare": "built", "train": "built"}
