@@ -100,9 +100,9 @@ def encode(manifest: dict) -> bytes:
 def decode(data: bytes, key: str, where: str, trusted: dict) -> dict:
     """A manifest read from a cache, once it is signed by a trusted key and names only paths inside its
     artifact; anything else is refused (HashMismatch, exit 5) with the reason."""
-    def refuse(why: str):
+    def refuse(why: str, fix: str = ""):
         return HashMismatch(f"the cache {where} offers key {key}, but {why}, so it is refused and nothing was "
-                            "written to the store")
+                            f"written to the store{'. ' + fix if fix else ''}")
     try:
         manifest = json.loads(data)
     except ValueError:
@@ -133,10 +133,10 @@ def _check_signature(manifest: dict, trusted: dict, refuse) -> None:
         except (InvalidSignature, binascii.Error, ValueError):
             raise refuse(f"its signature by '{name}' does not match its content (the manifest was changed "
                          "after it was signed)") from None
-    known = ", ".join(sorted(trusted)) or "none: set trusted-public-keys"
+    known = ", ".join(sorted(trusted)) or "none"
     raise refuse(f"it is signed by {', '.join(repr(n) for n in names)}, which is not a trusted public key "
-                 f"(trusted: {known}). Add the signer's public key with --trusted-public-key or "
-                 "MODELBUILD_TRUSTED_PUBLIC_KEYS if you trust it")
+                 f"(trusted: {known})", "If you trust the signer, add its public key to trusted-public-keys "
+                 "(or --trusted-public-key, MODELBUILD_TRUSTED_PUBLIC_KEYS)")
 
 
 def _check_shape(manifest: dict, refuse) -> None:
