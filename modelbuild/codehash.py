@@ -18,6 +18,7 @@ from .environment import distributions, package_version
 from .hashing import hash_bytes
 
 CACHE = "code"  # per file: its stat identity, content digest and imports (see persist.py)
+CLOSURES = "closures"  # per module: its closure, with what it was found from (see `closure`)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the folder that holds the modelbuild package
 
@@ -38,14 +39,33 @@ def _is_engine(path: Path) -> bool:
         return False
 
 
-def _module_file(dotted: str, roots: tuple[Path, ...]) -> Path | None:
+def _module_file(dotted: str, roots: tuple[Path, ...], seen: dict | None = None) -> Path | None:
+    """The file of module `dotted` under `roots`, or None; `seen` collects the mtime of every folder looked
+    in, so that a result found from them can be trusted while no file is added or removed there."""
     parts = dotted.split(".")
     for root in roots:
         base = root.joinpath(*parts)
+        if seen is not None:
+            _note_folders(root, parts, seen)
         for candidate in (base.with_suffix(".py"), base / "__init__.py"):
             if candidate.is_file():
                 return candidate.resolve()
     return None
+
+
+def _note_folders(root: Path, parts: list[str], seen: dict) -> None:
+    """The mtimes of root and of each existing folder on the way to root/parts[:-1]."""
+    folder = root
+    for part in [None, *parts]:
+        folder = folder / part if part else folder
+        if str(folder) not in seen:
+            try:
+                seen[str(folder)] = os.stat(folder).st_mtime_ns
+            except OSError:
+                seen[str(folder)] = None  # absent: creating it changes its parent's mtime, noted too
+                return
+        if seen[str(folder)] is None:
+            return
 
 
 def _package_of(path: Path, roots: tuple[Path, ...]) -> list[str]:
@@ -99,21 +119,52 @@ def _imports(path: Path, roots: tuple[Path, ...]) -> list[str]:
 
 
 def closure(path: Path, roots: tuple[Path, ...]) -> tuple[list[Path], set[str]]:
-    """(files of the module and every module it imports under `roots`, top-level names imported from elsewhere)."""
-    files, external, stack = {}, set(), [Path(path).resolve()]
+    """(files of the module and every module it imports under `roots`, top-level names imported from elsewhere).
+
+    Kept in the store's cache with the stat identity of each file and the mtime of each folder searched: while
+    none changed (no file edited, none added or removed where an import was looked for), the closure is the
+    same, so an unchanged tree costs a stat per file and per folder rather than a search per import."""
+    path = Path(path).resolve()
+    table = persist.table(CLOSURES)
+    entry = f"{path}|{'|'.join(map(str, roots))}"
+    hit = table.get(entry)
+    if hit and _unchanged(hit):
+        return [Path(f) for f in hit["files"]], set(hit["external"])
+    folders: dict[str, int | None] = {}
+    files, external, stack = {}, set(), [path]
     while stack:
         current = stack.pop()
         if current in files:
             continue
-        files[current] = True
+        files[current] = _file_facts(current)["stat"]
         for name in _imports(current, roots):
-            found = _module_file(name, roots)
+            found = _module_file(name, roots, folders)
             if found is not None:
                 parent = (found.parent / "__init__.py").resolve()
                 stack += [f for f in (found, parent) if f.is_file() and not _is_engine(f)]
-            elif _module_file(name.split(".")[0], roots) is None:
+            elif _module_file(name.split(".")[0], roots, folders) is None:
                 external.add(name.split(".")[0])
+    table[entry] = {"files": {str(f): s for f, s in sorted(files.items())}, "folders": folders, "external": sorted(external)}
+    persist.touch(CLOSURES)
     return sorted(files), external
+
+
+def _unchanged(hit: dict) -> bool:
+    """Every file of a cached closure has the stat identity it had, every folder searched its mtime."""
+    try:
+        for f, stamp in hit["files"].items():
+            if persist.stat_stamp(os.stat(f)) != stamp:
+                return False
+    except OSError:
+        return False
+    for folder, mtime in hit["folders"].items():
+        try:
+            now = os.stat(folder).st_mtime_ns
+        except OSError:
+            now = None
+        if now != mtime:
+            return False
+    return True
 
 
 @cache

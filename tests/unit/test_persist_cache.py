@@ -63,3 +63,24 @@ def test_a_damaged_cache_file_is_an_empty_cache(tmp_path):
     assert code_identity(cache, project) == fresh
     json.loads((cache / "code.json").read_text())  # rewritten whole
 
+
+
+def test_a_module_added_or_removed_where_an_import_is_looked_for_changes_the_identity(tmp_path):
+    """The cached closure is trusted only while no file appears or disappears where an import was searched: a
+    project module that now shadows an installed package (or a package's new __init__) is followed."""
+    project, cache = tmp_path / "project", tmp_path / "cache"
+    project.mkdir()
+    write(project / "steps.py", "import yaml\nfrom lib import tools\n\ndef run(ctx):\n    pass\n")
+    cold = code_identity(cache, project)
+    assert (cache / "closures.json").is_file() and code_identity(cache, project) == cold
+    write(project / "yaml.py", "X = 1\n")  # shadows PyYAML from now on
+    shadowed = code_identity(cache, project)
+    assert shadowed["source"] != cold["source"] and "PyYAML" not in shadowed["packages"]
+    (project / "lib").mkdir()
+    write(project / "lib" / "tools.py", "Y = 1\n")  # in a folder created after the closure was cached
+    with_lib = code_identity(cache, project)
+    assert with_lib["source"] != shadowed["source"]
+    write(project / "lib" / "__init__.py", "")
+    assert code_identity(cache, project)["source"] != with_lib["source"]
+    (project / "yaml.py").unlink()
+    assert code_identity(cache, project)["packages"] == cold["packages"]
