@@ -252,7 +252,16 @@ def _plain(module: str, args: list[str], env: dict, cwd: str, output: str | None
     """The job as a plain process, in a session of its own like a forked one."""
     with open(output or os.devnull, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=out, start_new_session=True)
+                                stdout=out, stderr=out, start_new_session=True, preexec_fn=die_with_parent)
+
+
+def die_with_parent() -> None:
+    """SIGKILL this process when its parent dies (Linux): a job outlives neither its zygote nor its client."""
+    import ctypes
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 @atexit.register
@@ -278,6 +287,7 @@ def serve(fd: int, modules: list[str]) -> None:
     import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's to forward, job by job
+    die_with_parent()
     sock = socket.socket(fileno=fd)
     for name in modules:
         try:
@@ -335,6 +345,7 @@ def _child(request: dict, fds: tuple[int, ...]) -> None:
     code = 1
     try:
         os.setsid()
+        die_with_parent()
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
