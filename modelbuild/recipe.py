@@ -21,7 +21,7 @@ from .errors import RecipeError, UsageError, did_you_mean
 
 RECIPE_KEYS = ("name", "description", "defaults", "seed", "steps", "vars")
 STEP_KEYS = ("builder", "params", "inputs", "description")
-SOURCE_KINDS = ("path", "pypi", "dvc", "tag", "artifact")
+SOURCE_KINDS = ("path", "pypi", "dvc", "tag", "artifact", "log")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -93,7 +93,7 @@ _Loader.add_implicit_resolver(
 class Source:
     """Data from outside the store, hashed by content. `spec` is what the recipe wrote."""
 
-    kind: str  # path | pypi | dvc | tag | artifact (the last two: an artifact already in the store)
+    kind: str  # path | pypi | dvc | tag | artifact (an artifact already in the store) | log (closed log files)
     spec: dict
     expected_hash: str | None = None
 
@@ -569,12 +569,14 @@ def _check_inputs(step: str, raw, all_steps: dict, path: Path) -> dict:
 def _check_source(spec: dict, path: Path, step: str, key: str) -> Source:
     file = str(path)
     kinds = [k for k in SOURCE_KINDS if k in spec]
+    if "log" in spec:
+        return _check_log(spec, file, step, key)
     allowed = {"path", "pypi", "dvc", "tag", "artifact", "hash"}
     for k in spec:
         if k not in allowed:
             raise RecipeError(f"unknown source key{did_you_mean(k, allowed)}; a source is {{path: FILE}}, "
                               "{pypi: 'name==version', path: FILE_IN_PACKAGE}, {dvc: {repo, path, rev}}, "
-                              "{tag: NAME} or {artifact: DIGEST_PREFIX}, each with an optional `hash:` pin",
+                              "{tag: NAME}, {artifact: DIGEST_PREFIX} or {log: DIR}, each with an optional `hash:` pin",
                               file=file, step=step, key=f"{key}.{k}")
     expected = spec.get("hash")
     if expected is not None and not (isinstance(expected, str) and re.fullmatch(r"[0-9a-f]{32}", expected)):
@@ -602,6 +604,24 @@ def _check_source(spec: dict, path: Path, step: str, key: str) -> Source:
                           f"{_nearby(Path(spec['path']), '*', path.parent)}; paths are relative to the "
                           "recipe's folder", file=file, step=step, key=f"{key}.path")
     return Source("path", {"path": spec["path"]}, expected)
+
+
+LOG_KEYS = ("log", "glob", "since", "until", "last")
+
+
+def _check_log(spec: dict, file: str, step: str, key: str) -> Source:
+    """`{log: DIR, glob, since, until, last}`: closed log segments or data drops (sources_log.py)."""
+    for k, value in spec.items():
+        if k not in LOG_KEYS:
+            raise RecipeError(f"unknown key of a log source{did_you_mean(k, LOG_KEYS)}; a log source is {{log: DIR}} "
+                              "with optional `glob:` (e.g. \"requests-*\"), `since:`/`until:` (ISO times) or `last:` "
+                              "(e.g. 7d)", file=file, step=step, key=f"{key}.{k}")
+        if not isinstance(value, str) and not (k in ("since", "until") and hasattr(value, "isoformat")):
+            raise RecipeError(f"`{k}:` of a log source is a string, got {value!r}", file=file, step=step,
+                              key=f"{key}.{k}")
+    if spec.get("last") is not None and spec.get("since") is not None:
+        raise RecipeError("a log source takes `since:` or `last:`, not both", file=file, step=step, key=f"{key}.last")
+    return Source("log", {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in spec.items()})
 
 
 def _check_stored(spec: dict, file: str, step: str, key: str, expected: str | None) -> Source:

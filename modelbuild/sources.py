@@ -42,6 +42,12 @@ def resolve(source: Source, store: Store, recipe_dir: Path, *, step: str, input_
         resolved = _resolve_pypi(source, store, fetch=fetch)
         if resolved is None:
             return None
+    elif source.kind == "log":
+        from .sources_log import resolve_log
+        resolved = resolve_log(source, store, recipe_dir, step=step, input_name=input_name,
+                               recipe_file=recipe_file or str(recipe_dir), fetch=fetch)
+        if resolved is None:
+            return None
     elif source.kind in ("tag", "artifact"):
         resolved = _resolve_stored(source, store, step=step, input_name=input_name,
                                    recipe_file=recipe_file or str(recipe_dir))
@@ -53,7 +59,8 @@ def resolve(source: Source, store: Store, recipe_dir: Path, *, step: str, input_
     if source.expected_hash and source.expected_hash != resolved.digest:
         what = {"path": lambda s: s["path"], "pypi": lambda s: f"{s['pypi']} {s['path']}",
                 "dvc": lambda s: f"{s['dvc'].get('repo')}:{s['dvc'].get('path')}",
-                "tag": lambda s: f"tagged {s['tag']}", "artifact": lambda s: s["artifact"]}[source.kind](source.spec)
+                "tag": lambda s: f"tagged {s['tag']}", "artifact": lambda s: s["artifact"],
+                "log": lambda s: f"log {s['log']}"}[source.kind](source.spec)
         raise HashMismatch(f"file {recipe_file or recipe_dir}, step '{step}', key 'inputs.{input_name}.hash': the "
                            f"source {what} has content hash {resolved.digest}, but the recipe pins "
                            f"{source.expected_hash}. If the new content is intended, set `hash: {resolved.digest}`; "

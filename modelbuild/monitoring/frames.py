@@ -1,8 +1,8 @@
 """Reading what drift and decay compare: a table artifact, a split's part, a profile, or a folder of drops.
 
 A folder of drops is what a `{log: DIR}` source imports or any directory of files: Parquet, CSV and JSON
-Lines (optionally gzipped) files, read in name order and stacked. A request-log record whose features sit
-under one key (`{"id": ..., "time": ..., "input": {...}}`) is flattened so its features are columns.
+Lines (optionally gzipped) files, read in name order and stacked. A request-log record (`modelbuild serve`'s
+segments) is flattened into one row per record it carried, so its features are columns.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ..errors import DataValidationError
 DATA = "data.parquet"
 PROFILE = "profile.json"
 DROP_SUFFIXES = (".parquet", ".pq", ".csv", ".csv.gz", ".jsonl", ".jsonl.gz", ".ndjson")
-NESTED = ("input", "inputs", "features", "request")  # a logged request's features, flattened to columns
+LOG_COLUMNS = ("request_id", "record", "time", "digest", "prediction")  # what flatten adds to a request's features
 
 
 def is_profile(path: Path) -> bool:
@@ -66,16 +66,26 @@ def _read_file(path: Path):
 
 
 def flatten(frame):
-    """Columns holding dicts (a logged request's `input`) become one column per key."""
+    """A request log's records (`modelbuild serve`: {id, time, digest, inputs: {records: [...]}, outputs:
+    {predictions: [...]}}) become one row per record: its features, with request_id, record (its index in
+    the request), time, digest and the model's prediction. Other frames pass through."""
     import pandas as pd
 
-    for column in [c for c in NESTED if c in frame.columns]:
-        values = frame[column]
-        if values.map(lambda v: isinstance(v, dict)).all():
-            inner = pd.json_normalize(values.tolist())
-            inner.index = frame.index
-            frame = pd.concat([frame.drop(columns=[column]), inner], axis=1)
-    return frame
+    if "inputs" not in frame.columns or not frame["inputs"].map(lambda v: isinstance(v, dict)).all():
+        return frame
+    rows = []
+    for r in frame.to_dict("records"):
+        inputs, outputs = r["inputs"], r.get("outputs") if isinstance(r.get("outputs"), dict) else {}
+        records = inputs.get("records", inputs)
+        records = [records] if isinstance(records, dict) else records or []
+        predictions = outputs.get("predictions") or []
+        for i, record in enumerate(records):
+            if not isinstance(record, dict):
+                continue
+            meta = {"request_id": r.get("id"), "record": i, "time": r.get("time"), "digest": r.get("digest"),
+                    "prediction": predictions[i] if i < len(predictions) else None}
+            rows.append({**record, **meta})
+    return pd.DataFrame(rows)
 
 
 def select(frame, where: dict, what: str):
