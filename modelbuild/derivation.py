@@ -8,14 +8,15 @@ no host, no time, so the same work on another machine has the same key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .environment import env_fingerprint
 from .hashing import canonical_json, hash_json
 
 if TYPE_CHECKING:
-    from .recipe import Step
+    from .recipe import Recipe, Step
 
 FORMAT = 2  # bump when the derivation layout changes; every key changes with it
 
@@ -42,6 +43,77 @@ def make_derivation(step: Step, inputs: dict[str, dict], recipe_dir, seed: int |
 
 def derivation_key(drv: dict) -> str:
     return hash_json(drv)
+
+
+# ---- the resolver: a step and its inputs' content -> a job ------------------------------------------------
+@dataclass(frozen=True)
+class Input:
+    """One input of a step, resolved: where it lies, its content address (what the key sees) and what the
+    lineage records; `stat` (a path source's stat identity) is re-checked after the build, `refs` are the
+    store paths the artifact keeps alive."""
+
+    path: Path
+    kind: str  # "step" | "source"
+    digest: str
+    lineage: dict
+    stat: str | None = None
+    refs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Job:
+    """One build, resolved: its derivation and key, and everything a worker needs to run it. A worker
+    builds from `drv` alone (builder, params, seed); paths and files only say where the inputs lie."""
+
+    key: str
+    drv: dict
+    step: str
+    recipe: str
+    recipe_file: str
+    recipe_dir: str
+    inputs: dict[str, Input]
+    files: dict[str, str] = field(default_factory=dict)  # more files for build() outside the key (tune's trials)
+    extra_refs: tuple[str, ...] = ()
+
+    @property
+    def builder(self) -> str:
+        return self.drv["builder"]
+
+    @property
+    def out(self) -> str:
+        """The artifact's name (store/objects/<digest>-<out>)."""
+        return self.step
+
+    @property
+    def refs(self) -> list[str]:
+        return [r for i in self.inputs.values() for r in i.refs] + list(self.extra_refs)
+
+    def with_files(self, files: dict[str, Path], refs: list[str]) -> Job:
+        """The same derivation with more files handed to build() (not in the key), keeping `refs` alive."""
+        return replace(self, files={**self.files, **{k: str(v) for k, v in files.items()}},
+                       extra_refs=(*self.extra_refs, *refs))
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "drv": self.drv, "step": self.step, "recipe": self.recipe,
+                "recipe_file": self.recipe_file, "recipe_dir": self.recipe_dir,
+                "inputs": {n: {"path": str(i.path), "kind": i.kind, "digest": i.digest, "lineage": i.lineage,
+                               "stat": i.stat, "refs": list(i.refs)} for n, i in self.inputs.items()},
+                "files": self.files, "extra_refs": list(self.extra_refs)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Job:
+        inputs = {n: Input(Path(i["path"]), i["kind"], i["digest"], i["lineage"], i.get("stat"), tuple(i["refs"]))
+                  for n, i in data["inputs"].items()}
+        return cls(data["key"], data["drv"], data["step"], data["recipe"], data["recipe_file"], data["recipe_dir"],
+                   inputs, dict(data.get("files", {})), tuple(data.get("extra_refs", ())))
+
+
+def resolve(step: Step, inputs: dict[str, Input], recipe: Recipe) -> Job:
+    """The one place a step becomes a derivation and a job: plan, build and a search's trials all call it,
+    so a trial is keyed exactly like the same step in a recipe."""
+    drv = make_derivation(step, {n: {"kind": i.kind, "digest": i.digest} for n, i in inputs.items()},
+                          recipe.dir, recipe.seed)
+    return Job(derivation_key(drv), drv, step.name, recipe.name, str(recipe.file), str(recipe.dir), dict(inputs))
 
 
 def _flatten(value, prefix=""):

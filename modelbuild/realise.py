@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import errors, persist
-from .derivation import derivation_key, explain, make_derivation
+from .derivation import Input, Job, derivation_key, explain, resolve
 from .errors import BuildError, HashMismatch, ModelbuildError
 from .recipe import Recipe, Source, Step
 from .resolved import ResolvedSource
-from .sources import fixed_output_key, resolve
+from .sources import fixed_output_key
+from .sources import resolve as resolve_source
 from .store import Store
 from .tune import best_trial, describe, is_tune, start_search
 
@@ -59,16 +60,6 @@ class StepState:
         return out
 
 
-@dataclass
-class Prepared:
-    drv: dict
-    key: str
-    inputs: dict[str, Path]
-    lineage: dict
-    source_stats: dict
-    refs: list[str]
-
-
 class Realiser:
     def __init__(self, store: Store, recipe: Recipe, *, jobs: int = 1, keep_going: bool = False,
                  check: bool = False, reporter=None, substituter=None, require_cached: bool = False):
@@ -79,7 +70,7 @@ class Realiser:
         self.reporter = reporter
         self.substituter, self.require_cached = substituter, require_cached  # modelbuild/cache
         self.sources: dict[tuple[str, str], ResolvedSource] = {}
-        self.prepared: dict[str, Prepared] = {}
+        self.prepared: dict[str, Job] = {}
 
     # ---- shared by plan and build -----------------------------------------------------------------
     def _why(self, step: str, drv: dict) -> list[str]:
@@ -96,45 +87,41 @@ class Realiser:
 
     def _source(self, step: Step, name: str, source: Source, fetch: bool) -> ResolvedSource | None:
         if (step.name, name) not in self.sources:
-            resolved = resolve(source, self.store, self.recipe.dir, step=step.name, input_name=name, fetch=fetch,
+            resolved = resolve_source(source, self.store, self.recipe.dir, step=step.name, input_name=name, fetch=fetch,
                                recipe_file=str(self.recipe.file))
             if resolved is None:
                 return None
             self.sources[(step.name, name)] = resolved
         return self.sources[(step.name, name)]
 
-    def prepare(self, step: Step, states: dict[str, StepState], fetch: bool = True) -> Prepared | None:
-        """The step's derivation, once every input's content is known; None while one is not."""
-        inputs, addrs, lineage, stats, refs = {}, {}, {}, {}, []
+    def prepare(self, step: Step, states: dict[str, StepState], fetch: bool = True) -> Job | None:
+        """The step's job, once every input's content is known; None while one is not."""
         known = [self._source(step, n, r, fetch) is not None for n, r in step.inputs.items() if isinstance(r, Source)]
         if not all(known):
             return None
+        inputs = {}
         for name, ref in step.inputs.items():
             if isinstance(ref, Source):
                 src = self.sources[(step.name, name)]
-                inputs[name] = src.path
-                addrs[name] = {"kind": "source", "digest": src.digest}
-                lineage[name] = src.lineage
-                if ref.kind == "path":
-                    stats[name] = src.stat_identity
-                elif "artifact" in src.lineage:
-                    refs.append(str(self.store.root / src.lineage["artifact"]))
+                refs = (str(self.store.root / src.lineage["artifact"]),) if "artifact" in src.lineage else ()
+                inputs[name] = Input(src.path, "source", src.digest, src.lineage,
+                                     stat=src.stat_identity if ref.kind == "path" else None, refs=refs)
             else:
                 up = states[ref]
                 if up.path is None:
                     return None
-                path, key, via = up.path, up.key, {}
-                if is_tune(self.recipe.steps[ref]):  # a tune step's output is its best trial's artifact
-                    path, key = best_trial(self.store, up.path)
-                    via = {"tune": self.store.rel(up.path)}
-                    refs.append(str(up.path))
-                self._check_input(step, name, ref, path)
-                inputs[name] = path
-                addrs[name] = {"kind": "step", "digest": path.name.split("-", 1)[0]}
-                lineage[name] = {"kind": "step", "step": ref, "key": key, "path": self.store.rel(path), **via}
-                refs.append(str(path))
-        drv = make_derivation(step, addrs, self.recipe.dir, self.recipe.seed)
-        return Prepared(drv, derivation_key(drv), inputs, lineage, stats, refs)
+                inputs[name] = self._step_input(step, name, ref, up)
+        return resolve(step, inputs, self.recipe)
+
+    def _step_input(self, step: Step, name: str, ref: str, up: StepState) -> Input:
+        """An upstream step's artifact as an input; a tune step's stands for its best trial's artifact."""
+        path, key, via, refs = up.path, up.key, {}, ()
+        if is_tune(self.recipe.steps[ref]):
+            path, key = best_trial(self.store, up.path)
+            via, refs = {"tune": self.store.rel(up.path)}, (str(up.path),)
+        self._check_input(step, name, ref, path)
+        lineage = {"kind": "step", "step": ref, "key": key, "path": self.store.rel(path), **via}
+        return Input(path, "step", path.name.split("-", 1)[0], lineage, refs=(*refs, str(path)))
 
     def _check_input(self, step: Step, name: str, ref: str, path: Path) -> None:
         """An input is read only after the same check as a cache hit: damage found here (after the input's
@@ -344,20 +331,16 @@ class Realiser:
         if key and not (hit and self.store.check_artifact(hit[0])):
             self.substituter.substitute(key)
 
-    def _launch(self, step: Step, st: StepState, p: Prepared, mode: str) -> dict:
+    def _launch(self, step: Step, st: StepState, p: Job, mode: str) -> dict:
+        from .worker import Run
         jobs_dir = self.store.tmp / "jobs"
         jobs_dir.mkdir(parents=True, exist_ok=True)
         job_id = uuid.uuid4().hex
-        job = {
-            "store": str(self.store.root), "key": p.key, "step": step.name, "recipe": self.recipe.name,
-            "recipe_file": str(self.recipe.file), "recipe_dir": str(self.recipe.dir), "builder": step.builder_name,
-            "params": step.params, "inputs": {k: str(v) for k, v in p.inputs.items()}, "lineage": p.lineage,
-            "source_stats": p.source_stats, "refs": p.refs, "drv": p.drv, "seed": self.recipe.seed, "mode": mode,
-            "expect": str(st.path) if st.path else None, "result": str(jobs_dir / f"{job_id}.result.json"),
-            "progress": str(jobs_dir / f"{job_id}.progress.json"),
-        }
+        run = Run(str(self.store.root), p, mode, str(st.path) if st.path else None,
+                  str(jobs_dir / f"{job_id}.result.json"), str(jobs_dir / f"{job_id}.progress.json"))
+        job = {"step": p.step, "key": p.key, "result": run.result, "progress": run.progress}
         job_file = jobs_dir / f"{job_id}.job.json"
-        job_file.write_text(json.dumps(job))
+        job_file.write_text(json.dumps(run.to_json()))
         proc = subprocess.Popen([sys.executable, "-m", "modelbuild.worker", str(job_file)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})

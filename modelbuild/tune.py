@@ -481,7 +481,7 @@ class Search:
     def _stage(self, t: Trial):
         """The derivation of a trial's next build: the target with the point's params, or the objective
         step on the trial's artifact."""
-        from .derivation import derivation_key, make_derivation
+        from .derivation import Input, resolve
 
         p = self.prepared
         if t.stage == 0:
@@ -491,22 +491,14 @@ class Search:
             step, names, prefix = self.judge, [n for n, r in self.judge.inputs.items() if r != self.target.name], \
                 "objective."
         inputs = {n: p.inputs[prefix + n] for n in names}
-        addrs = {n: p.drv["inputs"][prefix + n] for n in names}
-        lineage = {n: p.lineage[prefix + n] for n in names}
-        stats = {n: p.source_stats[prefix + n] for n in names if prefix + n in p.source_stats}
-        refs = [str(self.store.root / i["path"]) if i.get("kind") == "step" else str(self.store.root / i["artifact"])
-                for i in lineage.values() if i.get("kind") == "step" or i.get("artifact")]
         if t.stage == 1:
             trial = t.paths[0]
+            lineage = {"kind": "step", "step": self.target.name, "key": t.keys[0], "path": self.store.rel(trial),
+                       "tune": self.step.name}
             for n, r in self.judge.inputs.items():
                 if r == self.target.name:
-                    inputs[n] = trial
-                    addrs[n] = {"kind": "step", "digest": trial.name.split("-", 1)[0]}
-                    lineage[n] = {"kind": "step", "step": self.target.name, "key": t.keys[0],
-                                  "path": self.store.rel(trial), "tune": self.step.name}
-                    refs.append(str(trial))
-        drv = make_derivation(step, addrs, self.recipe.dir, self.recipe.seed)
-        return step, type(p)(drv, derivation_key(drv), inputs, lineage, stats, refs)
+                    inputs[n] = Input(trial, "step", trial.name.split("-", 1)[0], lineage, refs=(str(trial),))
+        return step, resolve(step, inputs, self.recipe)
 
     def _score(self, t: Trial) -> None:
         metric = self.objective["metric"]
@@ -562,9 +554,8 @@ class Search:
                 "facts": {"trials_built": self.counts["built"], "trials_cached": self.counts["cached"],
                           "trials_failed": self.counts["failed"]}}
         self.trials_file.write_text(json.dumps(data))
-        p = self.prepared
-        refs = p.refs + [str(path) for t in self.trials for path in t.paths]
-        final = type(p)(p.drv, p.key, {**p.inputs, "trials": self.trials_file}, p.lineage, p.source_stats, refs)
+        final = self.prepared.with_files({"trials": self.trials_file},
+                                         [str(path) for t in self.trials for path in t.paths])
         self.final = self.r._launch(self.step, self.st, final, mode=self.mode)
         Path(self.run["job"]["progress"]).unlink(missing_ok=True)
         self.run["job"], self.run["file"] = self.final["job"], self.final["file"]

@@ -16,46 +16,70 @@ import subprocess
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from .builders import BuildContext, load_builder
 from .builders.base import RANK_OF_ENV, launcher_rank
+from .derivation import Job, derivation_key
 from .errors import BuildError, ModelbuildError
 from .hashing import hash_tree
 from .store import Store, remove_tree, store_fault
 
 
+@dataclass(frozen=True)
+class Run:
+    """What a worker is asked: build (or `check`) one resolved job into a store, answering in `result`."""
+
+    store: str
+    job: Job
+    mode: str = "build"  # build | check
+    expect: str | None = None  # check: the stored artifact to compare with
+    result: str = ""
+    progress: str | None = None
+
+    def to_json(self) -> dict:
+        return {"store": self.store, "job": self.job.to_json(), "mode": self.mode, "expect": self.expect,
+                "result": self.result, "progress": self.progress}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Run:
+        return cls(data["store"], Job.from_json(data["job"]), data["mode"], data.get("expect"), data["result"],
+                   data.get("progress"))
+
+
 def main(job_file: str) -> int:
-    job = json.loads(Path(job_file).read_text())
+    run = Run.from_json(json.loads(Path(job_file).read_text()))
     if os.environ.get(RANK_OF_ENV) == str(os.getppid()):
-        return _run_rank(store=Store(job["store"]), job=job)
-    result = run_job(job)
-    tmp = Path(job["result"]).with_suffix(".part")
+        return _run_rank(store=Store(run.store), run=run)
+    result = run_job(run)
+    tmp = Path(run.result).with_suffix(".part")
     tmp.write_text(json.dumps(result))
-    os.replace(tmp, job["result"])
+    os.replace(tmp, run.result)
     return 0 if "error" not in result else 1
 
 
-def run_job(job: dict) -> dict:
-    store = Store(job["store"])
-    key = job["key"]
+def run_job(run: Run) -> dict:
+    store, job = Store(run.store), run.job
+    key = job.key
     started = time.time()
     try:
-        if launcher_rank() and load_builder(job["builder"], recipe_dir=Path(job["recipe_dir"]),
-                                            step=job["step"]).distributed:
-            return _run_launched_rank(store, job, started)
-        if job["mode"] == "check":
-            return _check(store, job)
+        if derivation_key(job.drv) != key:
+            raise BuildError(f"the job's derivation does not hash to its key {key}: the job file was altered")
+        if launcher_rank() and _builder(job).distributed:
+            return _run_launched_rank(store, run, started)
+        if run.mode == "check":
+            return _check(store, run)
         with store.lock(key):
             hit = store.lookup(key)
             if hit and store.check_artifact(hit[0]):
                 return _with_failure(store, key, {"status": "cached", "path": str(hit[0]), "seconds": 0.0})
             _log_to(store.logs / f"{key}.log")
-            path = _build(store, job, started)
+            path = _build(store, run, started)
             return _with_failure(store, key, {"status": "built", "path": str(path),
                                               "seconds": round(time.time() - started, 3)})
     except ModelbuildError as e:
-        message = str(e) if f"'{job['step']}'" in str(e) else f"step '{job['step']}': {e}"
+        message = str(e) if f"'{job.step}'" in str(e) else f"step '{job.step}': {e}"
         print(f"error: {message}", file=sys.stderr, flush=True)  # the log says why, too
         return {"error": {"type": type(e).__name__, "message": message}, "seconds": time.time() - started}
     except KeyboardInterrupt:
@@ -63,32 +87,32 @@ def run_job(job: dict) -> dict:
     except BaseException as e:  # noqa: BLE001 - any builder failure becomes a step failure, never a crash
         fault = store_fault(e, store.root) if isinstance(e, OSError) else None
         if fault is not None:  # the disk filled while the step wrote its output
-            message = f"step '{job['step']}': {fault}"
+            message = f"step '{job.step}': {fault}"
             print(f"error: {message}", file=sys.stderr, flush=True)
             return {"error": {"type": "StoreUnavailable", "message": message}, "seconds": time.time() - started}
         traceback.print_exc()
         log = store.logs / f"{key}.log"
         return {"error": {"type": "BuildError", "message":
-                          f"step '{job['step']}' failed: {type(e).__name__}: {e}. The full traceback is in "
-                          f"{log} (`modelbuild log {job['recipe']}:{job['step']}`)"},
+                          f"step '{job.step}' failed: {type(e).__name__}: {e}. The full traceback is in "
+                          f"{log} (`modelbuild log {job.recipe}:{job.step}`)"},
                 "seconds": time.time() - started}
 
 
-def _run_rank(store: Store, job: dict) -> int:
+def _run_rank(store: Store, run: Run) -> int:
     """One more rank of a distributed build that a library (Lightning's DDP launcher) started by re-running
     this worker's command line: run the builder beside the rank-0 worker, which holds the key's lock, keeps
     the log (inherited stdout/stderr) and alone commits. Whatever this rank writes under `out` is dropped."""
-    _build_and_drop(store, job)
+    _build_and_drop(store, run)
     return 0
 
 
-def _build_and_drop(store: Store, job: dict, fresh_work: bool = False) -> None:
+def _build_and_drop(store: Store, run: Run, fresh_work: bool = False) -> None:
     """Run the builder as one more rank: into a tmp dir of its own, deleted afterwards (with a work area of
     its own too when `fresh_work`: a `--check` rank never resumes from the real build's checkpoints)."""
-    tmp = store.new_tmp(job["key"])
+    tmp = store.new_tmp(run.job.key)
     (tmp / "out").mkdir()
     try:
-        _run_builder(store, job, tmp / "out", work=tmp / "work" if fresh_work else None)
+        _run_builder(store, run, tmp / "out", work=tmp / "work" if fresh_work else None)
     finally:
         remove_tree(tmp)
 
@@ -102,22 +126,22 @@ def _with_failure(store: Store, key: str, result: dict) -> dict:
     return result
 
 
-def _run_launched_rank(store: Store, job: dict, started: float) -> dict:
+def _run_launched_rank(store: Store, run: Run, started: float) -> dict:
     """A rank other than 0 of a job started outside modelbuild (torchrun, srun, other nodes): train beside
     rank 0 (which holds the key's lock and alone commits), then wait for its commit and answer with it. The
     store must be shared between nodes (as the work area with its checkpoints is). Under `build --check`
     it retrains beside rank 0, which alone compares: this rank gives no verdict."""
-    rank = launcher_rank()
-    checking = job["mode"] == "check"
-    _log_to(store.logs / f"{job['key']}.{'check.' if checking else ''}rank{rank}.log")
-    _build_and_drop(store, job, fresh_work=checking)
+    rank, job = launcher_rank(), run.job
+    checking = run.mode == "check"
+    _log_to(store.logs / f"{job.key}.{'check.' if checking else ''}rank{rank}.log")
+    _build_and_drop(store, run, fresh_work=checking)
     if checking:
-        return {"status": "checked", "path": job["expect"], "differences": None, "check": None,
+        return {"status": "checked", "path": run.expect, "differences": None, "check": None,
                 "seconds": round(time.time() - started, 3), "rank": rank}
-    with store.lock(job["key"]):
-        hit = store.lookup(job["key"])
+    with store.lock(job.key):
+        hit = store.lookup(job.key)
     if not hit:
-        raise BuildError(f"step '{job['step']}': rank {rank} trained, but rank 0 committed no artifact to the store "
+        raise BuildError(f"step '{job.step}': rank {rank} trained, but rank 0 committed no artifact to the store "
                          f"{store.root}. Every rank of a distributed build must use one shared store (--store or "
                          f"MODELBUILD_STORE on a shared file system); see rank 0's log for its error")
     return {"status": "built", "path": str(hit[0]), "seconds": round(time.time() - started, 3),
@@ -137,74 +161,86 @@ def _log_to(path: Path) -> None:
                         force=True)
 
 
-def _context(store: Store, job: dict, out: Path, work: Path | None = None) -> BuildContext:
-    work = work or store.tmp / "work" / job["key"]
+def _context(store: Store, run: Run, out: Path, work: Path | None = None) -> BuildContext:
+    """What build() sees: params and seed from the derivation (a builder whose key has no seed sees 0),
+    never from anything the key does not contain."""
+    job = run.job
+    work = work or store.tmp / "work" / job.key
     work.mkdir(parents=True, exist_ok=True)
-    return BuildContext(step=job["step"], inputs={k: Path(v) for k, v in job["inputs"].items()}, out=out,
-                        params=job["params"], recipe_dir=Path(job["recipe_dir"]), seed=job["seed"],
-                        work=work, log=logging.getLogger(f"modelbuild.{job['step']}"),
-                        progress_file=Path(job["progress"]) if job.get("progress") else None)
+    inputs = {n: i.path for n, i in job.inputs.items()} | {n: Path(f) for n, f in job.files.items()}
+    return BuildContext(step=job.step, inputs=inputs, out=out, params=job.drv["params"],
+                        recipe_dir=Path(job.recipe_dir), seed=job.drv.get("seed") or 0,
+                        work=work, log=logging.getLogger(f"modelbuild.{job.step}"),
+                        progress_file=Path(run.progress) if run.progress else None)
 
 
-def _run_builder(store: Store, job: dict, out: Path, work: Path | None = None) -> dict:
+def _builder(job: Job):
+    """The builder the job's derivation names."""
+    return load_builder(job.builder, recipe_dir=Path(job.recipe_dir), step=job.step)
+
+
+def _run_builder(store: Store, run: Run, out: Path, work: Path | None = None) -> dict:
     """Run the builder; return the facts of the run it recorded (`ctx.record_facts`)."""
-    builder = load_builder(job["builder"], recipe_dir=Path(job["recipe_dir"]), step=job["step"])
-    logging.getLogger("modelbuild").info("building step %s (key %s) with builder %s", job["step"], job["key"],
-                                         job["builder"])
-    ctx = _context(store, job, out, work)
+    job = run.job
+    builder = _builder(job)
+    logging.getLogger("modelbuild").info("building step %s (key %s) with builder %s", job.step, job.key,
+                                         job.builder)
+    ctx = _context(store, run, out, work)
     builder.build(ctx)
     sys.stdout.flush()
     sys.stderr.flush()
     from .resolved import source_fingerprint
-    for name, expected in job.get("source_stats", {}).items():
-        if source_fingerprint(job["inputs"][name]) != expected:
-            raise BuildError(f"step '{job['step']}': source input '{name}' ({job['inputs'][name]}) changed while "
+    for name, i in job.inputs.items():
+        if i.stat is not None and source_fingerprint(i.path) != i.stat:
+            raise BuildError(f"step '{job.step}': source input '{name}' ({i.path}) changed while "
                              "the step was building, so the result cannot be trusted. Build again")
     return ctx.facts
 
 
-def _build(store: Store, job: dict, started: float) -> Path:
-    tmp = store.new_tmp(job["key"])
+def _build(store: Store, run: Run, started: float) -> Path:
+    job = run.job
+    tmp = store.new_tmp(job.key)
     out = tmp / "out"
     out.mkdir()
     try:
         failure = None
         try:
-            facts = _run_builder(store, job, out)
+            facts = _run_builder(store, run, out)
         except ModelbuildError as e:
             if not e.keep_artifact:
                 raise
             # a committed failure: keep the output as the artifact, record why the step fails (see errors.py)
-            message = str(e) if f"'{job['step']}'" in str(e) else f"step '{job['step']}': {e}"
+            message = str(e) if f"'{job.step}'" in str(e) else f"step '{job.step}': {e}"
             print(f"error: {message}", file=sys.stderr, flush=True)
             facts, failure = {}, {"type": type(e).__name__, "message": message}
         meta = _lineage(job, started, out, facts)
         if failure:
             meta["failure"] = failure
-        path = store.commit(job["key"], job["step"], out, meta, refs=[Path(p) for p in job["refs"]])
-        remove_tree(store.tmp / "work" / job["key"])  # checkpoints are no longer needed
+        path = store.commit(job.key, job.step, out, meta, refs=[Path(p) for p in job.refs])
+        remove_tree(store.tmp / "work" / job.key)  # checkpoints are no longer needed
         return path
     finally:
         remove_tree(tmp)
 
 
-def _check(store: Store, job: dict) -> dict:
+def _check(store: Store, run: Run) -> dict:
     """Rebuild into tmp and compare file by file with the stored artifact (`build --check`)."""
-    tmp = store.new_tmp(job["key"])
+    job = run.job
+    tmp = store.new_tmp(job.key)
     out = tmp / "out"
     out.mkdir()
     try:
-        _log_to(store.logs / f"{job['key']}.check.log")
+        _log_to(store.logs / f"{job.key}.check.log")
         started = time.time()
-        _run_builder(store, job, out, work=tmp / "work")  # never resumes from the real build's checkpoints
+        _run_builder(store, run, out, work=tmp / "work")  # never resumes from the real build's checkpoints
         metrics = _read_json(out / "metrics.json")
         if metrics.get("reproducibility") == "tolerance":
-            mode, differ = "metrics", _metric_differences(_read_json(Path(job["expect"]) / "metrics.json"), metrics)
+            mode, differ = "metrics", _metric_differences(_read_json(Path(run.expect) / "metrics.json"), metrics)
         else:
             new = {rel: e.digest for rel, e in hash_tree(out).entries.items() if not rel.endswith("/")}
-            old = (store.meta_of(Path(job["expect"])) or {}).get("files", {})
+            old = (store.meta_of(Path(run.expect)) or {}).get("files", {})
             mode, differ = "bytes", sorted(rel for rel in set(old) | set(new) if old.get(rel) != new.get(rel))
-        return {"status": "checked", "path": job["expect"], "differences": differ, "check": mode,
+        return {"status": "checked", "path": run.expect, "differences": differ, "check": mode,
                 "seconds": round(time.time() - started, 3)}
     finally:
         remove_tree(tmp)
@@ -245,7 +281,7 @@ def _git_rev(directory: str) -> str | None:
         return None
 
 
-def _lineage(job: dict, started: float, out: Path, facts: dict | None = None) -> dict:
+def _lineage(job: Job, started: float, out: Path, facts: dict | None = None) -> dict:
     """The facts kept beside an artifact: its derivation plus what does not enter the key. `metrics` is the
     builder's metrics.json merged with the facts of the run it recorded (which are not in the artifact)."""
     metrics_file = out / "metrics.json"
@@ -256,11 +292,11 @@ def _lineage(job: dict, started: float, out: Path, facts: dict | None = None) ->
     if facts:
         metrics = {**(metrics or {}), **facts}
     return {
-        "key": job["key"], "kind": "step", "recipe": job["recipe"], "recipe_file": job["recipe_file"],
-        "step": job["step"], "builder": job["builder"], "derivation": job["drv"], "inputs": job["lineage"],
+        "key": job.key, "kind": "step", "recipe": job.recipe, "recipe_file": job.recipe_file,
+        "step": job.step, "builder": job.builder, "derivation": job.drv, "inputs": {n: i.lineage for n, i in job.inputs.items()},
         "host": socket.gethostname(), "platform": platform.platform(), "python": sys.version.split()[0],
-        "git_rev": _git_rev(job["recipe_dir"]), "started": started, "seconds": round(time.time() - started, 3),
-        "log": f"logs/{job['key']}.log", "metrics": metrics,
+        "git_rev": _git_rev(job.recipe_dir), "started": started, "seconds": round(time.time() - started, 3),
+        "log": f"logs/{job.key}.log", "metrics": metrics,
     }
 
 
