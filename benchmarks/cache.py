@@ -58,6 +58,7 @@ class Tools:
         self.dvc = args.dvc
         self.env = {"PYTHONPATH": str(REPO), "MODELBUILD_SANDBOX": "off"}
         os.environ.pop("PYTHONDONTWRITEBYTECODE", None)  # both tools run from compiled bytecode, as installed
+        os.environ["DVC_NO_ANALYTICS"] = "1"  # nothing leaves the machine
 
     def modelbuild(self, *args, store, cwd=REPO, env=None):
         return timed([*self.mb, "--store", store, *args], cwd, {**self.env, **(env or {})})
@@ -187,6 +188,8 @@ def main() -> int:
                 print(f"{name} / {remote}: dvc ...", file=sys.stderr)
                 dvc = run_dvc(dvc_workspace(work, tag, folders, tools, dvc_url, options), tools, env)
                 rows.append((name, remote, size, len(folders), mb, dvc))
+                print(f"{name} / {remote}: {size / 1e6:.1f} MB, modelbuild {mb}, dvc {dvc}", file=sys.stderr,
+                      flush=True)
     if args.work is None:
         subprocess.run(["chmod", "-R", "u+w", str(work)], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)

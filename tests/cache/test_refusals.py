@@ -89,21 +89,21 @@ def test_every_refusal_exits_5_names_the_reason_and_writes_nothing(pushed, keys,
         _nothing_written(store_b.store)
 
 
-def test_a_file_changed_in_the_cache_is_refused(pushed, keys, store_b):
+def test_a_changed_file_and_an_untrusted_key_are_refused(pushed, keys, store_b, cli):
     cache, key = pushed
     _, public = keys
     manifest = json.loads((cache / "manifests" / f"{key}.json").read_text())
     digest = manifest["files"]["fruit.txt"]["digest"]
+    original = (cache / "files" / digest).read_bytes()
     (cache / "files" / digest).write_text("plum\n")
     result = store_b.build("recipe.yaml", "--substituter", cache, "--trusted-public-key", public, check=5)
     assert f"instead of the signed {digest}" in result["by_step"]["prepare"]["error"]
     _nothing_written(store_b.store)
     plain = store_b("build", "recipe.yaml", "--substituter", cache, "--trusted-public-key", public, check=5)
     assert plain.stderr.count("error:") == 1 and "Traceback" not in plain.stderr
+    _nothing_written(store_b.store)
+    (cache / "files" / digest).write_bytes(original)
 
-
-def test_a_key_nobody_trusts_is_refused(pushed, store_b, cli):
-    cache, _ = pushed
     stranger = cli("key", "generate", "stranger-1", "-o", cli.project.parent / "stranger.secret").stdout.strip()
     result = store_b.build("recipe.yaml", "--substituter", cache, "--trusted-public-key", stranger, check=5)
     assert "'team-1', which is not a trusted public key (trusted: stranger-1)" in result["by_step"]["prepare"]["error"]
