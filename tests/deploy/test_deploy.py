@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,51 @@ def test_deploy_of_a_modelcar_only_package_says_what_to_set(cli):
     proc = cli("build", "recipe.yaml", check=1)
     assert "has no server image (only modelcar)" in proc.stderr and "server: true" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_prometheus_scrapes_the_server_metrics_and_the_rules_return_data(deployed, tmp_path):
+    """A real Prometheus on loopback scrapes the server's metric names; the alert expressions, as written in
+    rules.yaml, select the series (latency and errors firing here) and the rules load."""
+    need("prometheus")
+    import urllib.parse
+    import urllib.request
+
+    from conftest import free_port, stop, wait_for_port
+
+    exporter_port, prometheus_port = free_port(), free_port()
+    rules = yaml.safe_load((deployed / "prometheus/rules.yaml").read_text())["groups"][0]["rules"]
+    job = json.loads((deployed / "deploy.json").read_text())["name"]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(deployed / "prometheus/rules.yaml")],
+        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}]}))
+    exporter = subprocess.Popen([sys.executable, Path(__file__).parent / "exporter.py", str(exporter_port)])
+    prometheus = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                                   f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                   f"--web.listen-address=127.0.0.1:{prometheus_port}"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def query(expr: str) -> list:
+        url = f"http://127.0.0.1:{prometheus_port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.load(r)["data"]["result"]
+
+    try:
+        wait_for_port(exporter_port, exporter)
+        wait_for_port(prometheus_port, prometheus)
+        exprs = {r.get("alert") or r["record"]: r["expr"] for r in rules}
+        deadline, results = time.monotonic() + 30, {}
+        while time.monotonic() < deadline:
+            results = {name: query(expr) for name, expr in exprs.items()}
+            if all(results[n] for n in exprs if n != "ModelNoTraffic"):
+                break
+            time.sleep(1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{prometheus_port}/api/v1/rules", timeout=5) as r:
+            loaded = json.load(r)["data"]["groups"][0]["rules"]
+    finally:
+        stop(prometheus)
+        stop(exporter)
+    assert float(results["ModelLatencyHigh"][0]["value"][1]) > 0.5
+    assert 0.05 < float(results["ModelErrorRateHigh"][0]["value"][1]) < 0.2
+    assert results["ModelNoTraffic"] == []  # there is traffic
+    assert {r["name"] for r in loaded} == set(exprs) and all(r["health"] == "ok" for r in loaded)
