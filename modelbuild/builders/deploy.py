@@ -110,13 +110,24 @@ class Deploy(Builder):
                  "prometheus/rules.yaml": k8s.alert_rules(spec), "prometheus/adapter.yaml": k8s.adapter_rules(spec)}
         for rel, doc in files.items():
             (ctx.out / rel).parent.mkdir(parents=True, exist_ok=True)
-            (ctx.out / rel).write_text(yaml.safe_dump(doc, sort_keys=False, width=120))
+            (ctx.out / rel).write_text(yaml.dump(doc, Dumper=_no_aliases(), sort_keys=False, width=120))
         tag = info["model_digest"][:12]
         summary = {"name": name, "image": spec.image, "model_digest": info["model_digest"], "files": sorted(files),
                    "push": f"skopeo copy oci:$(modelbuild path {image.name.split('-')[0]})/oci:server "
                            f"docker://{p['repository']}:{tag}"}
         (ctx.out / "deploy.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
         ctx.log.info("deploy %s: %s", name, spec.image)
+
+
+def _no_aliases():
+    import yaml
+
+    class NoAliases(yaml.SafeDumper):
+        """Writes a value shared by two keys twice, as a person would, instead of as an &anchor and *alias."""
+
+        def ignore_aliases(self, data):
+            return True
+    return NoAliases
 
 
 def _dns_label(text: str) -> str:

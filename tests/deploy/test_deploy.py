@@ -64,6 +64,7 @@ def test_image_is_pinned_by_digest_and_pods_are_locked_down(deployed):
     hpa = yaml.safe_load((deployed / "kubernetes/hpa.yaml").read_text())
     assert {m["type"] for m in hpa["spec"]["metrics"]} == {"Resource", "Pods"}
     knative = yaml.safe_load((deployed / "knative/service.yaml").read_text())["spec"]["template"]
+    assert not any("&id0" in f.read_text() for f in deployed.rglob("*.yaml"))  # written out, no YAML aliases
     assert knative["metadata"]["annotations"]["autoscaling.knative.dev/min-scale"] == "0"
 
 

@@ -22,7 +22,7 @@ def quickstart(tmp_path_factory):
 def test_quickstart_builds_then_is_fully_cached(quickstart):
     cli, first = quickstart
     assert cli.statuses(first) == {"adult": "built", "clean": "built", "summary": "built", "splits": "built",
-                                   "model": "built", "tuned": "built", "evaluate": "built"}
+                                   "model": "built", "tuned": "built", "evaluate": "built", "image": "built"}
     adult = json.loads((cli.store.parent / first["by_step"]["adult"]["path"] / "table.json").read_text())
     assert adult["rows"] == 32561 and len(adult["columns"]) == 15
     metrics = json.loads(open(first["by_step"]["summary"]["path"] + "/metrics.json").read())
