@@ -28,6 +28,7 @@ BUILTIN = {
     "evaluate": "modelbuild.builders.evaluate:Evaluate",
     "tune": "modelbuild.builders.tune:Tune",
     "drift": "modelbuild.builders.drift:Drift",
+    "decay": "modelbuild.builders.decay:Decay",
     "package": "modelbuild.builders.package:Package",
     "deploy": "modelbuild.builders.deploy:Deploy",
 }

@@ -131,3 +131,26 @@ def _plot_column(path: Path, name: str, kind: str, reference, current, profile) 
 
 def _profile_shares(column: dict) -> dict:
     return {str(f["value"]): f["rate"] for f in column.get("frequencies") or []}
+
+
+def write_decay(out: Path, result: dict, rows: list[dict]) -> None:
+    overall = result["overall"]
+    figures = {"labelled": result["labelled"], "unknown_feedback": result["unknown_feedback"],
+               "passed": int(result["passed"]), **{k: overall.get(k) for k in ("accuracy", "f1", "error_rate")}}
+    base = result.get("baseline") or {}
+    if base.get("accuracy") is not None and overall.get("accuracy") is not None:
+        figures["accuracy_drop"] = base["accuracy"] - overall["accuracy"]
+    write_json(out / "decay.json", result)
+    write_json(out / "gates.json", {"passed": result["passed"], "gates": rows})
+    write_json(out / "metrics.json", figures)
+    (out / "monitor.prom").write_text(prom_lines("decay", result["step"], figures))
+    table = G.table(rows) if rows else "(no gates)"
+    lines = [f"# Decay: {'gates passed' if result['passed'] else 'GATES FAILED'}", "",
+             f"{result['labelled']} labelled predictions of {result['requests']} logged requests; "
+             f"{result['unknown_feedback']} labels for unknown requests.", "", "```", table, "```", "",
+             "| window start | labelled | accuracy | f1 | judged |", "|---|---|---|---|---|"]
+    lines += [f"| {w['start']} | {w['labelled']} | {_f(w.get('accuracy'))} | {_f(w.get('f1'))} | "
+              f"{'yes' if w['judged'] else 'too few labels'} |" for w in result["windows"]]
+    if base:
+        lines += ["", f"The model's own evaluation: accuracy {_f(base.get('accuracy'))}, f1 {_f(base.get('f1'))}."]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")

@@ -40,6 +40,7 @@ CASES = {
     "finetune": ({"task": "sft", "method": "lora"}, {"model": {"path": "table"}, "data": {"path": "table"}}),
     "evaluate": ({"target": "label"}, {"model": {"path": "table"}, "data": {"path": "table"}}),
     "drift": ({}, {"reference": {"path": "table"}, "current": {"path": "table"}}),
+    "decay": ({}, {"requests": {"path": "table"}, "feedback": {"path": "table"}}),
     "tune": ({"target": "python", "space": {"x": {"choice": [0.1, 0.9]}}, "objective": {"metric": "loss"},
               "optimizer": "grid"}, {}),
     "package": ({"image": "contract"}, {"model": {"path": "table"}}),
