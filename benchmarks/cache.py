@@ -42,13 +42,19 @@ steps:
 """
 
 
+class Failed(Exception):
+    pass
+
+
 def timed(cmd: list, cwd: Path, env: dict | None = None) -> tuple[float, str]:
     started = time.perf_counter()
     proc = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True,
                           env={**os.environ, **(env or {})})
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
-        sys.exit(f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        print(f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr[-3000:]}",
+              file=sys.stderr)
+        raise Failed(f"{Path(str(cmd[0])).name} exited {proc.returncode}")
     return seconds, proc.stdout
 
 
@@ -178,15 +184,24 @@ def main() -> int:
                 tag = f"{n}-{remote}"
                 if remote == "dir":
                     mb_url, dvc_url, options, env = str(work / f"mb-remote-{tag}"), str(work / f"dvc-remote-{tag}"), {}, {}
-                else:
-                    mb_url = f"s3://modelbuild-bench/{tag}?endpointurl={endpoint}"
-                    dvc_url, options, env = f"s3://dvc-bench/{tag}", {"endpointurl": endpoint}, S3_ENV
+                else:  # long read timeouts for both: moto assembles a 1 GiB multipart upload slowly, and a
+                    # client that gives up and retries meets a moto bug (the upload is already complete)
+                    mb_url = f"s3://modelbuild-bench/{tag}?endpointurl={endpoint}&read_timeout=900"
+                    dvc_url, options, env = f"s3://dvc-bench/{tag}", {"endpointurl": endpoint,
+                                                                      "read_timeout": "900"}, S3_ENV
                 print(f"{name} / {remote}: modelbuild ...", file=sys.stderr)
-                mb = run_modelbuild(store, recipe, steps, mb_url, work, tools, env, cwd)
+                try:
+                    mb = run_modelbuild(store, recipe, steps, mb_url, work, tools, env, cwd)
+                except Failed as e:
+                    rows.append((name, remote, 0, 0, str(e), None))
+                    continue
                 folders = mb.pop("folders")
                 size = size_of(folders)
                 print(f"{name} / {remote}: dvc ...", file=sys.stderr)
-                dvc = run_dvc(dvc_workspace(work, tag, folders, tools, dvc_url, options), tools, env)
+                try:
+                    dvc = run_dvc(dvc_workspace(work, tag, folders, tools, dvc_url, options), tools, env)
+                except Failed as e:
+                    dvc = str(e)
                 rows.append((name, remote, size, len(folders), mb, dvc))
                 print(f"{name} / {remote}: {size / 1e6:.1f} MB, modelbuild {mb}, dvc {dvc}", file=sys.stderr,
                       flush=True)
@@ -203,6 +218,10 @@ def print_table(rows) -> None:
     print("|---|---|---:|---|---|---:|---|---|---:|")
     for name, remote, size, count, mb, dvc in rows:
         mbytes = size / 1e6
+        if isinstance(mb, str) or isinstance(dvc, str):
+            print(f"| {name} ({count} artifacts) | {remote} | {mbytes:.1f} | modelbuild: {mb if isinstance(mb, str) else 'ok'}; "
+                  f"DVC: {dvc if isinstance(dvc, str) else 'ok'} | | | | | |")
+            continue
         print(f"| {name} ({count} artifacts) | {remote} | {mbytes:.1f} | {mb['push']:.2f} / {dvc['push']:.2f} | "
               f"{mb['noop']:.2f} / {dvc['noop']:.2f} | {mb['noop'] / dvc['noop']:.2f} | "
               f"{mb['pull']:.2f} / {dvc['pull']:.2f} | {mbytes / mb['pull']:.0f} / {mbytes / dvc['pull']:.0f} | "

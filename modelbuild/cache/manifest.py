@@ -36,13 +36,19 @@ def public_of(secret_line: str, where: str) -> str:
     return f"{name}:{_b64(_raw(secret.public_key()))}"
 
 
-def load_secret(line: str, where: str):
-    """(name, Ed25519PrivateKey) from a secret key file's text."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+def check_secret(line: str, where: str) -> tuple[str, bytes]:
+    """The secret key's name and bytes, refused before anything is pushed when the file is not a key."""
     name, raw = _split(line.strip(), where, "secret key")
     if len(raw) not in (32, 64):
         raise UsageError(f"{where} is not a modelbuild secret key (NAME:BASE64 of 64 bytes, as `modelbuild key "
                          "generate` writes): generate one with `modelbuild key generate NAME`")
+    return name, raw
+
+
+def load_secret(line: str, where: str):
+    """(name, Ed25519PrivateKey) from a secret key file's text."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    name, raw = check_secret(line, where)
     return name, Ed25519PrivateKey.from_private_bytes(raw[:32])
 
 
@@ -63,7 +69,8 @@ def _split(line: str, where: str, what: str) -> tuple[str, bytes]:
     except (binascii.Error, ValueError):
         raw = b""
     if not sep or not name or not raw:
-        raise UsageError(f"{where}: {line[:40]!r} is not a {what}: expected NAME:BASE64, as `modelbuild key "
+        shown = "its content" if what == "secret key" else repr(line[:60])  # a secret is never echoed
+        raise UsageError(f"{where}: {shown} is not a {what}: expected NAME:BASE64, as `modelbuild key "
                          "generate` writes")
     return name, raw
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import HashMismatch, UsageError
 from ..hashing import hash_file, hash_tree
 from ..store import Store
-from .manifest import VERSION, encode, sign
+from .manifest import VERSION, check_secret, encode, sign
 from .remote import Remote
 
 
@@ -46,6 +46,7 @@ def closure(store: Store, roots: list[tuple[Path, str]]) -> list[tuple[Path, str
 
 def push(store: Store, remote: Remote, secret: str, secret_where: str, items: list[tuple[Path, str]]) -> PushReport:
     report = PushReport()
+    check_secret(secret, secret_where)
     remote.create()
     present = remote.has_manifests([key for _, key in items])
     todo = [(p, k) for (p, k), there in zip(items, present, strict=True) if not there]

@@ -151,7 +151,7 @@ def open_fs(url: str, project_dir: Path):
     """(a dvc-objects FileSystem, the cache's root path on it) for URL, as DVC opens that remote: a DVC
     remote by name through DVC's own config; a URL through the file system DVC registers for its scheme."""
     parts = urlsplit(url)
-    options = {k: {"true": True, "false": False}.get(v.lower(), v) for k, v in parse_qsl(parts.query)}
+    options = {k: _option(v) for k, v in parse_qsl(parts.query)}
     try:
         if parts.scheme == "remote":
             from dvc.fs import get_cloud_fs
@@ -175,6 +175,18 @@ def open_fs(url: str, project_dir: Path):
     except Exception as e:  # noqa: BLE001 - DVC's config errors: an unknown option, a bad URL
         raise UsageError(f"the cache {url} cannot be opened: {e}. Give a folder, a URL DVC understands "
                          "(s3://bucket/prefix?endpointurl=...), or remote://NAME for a remote of .dvc/config") from None
+
+
+def _option(value: str):
+    """A remote option from a URL's query, typed as DVC's config would type it (true, 300, 0.5)."""
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _dvc_config(project_dir: Path, name: str) -> dict:

@@ -30,6 +30,16 @@ def test_key_generate_writes_a_private_secret_and_prints_the_public_key(cli, tmp
     assert "exists" in again.stderr and "Traceback" not in again.stderr
 
 
+def test_push_refuses_a_file_that_is_not_a_secret_key_before_writing_anything(built, tmp_path):
+    bad = tmp_path / "bad.secret"
+    bad.write_text("-----BEGIN PRIVATE KEY----- secret material\n")
+    proc = built("push", "recipe.yaml", "--to", tmp_path / "cache", "--secret-key-file", bad, check=2)
+    assert "is not a secret key" in proc.stderr and "secret material" not in proc.stderr
+    assert not (tmp_path / "cache").exists()
+    missing = built("push", "recipe.yaml", "--to", tmp_path / "cache", check=2)
+    assert "--secret-key-file" in missing.stderr
+
+
 def test_ci_clone_with_an_empty_store_substitutes_everything_from_a_directory(built, keys, store_b, tmp_path):
     secret, public = keys
     cache = tmp_path / "cache"
