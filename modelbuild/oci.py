@@ -13,7 +13,6 @@ import gzip
 import hashlib
 import json
 import os
-import shutil
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,6 +214,17 @@ def base_layers(layout: Path, manifest: dict, config: dict, blobs: Path) -> list
         source = blob_path(layout, descriptor["digest"])
         if not source.is_file():
             raise LayoutError(f"{layout}: layer blob {descriptor['digest']} is missing")
-        shutil.copyfile(source, blobs / source.name)
+        _copy_checked(source, blobs / source.name)
         layers.append(Layer({k: descriptor[k] for k in ("mediaType", "digest", "size")}, diff_id))
     return layers
+
+
+def _copy_checked(source: Path, target: Path) -> None:
+    """Copy a blob, refusing one whose content does not match its name (a damaged base)."""
+    sha = hashlib.sha256()
+    with open(source, "rb") as f, open(target, "wb") as out:
+        while chunk := f.read(1 << 20):
+            sha.update(chunk)
+            out.write(chunk)
+    if sha.hexdigest() != source.name:
+        raise LayoutError(f"{source} does not match its digest: the layout is damaged")

@@ -198,3 +198,17 @@ def test_prometheus_scrapes_the_server_metrics_and_the_rules_return_data(deploye
     assert 0.05 < float(results["ModelErrorRateHigh"][0]["value"][1]) < 0.2
     assert results["ModelNoTraffic"] == []  # there is traffic
     assert {r["name"] for r in loaded} == set(exprs) and all(r["health"] == "ok" for r in loaded)
+
+
+@pytest.mark.parametrize("params, key", [
+    ("{repository: registry.example.com/demo:v1}", "params.repository"),
+    ("{name: Demo_Server}", "params.name"),
+    ("{replicas: {min: 5, max: 2}}", "params.replicas"),
+    ("{alerts: {p95_second: 1}}", "params.alerts.p95_second"),
+])
+def test_bad_deploy_params_are_recipe_errors(cli, tiny_base, params, key):
+    shutil.copytree(tiny_base, cli.project / "base")
+    cli.project.write("recipe.yaml", model_recipe(1, DEPLOY.replace(
+        "params: {repository: registry.example.com/demo, replicas: {min: 1, max: 4}}", f"params: {params}")))
+    proc = cli("plan", "recipe.yaml", check=2)
+    assert key in proc.stderr and "deploy" in proc.stderr and "Traceback" not in proc.stderr

@@ -130,3 +130,16 @@ def test_base_that_is_not_an_image_fails_the_step(cli):
     assert "the `base` input is not a usable image" in proc.stderr and "skopeo copy" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list((cli.store / "objects").glob("*-image"))
+
+
+def test_a_damaged_base_layer_is_refused(cli, tiny_base):
+    """A base blob whose bytes do not match its digest would make an image no registry accepts."""
+    shutil.copytree(tiny_base, cli.project / "base")
+    layer = next(p for p in (cli.project / "base/blobs/sha256").iterdir() if p.stat().st_size > 100
+                 and not p.read_bytes().startswith(b"{"))
+    layer.chmod(0o644)
+    layer.write_bytes(layer.read_bytes() + b"tampered")
+    cli.project.write("recipe.yaml", model_recipe(1).replace(
+        "inputs: {model: model}", "inputs: {model: model, base: {path: base}}"))
+    proc = cli("build", "recipe.yaml", check=1)
+    assert "does not match its digest" in proc.stderr and "Traceback" not in proc.stderr
