@@ -13,14 +13,24 @@ import pytest
 import yaml
 from conftest import DEPLOY, model_recipe, need
 
+from tests.conftest import Cli, Project
+
 KUBERNETES = ("1.30.0", "1.33.0", "1.37.0")
 
 
-@pytest.fixture
-def deployed(cli, tiny_base) -> Path:
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_base) -> tuple[Cli, Path]:
+    """One store for the module: the model packaged and deployed once, read by every test here."""
+    root = tmp_path_factory.mktemp("deployed")
+    cli = Cli(Project(root / "project"), root / "store")
     shutil.copytree(tiny_base, cli.project / "base")
     cli.project.write("recipe.yaml", model_recipe(1, DEPLOY))
-    return Path(cli.build()["by_step"]["deploy"]["path"])
+    return cli, Path(cli.build()["by_step"]["deploy"]["path"])
+
+
+@pytest.fixture
+def deployed(built) -> Path:
+    return built[1]
 
 
 def _validate(version: str, *files: Path) -> subprocess.CompletedProcess:
@@ -127,7 +137,10 @@ def test_alert_rules_pass_promtool(deployed, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_diff_of_two_deployments_names_the_model_change(cli, deployed):
+def test_diff_of_two_deployments_names_the_model_change(built, deployed, tmp_path):
+    cli = Cli(built[0].project, built[0].store)
+    cli.project = Project(tmp_path / "project")
+    shutil.copytree(built[0].project, cli.project)
     cli.project.write("recipe.yaml", model_recipe(2, DEPLOY))
     after = Path(cli.build()["by_step"]["deploy"]["path"])
     proc = cli("diff", deployed, after)
@@ -135,8 +148,8 @@ def test_diff_of_two_deployments_names_the_model_change(cli, deployed):
     assert "WEIGHT" not in proc.stdout and '1}' in proc.stdout and '2}' in proc.stdout
 
 
-def test_why_depends_goes_through_the_image(cli, deployed):
-    proc = cli("why-depends", "demo:deploy", "demo:model")
+def test_why_depends_goes_through_the_image(built):
+    proc = built[0]("why-depends", "demo:deploy", "demo:model")
     lines = proc.stdout.splitlines()
     assert "deploy" in lines[0] and "image (" in lines[1] and "model (" in lines[2]
 
