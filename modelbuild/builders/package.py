@@ -13,8 +13,9 @@ Output layout::
 Every byte follows from the inputs: tar entries sorted, owned by 0:0, dated 1970; gzip without a date; JSON
 canonical. So two stores that build the same recipe get the same manifest digests (`build --check` holds).
 
-Inputs: `model` (any artifact: its files, without the store's .meta.json, become /models; a trimmed,
-reproducible lineage is written as /models/.modelbuild.json); `base` (optional: an OCI layout, as a Source
+Inputs: `model` (any artifact: its files become /models, and its lineage record /models/.meta.json with only
+the fields that are the same in every store: digest, derivation, recipe, step, git revision; `modelbuild serve
+/models` checks the files against that digest before serving); `base` (optional: an OCI layout, as a Source
 or another step's output, whose image the images are built on: a Python for the server image, e.g.
 `skopeo copy docker://python:3.11-slim oci:base:3.11`); `wheels` (optional: a folder of .whl files installed
 into the server image, e.g. `pip download -d wheels modelbuild[serve]`), both hashed by content like any input.
@@ -27,6 +28,7 @@ import zipfile
 from pathlib import Path
 
 from ..errors import BuildError, RecipeError, did_you_mean
+from ..hashing import META_FILE
 from .base import Builder, Param
 
 INPUTS = ("model", "base", "wheels")
@@ -100,8 +102,8 @@ class Package(Builder):
                                  f"with `skopeo copy docker://python:3.11-slim oci:DIR:3.11`") from None
             platform = {k: config[k] for k in ("architecture", "os") if k in config}
             base_config = config.get("config") or {}
-        models = oci.tree_files(model, "models", exclude=(".meta.json",))
-        models["models/.modelbuild.json"] = json.dumps(lineage, sort_keys=True, indent=2).encode()
+        models = oci.tree_files(model, "models", exclude=(META_FILE,))
+        models[f"models/{META_FILE}"] = json.dumps(lineage, sort_keys=True, indent=2).encode()
         model_layer = oci.write_layer(blobs, models, dirs=("models",))
         images = [oci.Image(base + [model_layer], {**base_config, "Labels": {**base_config.get("Labels", {}),
                                                                               **labels}},

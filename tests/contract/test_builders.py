@@ -44,6 +44,8 @@ CASES = {
     "tune": ({"target": "python", "space": {"x": {"choice": [0.1, 0.9]}}, "objective": {"metric": "loss"},
               "optimizer": "grid"}, {}),
     "package": ({"image": "contract"}, {"model": {"path": "table"}}),
+    # built from a package with a server image, which needs a base layout: tests/deploy builds it
+    "deploy": ({"repository": "registry.example.com/contract"}, {"image": {"path": "table"}}),
 }
 
 # Built and read back here (seconds each); the rest (torch and transformers builders) have their own tests.

@@ -42,15 +42,17 @@ def test_model_layer_is_models_folder_with_fixed_owners_and_times(cli, tmp_path)
     with tarfile.open(out / "oci" / "blobs" / "sha256" / layer.partition(":")[2]) as tar:
         members = tar.getmembers()
     names = [m.name for m in members]
-    assert names == ["models", "models/weights", "models/.modelbuild.json", "models/weights/model.json"]
+    assert names == ["models", "models/weights", "models/.meta.json", "models/weights/model.json"]
     assert {(m.uid, m.gid, m.mtime, m.uname) for m in members} == {(0, 0, 0, "")}
     subprocess.run(["umoci", "unpack", "--image", f"{out}/oci:modelcar", tmp_path / "bundle"], check=True,
                    capture_output=True, timeout=120)
     rootfs = tmp_path / "bundle" / "rootfs"
     assert json.loads((rootfs / "models/weights/model.json").read_text()) == {"w": 1}
-    lineage = json.loads((rootfs / "models/.modelbuild.json").read_text())
+    lineage = json.loads((rootfs / "models/.meta.json").read_text())
     assert lineage["step"] == "model"
     assert lineage["digest"] == json.loads((out / "image.json").read_text())["model_digest"]
+    from modelbuild.hashing import hash_tree
+    assert hash_tree(rootfs / "models").digest == lineage["digest"]  # what `modelbuild serve /models` checks
 
 
 def test_a_changed_model_changes_the_image(cli):
