@@ -160,19 +160,29 @@ def _read_secret(path: str) -> str:
 def _built_steps(args, recipe_file: str, store) -> list:
     """A recipe's steps as last built in this store (their roots: what `build` just made or found), so a push
     needs no planning; the steps never built here are named."""
-    from .recipe import load_recipe
-    recipe = load_recipe(recipe_file, _overrides(args))
+    name, steps = _names(args, recipe_file)
     for t in args.target or []:
-        if t not in recipe.steps:
+        if t not in steps:
             raise UsageError(f"--target {t}: the recipe {recipe_file} has no step '{t}'"
-                             f"{errors.did_you_mean(t, recipe.steps)}; its steps are {', '.join(recipe.order)}")
-    steps = recipe.closure(args.target) if args.target else recipe.order
-    roots = {step: store.get_root(f"{recipe.name}:{step}") if store.exists() else None for step in steps}
+                             f"{errors.did_you_mean(t, steps)}; its steps are {', '.join(steps)}")
+    roots = {step: store.get_root(f"{name}:{step}") if store.exists() else None for step in args.target or steps}
     missing = [step for step, root in roots.items() if not (root and root[1])]
     if missing:
         print(f"note: not pushed, never built in this store: {', '.join(missing)} (build {recipe_file} first)",
               file=sys.stderr)
-    return [(root[0], root[1]) for root in roots.values() if root and root[1]]
+    return [(root[0], root[1]) for root in roots.values() if root and root[1]]  # push adds what they need
+
+
+def _names(args, recipe_file: str) -> tuple[str, list[str]]:
+    """The recipe's name and steps. A plain recipe (no Hydra defaults, no overrides) is only parsed, not
+    composed: composing is most of a no-op push's time."""
+    from .recipe import _parse, _read_text, load_recipe
+    data = _parse(_read_text(Path(recipe_file)), recipe_file)
+    if (not args.overrides and isinstance(data, dict) and "defaults" not in data and isinstance(data.get("name"), str)
+            and "${" not in data["name"] and isinstance(data.get("steps"), dict)):
+        return data["name"], [str(s) for s in data["steps"]]
+    recipe = load_recipe(recipe_file, _overrides(args))
+    return recipe.name, list(recipe.order)
 
 
 def cmd_key(args) -> int:
