@@ -39,8 +39,8 @@ import sys
 import time
 
 WARM_ENV = "MODELBUILD_WARM"
-LIGHT = ("modelbuild.worker",)
-TORCH = ("torch", "lightning", "modelbuild.worker", "modelbuild.training.loop")
+LIGHT = ("modelbuild.worker", "pyarrow", "pyarrow.parquet")  # the data builders' tables
+TORCH = (*LIGHT, "numpy", "torch", "lightning", "modelbuild.training.loop", "modelbuild.training.tabular")
 
 
 def enabled() -> bool:
@@ -49,7 +49,7 @@ def enabled() -> bool:
 
 def import_set(env_packages) -> tuple[str, ...]:
     """What a builder's zygote imports, from the packages it declares: torch and Lightning for those that
-    train, the worker alone otherwise (two zygotes at most, rather than one per builder)."""
+    train, the worker and pyarrow otherwise (two zygotes at most, rather than one per builder)."""
     return TORCH if "torch" in env_packages else LIGHT
 
 
@@ -89,15 +89,14 @@ class WarmProcess:
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        """Signal the job's whole process group (what it started too), unless it has already exited."""
-        if self.poll() is not None:
-            return
+        """Signal the job's whole process group: what it started too, even once the job itself has exited (a
+        shell's background child lives on in its group)."""
         if self.pid is None:
             self._signal = sig
-        elif self._plain is not None:
-            _killpg(self.pid, sig)
+        elif self._plain is None and self.poll() is None:
+            self._zygote.signal(self.pid, sig)  # the zygote knows it has not reaped it: no pid-reuse race
         else:
-            self._zygote.signal(self.pid, sig)
+            _killpg(self.pid, sig)
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
@@ -256,7 +255,8 @@ def _plain(module: str, args: list[str], env: dict, cwd: str, output: str | None
 
 
 def die_with_parent() -> None:
-    """SIGKILL this process when its parent dies (Linux): a job outlives neither its zygote nor its client."""
+    """SIGKILL this process when its parent dies (Linux): a job outlives neither its zygote nor its client
+    (what the job started is in its process group, which the zygote or the client kills)."""
     import ctypes
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -287,7 +287,7 @@ def serve(fd: int, modules: list[str]) -> None:
     import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's to forward, job by job
-    die_with_parent()
+    # no PR_SET_PDEATHSIG here: when the client dies the socket closes, and the zygote kills its jobs' groups
     sock = socket.socket(fileno=fd)
     for name in modules:
         try:
