@@ -134,7 +134,7 @@ def cmd_push(args) -> int:
     remote = Remote(conf.push_to, conf.project_dir)
     try:
         report = push(store, remote, secret, conf.secret_key_file, items)
-    except Unreachable as e:
+    except (Unreachable, FileNotFoundError) as e:  # a dead endpoint, a missing bucket
         raise errors.StoreUnavailable(f"the cache {conf.push_to} cannot be reached ({e}): nothing was published; "
                                       "check the URL and credentials and push again") from None
     if args.json:

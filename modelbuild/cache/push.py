@@ -1,17 +1,22 @@
 """Publishing artifacts to a cache: files first, manifests last, inputs before what uses them.
 
 A manifest already in the cache means its files are there too (it was published after them), so a push of
-what the cache has costs one existence check per artifact and reads no file. Concurrent pushes of one key
-are safe: files are content-addressed and each upload appears whole; the manifest is replaced whole.
+what the cache has costs one existence check per artifact and reads no file. As Nix remembers what a binary
+cache has (its positive narinfo cache), a store remembers for a day which keys it saw published at a cache
+URL, so pushing again asks the cache nothing; a wrong memory costs only a cache miss, never a wrong artifact.
+Concurrent pushes of one key are safe: files are content-addressed and each upload appears whole; the
+manifest is replaced whole.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import HashMismatch, UsageError
-from ..hashing import hash_file, hash_tree
+from ..hashing import hash_bytes, hash_file, hash_tree
 from ..store import Store
 from .manifest import VERSION, check_secret, encode, sign
 from .remote import Remote
@@ -47,8 +52,13 @@ def closure(store: Store, roots: list[tuple[Path, str]]) -> list[tuple[Path, str
 def push(store: Store, remote: Remote, secret: str, secret_where: str, items: list[tuple[Path, str]]) -> PushReport:
     report = PushReport()
     check_secret(secret, secret_where)
-    remote.create()
-    present = remote.has_manifests([key for _, key in items])
+    memo = store.root / "cache" / "pushed" / hash_bytes(remote.url)
+    known = [_remembered(memo, key) for _, key in items]
+    ask = [key for (_, key), seen in zip(items, known, strict=True) if not seen]
+    if ask:
+        remote.create()
+    answers = iter(remote.has_manifests(ask) if ask else [])
+    present = [seen or next(answers) for seen in known]
     todo = [(p, k) for (p, k), there in zip(items, present, strict=True) if not there]
     report.present = [(k, p) for (p, k), there in zip(items, present, strict=True) if there]
     manifests, uploads = [], {}
@@ -63,7 +73,28 @@ def push(store: Store, remote: Remote, secret: str, secret_where: str, items: li
         signed = sign(manifest, secret, secret_where)
         remote.put_bytes(remote.manifest_path(key), encode(signed))
         report.pushed.append((key, path))
+    _remember(memo, [key for _, key in items])
     return report
+
+
+MEMORY_SECONDS = 24 * 3600
+
+
+def _remembered(memo: Path, key: str) -> bool:
+    try:
+        return time.time() - os.stat(memo / key).st_mtime < MEMORY_SECONDS
+    except OSError:
+        return False
+
+
+def _remember(memo: Path, keys: list[str]) -> None:
+    """Note that the cache has these keys (best effort: a store that cannot take the note just asks again)."""
+    try:
+        memo.mkdir(parents=True, exist_ok=True)
+        for key in keys:
+            (memo / key).touch()
+    except OSError:
+        pass
 
 
 def _manifest(store: Store, path: Path, key: str) -> tuple[dict, dict[str, Path]]:

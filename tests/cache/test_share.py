@@ -58,6 +58,9 @@ def test_ci_clone_with_an_empty_store_substitutes_everything_from_a_directory(bu
 
     again = json.loads(built("push", "recipe.yaml", "--to", cache, "--secret-key-file", secret, "--json").stdout)
     assert again["pushed"] == [] and len(again["present"]) == 2 and again["files"] == 0
+    # store B never pushed there: it asks the cache, which has everything
+    from_b = json.loads(store_b("push", "recipe.yaml", "--to", cache, "--secret-key-file", secret, "--json").stdout)
+    assert from_b["pushed"] == [] and len(from_b["present"]) == 2
 
 
 def test_require_cached_fails_with_exit_8_naming_the_step_no_cache_has(built, keys, store_b, tmp_path):
