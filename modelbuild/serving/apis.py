@@ -147,7 +147,7 @@ class _LanguageModel(_Model):
         config = self.net.config
         self.positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
-    def stream(self, prompt: str, context: dict):
+    def generate(self, prompt: str, context: dict):
         self.batch_sizes.observe(1)
         from .generate import stream_text
 
@@ -162,12 +162,12 @@ class ChatAPI(_LanguageModel):
     def predict(self, request, context):
         messages = [{"role": m.role, "content": m.content if isinstance(m.content, str) else ""}
                     for m in request.messages]
-        yield from self.stream(self.prompt_format(self.tok, messages), context)
+        yield from self.generate(self.prompt_format(self.tok, messages), context)
 
 
 class CompletionAPI(_LanguageModel):
     """`/v1/completions`, streaming or not (CompletionSpec)."""
 
     def predict(self, request, context):
-        yield from self.stream(request.prompt, context)
+        yield from self.generate(request.prompt, context)
 

@@ -46,7 +46,7 @@ def find(target: str, store_root: Path) -> Servable:
         have = ", ".join(sorted(p.name for p in folder.iterdir() if p.name != META)[:6]) or "nothing"
         raise UsageError(f"{target}: {step} is not a model that can be served: it holds {have}. Serve "
                          f"{WHAT_CAN_BE_SERVED}, e.g. `modelbuild serve quickstart:model`")
-    digest = meta.get("digest") or folder.name.split("-", 1)[0]
+    digest = meta.get("digest") or _content_digest(folder)
     return Servable(folder.absolute(), digest, name, task, meta)
 
 
@@ -71,6 +71,13 @@ def _verify_folder(folder: Path) -> None:
         raise HashMismatch(f"the model folder {folder} does not match the digest its lineage record names "
                            f"({meta['digest']}; its content hashes to {digest}): it was changed after it was "
                            "built. Copy the artifact again from the store, or rebuild it")
+
+
+def _content_digest(folder: Path) -> str:
+    """A folder with no lineage record is named by its content, as the store would name it."""
+    from ..hashing import hash_tree
+
+    return hash_tree(folder).digest
 
 
 def _read(path: Path) -> dict:

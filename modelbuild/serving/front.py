@@ -35,7 +35,7 @@ class Front:
         given = headers.get("x-request-id", "")
         rid = given if SANE_ID.fullmatch(given) else uuid.uuid4().hex
         state = {"status": 500, "body": bytearray()}
-        label = route if route in (*LOGGED_ROUTES, *OPEN_ROUTES, "/feedback") else "other"
+        label = route if route in (*LOGGED_ROUTES, *OPEN_ROUTES, "/feedback", "/info") else "other"
         scope.setdefault("state", {})["request_id"] = rid
 
         async def reply(message):
@@ -47,7 +47,9 @@ class Front:
                 state["body"] += message.get("body", b"")[:MAX_LOGGED]
             await send(message)
 
-        self.metrics.in_flight.inc()
+        counted = route not in OPEN_ROUTES  # a probe or a scrape is not load
+        if counted:
+            self.metrics.in_flight.inc()
         body = b""
         try:
             refusal = self._refuse(route, headers)
@@ -62,7 +64,8 @@ class Front:
             await self.app(scope, _replay(body, receive) if scope["method"] == "POST" else receive, reply)
         finally:
             seconds = time.perf_counter() - started
-            self.metrics.in_flight.dec()
+            if counted:
+                self.metrics.in_flight.dec()
             self.metrics.requests.labels(label, str(state["status"])).inc()
             self.metrics.latency.labels(label).observe(seconds)
             if route in LOGGED_ROUTES:

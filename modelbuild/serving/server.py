@@ -130,9 +130,9 @@ def _litserver(model: Servable, opts: Options):
         lit_apis = [apis.TextClassifierAPI(**common, max_batch_size=opts.max_batch_size,
                                            batch_timeout=opts.batch_timeout)]
     else:
-        from .prompts import prompt_format
+        from .prompts import PromptFormat
 
-        fmt = prompt_format(model.meta)
+        fmt = PromptFormat(model.meta)
         lit_apis = [apis.ChatAPI(**common, prompt_format=fmt, spec=ls.OpenAISpec()),
                     apis.CompletionAPI(**common, prompt_format=fmt, spec=CompletionSpec())]
     return ls.LitServer(lit_apis, accelerator="cpu" if not _cuda() else "auto", devices=1, timeout=opts.timeout,

@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -26,7 +27,7 @@ class Served:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+                line = self.lines.get(timeout=0.5)
             except queue.Empty:
                 line = None
             if line and READY.search(line):
@@ -70,3 +71,4 @@ class Served:
                 self.stop()
             else:
                 self.proc.kill()
+                print("".join(self.err)[-6000:], file=sys.stderr)  # the server's side of the failure
