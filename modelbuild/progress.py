@@ -67,6 +67,10 @@ class LiveReporter:
         self.live.update(self._table(states))
         self.live.stop()
 
+    def note(self, text: str) -> None:
+        """A line above the live table (a search's trials, say)."""
+        self.console.print(text, markup=False, highlight=False)
+
 
 class PlainReporter:
     """One line per change of a step's state (stderr), for logs and CI."""
@@ -88,6 +92,10 @@ class PlainReporter:
 
     def finish(self, states):
         self.update(states)
+
+    def note(self, text: str) -> None:
+        """A line of its own between the steps' lines (a search's trials, say)."""
+        print(text, file=self.stream, flush=True)
 
 
 def reporter_for(json_output: bool):

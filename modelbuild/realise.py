@@ -2,30 +2,26 @@
 
 Keys are computed from the content of the inputs, so a step can only be planned exactly once its inputs
 are built; a rebuilt input with identical bytes leaves everything downstream cached (early cutoff).
-Each build runs in a worker process (`modelbuild.worker`); up to `jobs` run at once.
+Each step is resolved into a job (`derivation.resolve`) and submitted to an executor (modelbuild/executors.py;
+by default worker processes on this machine, up to `jobs` at once). A builder that runs jobs of its own
+before its build (tune's trials) is moved on here too, through the same executor.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import errors, persist
 from .derivation import Input, Job, derivation_key, explain, resolve
 from .errors import BuildError, HashMismatch, ModelbuildError
+from .executors import Handle, LocalExecutor
 from .recipe import Recipe, Source, Step
 from .resolved import ResolvedSource
 from .sources import fixed_output_key
 from .sources import resolve as resolve_source
 from .store import Store
-from .tune import best_trial, describe, is_tune, start_search
 
 FINAL = ("cached", "substituted", "built", "failed", "skipped")
 DONE = ("cached", "substituted", "built")  # an artifact to use: in the store, fetched from a cache, or built
@@ -62,12 +58,14 @@ class StepState:
 
 class Realiser:
     def __init__(self, store: Store, recipe: Recipe, *, jobs: int = 1, keep_going: bool = False,
-                 check: bool = False, reporter=None, substituter=None, require_cached: bool = False):
+                 check: bool = False, reporter=None, substituter=None, require_cached: bool = False,
+                 executor=None):
         self.store, self.recipe = store, recipe
         if store.exists():  # code hashes and the distributions' map, kept between runs (persist.py)
             persist.configure(store.root / "cache")
         self.jobs, self.keep_going, self.check = max(1, jobs), keep_going, check
         self.reporter = reporter
+        self.executor = executor or LocalExecutor(store, self.jobs)
         self.substituter, self.require_cached = substituter, require_cached  # modelbuild/cache
         self.sources: dict[tuple[str, str], ResolvedSource] = {}
         self.prepared: dict[str, Job] = {}
@@ -116,8 +114,9 @@ class Realiser:
     def _step_input(self, step: Step, name: str, ref: str, up: StepState) -> Input:
         """An upstream step's artifact as an input; a tune step's stands for its best trial's artifact."""
         path, key, via, refs = up.path, up.key, {}, ()
-        if is_tune(self.recipe.steps[ref]):
-            path, key = best_trial(self.store, up.path)
+        upstream = self.recipe.steps[ref].builder
+        if upstream.runs_jobs:  # a tune step's artifact stands for its best trial's
+            path, key = upstream.stand_in(self.store, up.path)
             via, refs = {"tune": self.store.rel(up.path)}, (str(up.path),)
         self._check_input(step, name, ref, path)
         lineage = {"kind": "step", "step": ref, "key": key, "path": self.store.rel(path), **via}
@@ -135,12 +134,12 @@ class Realiser:
     def _damaged_trial(self, step: Step, path: Path) -> Path | None:
         """A tune step's artifact is only as sound as its best trial, which is what its consumers read:
         that trial when it is damaged or missing, else None."""
-        if not is_tune(step):
+        if not step.builder.runs_jobs:
             return None
-        trial, _ = best_trial(self.store, path)
+        trial, _ = step.builder.stand_in(self.store, path)
         return None if self.store.check_artifact(trial) else trial
 
-    def _cached(self, key: str, repair: bool = True) -> Path | None:
+    def cached(self, key: str, repair: bool = True) -> Path | None:
         """A trace hit whose artifact is intact; a damaged artifact is moved aside so it gets rebuilt
         (unless `repair` is off: a dry run changes nothing)."""
         if not self.store.exists():
@@ -192,11 +191,11 @@ class Realiser:
                                if isinstance(r, Source) and (name, n) not in self.sources]
                 continue
             st.key = prepared.key
-            st.path = self._cached(prepared.key, repair=False)
+            st.path = self.cached(prepared.key, repair=False)
             trial = st.path and self._damaged_trial(step, st.path)
             if trial:
                 st.status = "build"
-                st.reasons = self._trial_reason(trial, st.path, repair=False) + describe(self, step, prepared)
+                st.reasons = self._trial_reason(trial, st.path, repair=False) + step.builder.describe(self, step, prepared)
                 st.path = None
             elif st.path is not None:
                 st.status = "cached"
@@ -211,8 +210,7 @@ class Realiser:
             else:
                 st.status = "build"
                 st.reasons = self._why(name, prepared.drv)
-                if is_tune(step):
-                    st.reasons += describe(self, step, prepared)
+                st.reasons += step.builder.describe(self, step, prepared)
         return [states[n] for n in self.recipe.closure(targets or self.recipe.order)]
 
     # ---- build -------------------------------------------------------------------------------------
@@ -250,7 +248,7 @@ class Realiser:
                 self._poll_progress(states, running)
                 self._report("update", [states[n] for n in order])
                 if not progressed:
-                    time.sleep(0.01)
+                    self.executor.wait_any(self._handles(running), timeout=0.01)
         except KeyboardInterrupt:
             self._interrupt(running)
             raise
@@ -283,7 +281,7 @@ class Realiser:
                 return "failed"
             st.key, self.prepared[name] = prepared.key, prepared
             self.store.write_drv(prepared.key, prepared.drv)
-            st.path = self._cached(prepared.key)
+            st.path = self.cached(prepared.key)
             try:
                 substituted = st.path is None and self._substitute(st)
             except ModelbuildError as e:  # a cache offered an untrustworthy artifact: refused (exit 5)
@@ -306,12 +304,12 @@ class Realiser:
             st.status, st.error = "failed", {"type": "NotCached", "message": f"step '{name}' is in no cache and would "
                                              f"have to be built ({'; '.join(st.reasons)}); --require-cached builds nothing"}
             return "failed"
-        if len(running) >= self.jobs:
+        if self.executor.free() <= 0:
             return "wait"
-        prepared, cached = self.prepared[name], st.path
-        mode = "check" if cached else "build"
-        running[name] = (start_search(self, step, st, prepared, mode, running) if is_tune(step)  # trials first
-                         else self._launch(step, st, prepared, mode=mode))
+        job, expect = self.prepared[name], st.path  # expect: `build --check` rebuilds a cached step to compare
+        # here a job that is not cached (or is checked) is about to be submitted
+        running[name] = (step.builder.start(self, step, job, expect) if step.builder.runs_jobs
+                         else self.executor.submit(job, expect=expect))
         st.status, st.started = "running", time.time()
         return "running"
 
@@ -331,70 +329,57 @@ class Realiser:
         if key and not (hit and self.store.check_artifact(hit[0])):
             self.substituter.substitute(key)
 
-    def _launch(self, step: Step, st: StepState, p: Job, mode: str) -> dict:
-        from .worker import Run
-        jobs_dir = self.store.tmp / "jobs"
-        jobs_dir.mkdir(parents=True, exist_ok=True)
-        job_id = uuid.uuid4().hex
-        run = Run(str(self.store.root), p, mode, str(st.path) if st.path else None,
-                  str(jobs_dir / f"{job_id}.result.json"), str(jobs_dir / f"{job_id}.progress.json"))
-        job = {"step": p.step, "key": p.key, "result": run.result, "progress": run.progress}
-        job_file = jobs_dir / f"{job_id}.job.json"
-        job_file.write_text(json.dumps(run.to_json()))
-        proc = subprocess.Popen([sys.executable, "-m", "modelbuild.worker", str(job_file)],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        return {"proc": proc, "job": job, "file": job_file, "mode": mode}
+    def _outcome(self, task) -> dict | None:
+        """A running step's result once it is over: a job's (its files then go), or a search's."""
+        if isinstance(task, Handle):
+            if not task.done():
+                return None
+            result = task.result()
+            self.executor.release(task)
+            return result
+        return task.advance()
 
     def _collect(self, states, running) -> bool:
-        done = [n for n, r in running.items() if r["proc"].poll() is not None]
-        for name in done:
-            run = running.pop(name)
+        progressed = False
+        for name, task in list(running.items()):
+            result = self._outcome(task)
+            if result is None:
+                continue
+            progressed = True
+            del running[name]
             st = states[name]
-            result = self._read_result(run)
+            checking = st.path is not None
             st.seconds = result.get("seconds", time.time() - (st.started or time.time()))
             if "error" in result:
                 st.status, st.error = "failed", result["error"]
                 if result.get("kept"):
                     st.path, st.kept = Path(result["path"]), True
-            elif run["mode"] == "check":
+            elif checking:
                 st.status, st.differences, st.check = "cached", result["differences"], result.get("check")
             else:
                 st.status, st.path = result["status"], Path(result["path"])
-            for f in (run["file"], Path(run["job"]["result"]), Path(run["job"]["progress"])):
-                f.unlink(missing_ok=True)
-        return bool(done)
-
-    def _read_result(self, run) -> dict:
-        try:
-            return json.loads(Path(run["job"]["result"]).read_text())
-        except (OSError, ValueError):
-            code = run["proc"].returncode
-            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            return {"error": {"type": "BuildError", "message":
-                              f"step '{run['job']['step']}': the build worker {how} before reporting a result "
-                              f"(out of memory, or a crash in a native library). The log is "
-                              f"{self.store.logs / (run['job']['key'] + '.log')}"}}
+        return progressed
 
     def _poll_progress(self, states, running) -> None:
-        for name, run in running.items():
-            try:
-                states[name].progress = json.loads(Path(run["job"]["progress"]).read_text())
-            except (OSError, ValueError):
-                pass
+        for name, task in running.items():
+            states[name].progress = task.progress() or states[name].progress
+
+    @staticmethod
+    def _handles(running) -> list[Handle]:
+        """Every job running: the steps' own, and those of their searches."""
+        return [h for task in running.values() for h in ([task] if isinstance(task, Handle) else task.handles())]
 
     def _interrupt(self, running) -> None:
-        for run in running.values():
-            if run["proc"].poll() is None:
-                run["proc"].send_signal(signal.SIGINT)
-        deadline = time.time() + 10
-        for run in running.values():
-            try:
-                run["proc"].wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                run["proc"].kill()
-                run["proc"].wait()
+        self.executor.interrupt(self._handles(running))
+        for task in running.values():
+            if not isinstance(task, Handle):
+                task.close()
         self.store.clean_tmp()
+
+    def note(self, text: str) -> None:
+        """A line in the build view, between the steps' states (a search's trials)."""
+        if self.reporter is not None:
+            self.reporter.note(text)
 
     def _root(self, name: str, st: StepState) -> None:
         root_name = f"{self.recipe.name}:{name}"

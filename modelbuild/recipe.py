@@ -508,7 +508,9 @@ def check_recipe(data: dict, path: Path) -> Recipe:
     for step_name, spec in steps_data.items():
         steps[str(step_name)] = _check_step(str(step_name), spec, steps_data, path)
     for step in steps.values():
-        step.builder.check_steps(step, steps, file=file)
+        inputs = step.builder.check_steps(step, steps, file=file)
+        if inputs is not None:  # a step that takes other steps' inputs (tune takes its target's)
+            step.inputs = inputs
     recipe = Recipe(name=name, file=path.absolute(), steps=steps, seed=seed)
     recipe.order = _topological_order(steps, file)
     return recipe

@@ -801,6 +801,28 @@ class Store:
         row = self.db.execute("SELECT key, status FROM attempts WHERE name=?", (name,)).fetchone()
         return (row[0], row[1]) if row else None
 
+    # ---- the trial index of tune searches (modelbuild/tune.py) -----------------------------------------------
+    TRIALS_SCHEMA = """CREATE TABLE IF NOT EXISTS tune_trials (search TEXT NOT NULL, seq INTEGER NOT NULL,
+        point TEXT NOT NULL, key TEXT, status TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (search, seq))"""
+
+    def trial_points(self, search: str) -> list[tuple[int, dict]]:
+        """(seq, point) of a search's indexed trials, in order; [] for a store without the index."""
+        if not self.exists():
+            return []
+        try:
+            rows = self.db.execute("SELECT seq, point FROM tune_trials WHERE search=? ORDER BY seq",
+                                   (search,)).fetchall()
+        except sqlite3.OperationalError:  # no such table: no search ever ran on this store
+            return []
+        return [(seq, json.loads(point)) for seq, point in rows]
+
+    def record_trial(self, search: str, seq: int, point: dict, key: str | None, status: str) -> None:
+        """Index a finished trial, so a later run of the search tells it to the optimizer before asking more."""
+        with self.db:
+            self.db.execute(self.TRIALS_SCHEMA)
+            self.db.execute("INSERT OR REPLACE INTO tune_trials VALUES (?,?,?,?,?,?)",
+                            (search, seq, json.dumps(point, sort_keys=True), key, status, time.time()))
+
     def get_root(self, name: str) -> tuple[Path, str | None] | None:
         row = self.db.execute("SELECT path, key FROM roots WHERE name=?", (name,)).fetchone()
         return (self.object_path(row[0], f"the root {name}"), row[1]) if row else None

@@ -5,15 +5,15 @@ is read from a step downstream of the target, a derivation of that step on the t
 and built exactly like a recipe step: cached when its key was ever built, else built by a worker process.
 So a trial is never built twice, whoever built it first.
 
-The search object poses as a worker process to the realiser's loop (`poll`, `send_signal`, `wait`, `kill`,
-`returncode`): each `poll` moves the search on without blocking; once every trial is known, it writes the
-trials into a file and launches an ordinary worker for the tune step itself, whose builder
-(`builders/tune.py`) writes the artifact; from then on `poll` is that worker's.
+The realiser moves a search on through `Search.advance()`: its trials are ordinary jobs submitted to the
+realiser's executor (modelbuild/executors.py), at most `num_workers` at once and only while the executor has a
+free slot. Once every trial is known, it writes the trials into a file and submits the tune step's own job,
+whose builder (`builders/tune.py`) writes the artifact; that job's result is the step's.
 
 Which trials: `grid` and `random` are fixed sequences of points, a function of the space, seed and budget.
 A Nevergrad optimizer asks in rounds of `num_workers` points, told in ask order (so the asks are the same
 whatever `-j` and the order trials finish in). Its finished trials are indexed in trace.sqlite under the
-search's identity (the tune derivation without budget, num_workers and max_failure_rate): a later run of the
+search's identity (Store.trial_points / record_trial; the tune derivation without budget, num_workers and max_failure_rate): a later run of the
 same search (a larger budget, or after a kill) first evaluates those points again (cache hits), tells them
 to the optimizer, and asks only for the rest.
 
@@ -28,11 +28,9 @@ import itertools
 import json
 import math
 import random
-import sqlite3
 import time
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 from .errors import BuildError, ModelbuildError
 
@@ -44,8 +42,6 @@ COMMON_NEVERGRAD = ("NGOpt", "NgIohTuned", "TwoPointsDE", "DE", "CMA", "Diagonal
                     "DiscreteOnePlusOne", "PortfolioDiscreteOnePlusOne", "RandomSearch", "ScrHammersleySearch",
                     "HammersleySearch", "LHSSearch", "TBPSA", "NelderMead", "Cobyla", "Powell")
 SEARCH_PARAMS_OUTSIDE_IDENTITY = ("budget", "num_workers", "max_failure_rate")
-INDEX_SCHEMA = """CREATE TABLE IF NOT EXISTS tune_trials (search TEXT NOT NULL, seq INTEGER NOT NULL,
-    point TEXT NOT NULL, key TEXT, status TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (search, seq))"""
 
 
 # ---- the space -----------------------------------------------------------------------------------------
@@ -182,24 +178,6 @@ def search_identity(drv: dict) -> str:
     return hash_json({**drv, "params": params})
 
 
-def index_rows(store, search: str) -> list[tuple[int, dict]]:
-    """(seq, point) of the indexed trials of a search, in order; [] for a store without the index."""
-    if not store.exists():
-        return []
-    try:
-        rows = store.db.execute("SELECT seq, point FROM tune_trials WHERE search=? ORDER BY seq", (search,)).fetchall()
-    except sqlite3.OperationalError:  # no such table: no tune step ever ran on this store
-        return []
-    return [(seq, json.loads(point)) for seq, point in rows]
-
-
-def _record(store, search: str, seq: int, point: dict, key: str | None, status: str) -> None:
-    with store.db:
-        store.db.execute(INDEX_SCHEMA)
-        store.db.execute("INSERT OR REPLACE INTO tune_trials VALUES (?,?,?,?,?,?)",
-                         (search, seq, json.dumps(point, sort_keys=True), key, status, time.time()))
-
-
 # ---- downstream -----------------------------------------------------------------------------------------------
 def best_trial(store, tune_path: Path) -> tuple[Path, str | None]:
     """The best trial's artifact and key: what a step that takes a tune step as input receives."""
@@ -210,10 +188,6 @@ def best_trial(store, tune_path: Path) -> tuple[Path, str | None]:
         raise BuildError(f"{tune_path} is not a tune artifact with a readable best.json ({e}); move it aside "
                          "with `modelbuild verify` and build again") from None
     return store.object_path(rel, f"the best trial named in {store.rel(tune_path)}/best.json"), key
-
-
-def is_tune(step) -> bool:
-    return bool(getattr(step.builder, "drives_trials", False))
 
 
 # ---- the search ---------------------------------------------------------------------------------------------
@@ -243,108 +217,71 @@ class Trial:
 
 
 class Search:
-    """One tune step's search, moved on by the realiser's loop through `poll()`."""
+    """One tune step's search: the realiser moves it on with `advance()` (never blocking) until it answers
+    with the tune step's result. Trials, and then the tune step's own build (which writes the artifact from
+    the finished trials), are ordinary jobs submitted to the realiser's executor."""
 
-    def __init__(self, realiser, step, st, prepared, mode: str = "build", running: dict | None = None):
+    def __init__(self, realiser, step, job, expect: Path | None = None, mode: str = "build"):
         self.r, self.store, self.recipe = realiser, realiser.store, realiser.recipe
-        self.step, self.st, self.prepared, self.mode = step, st, prepared, mode
-        self.running = running if running is not None else {}
+        self.step, self.job, self.expect, self.mode = step, job, expect, mode
         self.target, self.judge = step.builder.target_step, step.builder.objective_step
         p = step.params
         self.space, self.objective, self.optimizer = p["space"], p["objective"], p["optimizer"]
         self.budget = p["budget"] if p["budget"] is not None else grid_size(self.space)
-        self.search_id = search_identity(prepared.drv)
+        self.search_id = search_identity(job.drv)
         self.trials: list[Trial] = []
-        self.returncode: int | None = None
-        self.final: dict | None = None
-        self.stopping = False
+        self.final = None  # the tune step's own job, once every trial is known
+        self.outcome: dict | None = None
+        self.status = {"done": 0, "total": self.budget, "message": ""}
         self.held = contextlib.ExitStack()  # the search's lock, while this process runs it
         self.started = time.time()
         self.counts = {"built": 0, "cached": 0, "failed": 0}
+        self.steps = None
 
-    # ---- posing as a worker process for the realiser --------------------------------------------------------
-    def start(self) -> dict:
-        jobs_dir = self.store.tmp / "jobs"
-        jobs_dir.mkdir(parents=True, exist_ok=True)
-        jid = uuid.uuid4().hex
-        self.trials_file = jobs_dir / f"{jid}.trials.json"
-        self.run = {"proc": self, "file": jobs_dir / f"{jid}.search.json", "mode": self.mode,
-                    "job": {"step": self.step.name, "key": self.prepared.key,
-                            "result": str(jobs_dir / f"{jid}.result.json"),
-                            "progress": str(jobs_dir / f"{jid}.progress.json")}}
-        self.steps = self._search()
-        return self.run
+    # ---- what the realiser calls ---------------------------------------------------------------------------
+    def advance(self) -> dict | None:
+        """Move the search on as far as it goes without waiting; its step's result once it is over."""
+        if self.outcome is None:
+            try:
+                self._advance()
+            except ModelbuildError as e:
+                self._fail(type(e).__name__, str(e))
+            except Exception as e:  # noqa: BLE001 - a failed search is a failed step, never a crashed build
+                self._fail("BuildError", f"step '{self.step.name}': the search failed: {type(e).__name__}: {e}")
+        return self.outcome
 
-    def poll(self) -> int | None:
-        if self.returncode is not None:
-            return self.returncode
-        if self.final is not None:
-            code = self.final["proc"].poll()
-            if code is not None:
-                self._whole_time()
-                self._done(code)
-            return self.returncode
-        if self.stopping:
-            if not any(t.run["proc"].poll() is None for t in self.trials if t.run):
-                self._done(-2)
-            return self.returncode
-        try:
-            next(self.steps)
-        except StopIteration:
-            pass
-        except ModelbuildError as e:
-            self._fail(type(e).__name__, str(e))
-        except Exception as e:  # noqa: BLE001 - a failed search is a failed step, never a crashed build
-            self._fail("BuildError", f"step '{self.step.name}': the search failed: {type(e).__name__}: {e}")
-        return self.returncode
+    def _advance(self) -> None:
+        if self.final is None:
+            self.steps = self.steps or self._search()
+            next(self.steps, None)
+        elif self.final.done():
+            result = self.final.result()
+            self.r.executor.release(self.final)
+            result["seconds"] = round(time.time() - self.started, 3)  # the whole search's, not its last job's
+            self._done(result)
 
-    def _procs(self) -> list:
-        procs = [t.run["proc"] for t in self.trials if t.run]
-        return procs + ([self.final["proc"]] if self.final else [])
+    def progress(self) -> dict:
+        return self.status
 
-    def send_signal(self, sig) -> None:
-        self.stopping = True
-        for proc in self._procs():
-            if proc.poll() is None:
-                proc.send_signal(sig)
+    def handles(self) -> list:
+        """The jobs this search has running (trials, or its step's own build)."""
+        return [t.run for t in self.trials if t.run] + ([self.final] if self.final else [])
 
-    def wait(self, timeout=None) -> int:
-        deadline = time.time() + (timeout if timeout is not None else 1e9)
-        for proc in self._procs():
-            proc.wait(timeout=max(0.1, deadline - time.time()))  # TimeoutExpired: the realiser kills
-        self._done(self.returncode if self.returncode is not None else -2)
-        return self.returncode
-
-    def kill(self) -> None:
-        for proc in self._procs():
-            if proc.poll() is None:
-                proc.kill()
-
-    def _whole_time(self) -> None:
-        """The step's time in the build view and --json is the whole search's, not only the last worker's."""
-        result = Path(self.run["job"]["result"])
-        try:
-            data = json.loads(result.read_text())
-        except (OSError, ValueError):
-            return
-        data["seconds"] = round(time.time() - self.started, 3)
-        result.write_text(json.dumps(data))
-
-    def _done(self, code: int) -> None:
-        self.returncode = code
+    def close(self) -> None:
+        """Give the search's lock back (after an interrupt, or once it is over)."""
         self.held.close()
-        if hasattr(self, "trials_file"):
-            self.trials_file.unlink(missing_ok=True)
+        getattr(self, "trials_file", Path("/nonexistent")).unlink(missing_ok=True)
+
+    def _done(self, result: dict) -> None:
+        self.outcome = result
+        self.close()
 
     def _fail(self, kind: str, message: str) -> None:
+        for h in self.handles():
+            self.r.executor.cancel(h)
         for t in self.trials:
-            if t.run and t.run["proc"].poll() is None:
-                t.run["proc"].kill()
-                t.run["proc"].wait()
-                self._cleanup(t.run)
-        result = {"error": {"type": kind, "message": message}, "seconds": round(time.time() - self.started, 3)}
-        Path(self.run["job"]["result"]).write_text(json.dumps(result))
-        self._done(1)
+            t.run = None
+        self._done({"error": {"type": kind, "message": message}, "seconds": round(time.time() - self.started, 3)})
 
     # ---- the search itself ------------------------------------------------------------------------------------
     def _search(self):
@@ -361,7 +298,7 @@ class Search:
         if not ok:
             raise BuildError(f"step '{self.step.name}': all {len(self.trials)} trials failed; the first: "
                              f"{self.trials[0].error}")
-        self._launch_final()
+        self._submit_final()
 
     def _seed(self) -> int:
         return self.step.params["seed"]
@@ -369,7 +306,7 @@ class Search:
     def _nevergrad(self):
         import warnings
 
-        rows = index_rows(self.store, self.search_id)
+        rows = self.store.trial_points(self.search_id)
         next_seq = max((seq for seq, _ in rows), default=0) + 1
         self.trials = [Trial(i + 1, point, seq=seq) for i, (seq, point) in enumerate(rows[:self.budget])]
         if self.trials:
@@ -420,9 +357,10 @@ class Search:
                 return
             yield
 
-    def _slots(self) -> int:
-        others = len(self.running) - any(r is self.run for r in self.running.values())
-        return max(1, min(self.step.params["num_workers"], self.r.jobs - others))
+    def _has_slot(self) -> bool:
+        """A trial may start: fewer than num_workers of this search's run, and the executor has a slot."""
+        return (sum(1 for x in self.trials if x.run) < self.step.params["num_workers"]
+                and self.r.executor.free() > 0)
 
     def _move(self, t: Trial) -> bool:
         """Move a trial on as far as it goes without waiting; True once it is finished."""
@@ -430,7 +368,7 @@ class Search:
             return True
         while t.status == "pending":
             if t.run is not None:
-                if t.run["proc"].poll() is None:
+                if not t.run.done():
                     return False
                 self._collect(t)
                 continue
@@ -442,12 +380,12 @@ class Search:
                 self._score(t)
                 break
             try:
-                step, prepared = self._stage(t)
+                job = self._stage(t)
             except ModelbuildError as e:
                 t.status, t.error = "failed", str(e)
                 break
-            t.keys.append(prepared.key)
-            cached = self.r._cached(prepared.key, repair=not planning)
+            t.keys.append(job.key)
+            cached = self.r.cached(job.key, repair=not planning)
             if cached is not None:
                 t.paths.append(cached)
                 t.stage += 1
@@ -455,17 +393,18 @@ class Search:
             if planning:
                 t.status = "to build"
                 return True
-            self.store.write_drv(prepared.key, prepared.drv)
-            if sum(1 for x in self.trials if x.run) >= self._slots():
+            self.store.write_drv(job.key, job.drv)
+            if not self._has_slot():
+                t.keys.pop()
                 return False
-            t.run = self.r._launch(step, SimpleNamespace(path=None), prepared, mode="build")
+            t.run = self.r.executor.submit(job)
             t.built = True
         self._finished(t)
         return True
 
     def _collect(self, t: Trial) -> None:
-        result = self.r._read_result(t.run)
-        self._cleanup(t.run)
+        result = t.run.result()
+        self.r.executor.release(t.run)
         t.run = None
         if "error" in result and not result.get("kept"):
             t.status, t.error, t.interrupted = "failed", result["error"]["message"], bool(result.get("interrupted"))
@@ -473,32 +412,23 @@ class Search:
         t.paths.append(Path(result["path"]))
         t.stage += 1
 
-    @staticmethod
-    def _cleanup(run: dict) -> None:
-        for f in (run["file"], Path(run["job"]["result"]), Path(run["job"]["progress"])):
-            Path(f).unlink(missing_ok=True)
-
     def _stage(self, t: Trial):
-        """The derivation of a trial's next build: the target with the point's params, or the objective
-        step on the trial's artifact."""
+        """The job of a trial's next build: the target with the point's params, or the objective step on the
+        trial's artifact; resolved like any step (derivation.resolve)."""
         from .derivation import Input, resolve
 
-        p = self.prepared
+        inputs_of = self.job.inputs
         if t.stage == 0:
             step = dataclasses.replace(self.target, params=trial_params(self.target, t.point, str(self.recipe.file)))
-            names, prefix = list(self.target.inputs), "target."
-        else:
-            step, names, prefix = self.judge, [n for n, r in self.judge.inputs.items() if r != self.target.name], \
-                "objective."
-        inputs = {n: p.inputs[prefix + n] for n in names}
-        if t.stage == 1:
-            trial = t.paths[0]
-            lineage = {"kind": "step", "step": self.target.name, "key": t.keys[0], "path": self.store.rel(trial),
-                       "tune": self.step.name}
-            for n, r in self.judge.inputs.items():
-                if r == self.target.name:
-                    inputs[n] = Input(trial, "step", trial.name.split("-", 1)[0], lineage, refs=(str(trial),))
-        return step, resolve(step, inputs, self.recipe)
+            return resolve(step, {n: inputs_of["target." + n] for n in self.target.inputs}, self.recipe)
+        inputs = {n: inputs_of["objective." + n] for n, r in self.judge.inputs.items() if r != self.target.name}
+        trial = t.paths[0]
+        lineage = {"kind": "step", "step": self.target.name, "key": t.keys[0], "path": self.store.rel(trial),
+                   "tune": self.step.name}
+        for n, r in self.judge.inputs.items():
+            if r == self.target.name:
+                inputs[n] = Input(trial, "step", trial.name.split("-", 1)[0], lineage, refs=(str(trial),))
+        return resolve(self.judge, dict(sorted(inputs.items())), self.recipe)
 
     def _score(self, t: Trial) -> None:
         metric = self.objective["metric"]
@@ -521,7 +451,7 @@ class Search:
         what = "failed" if t.status == "failed" else ("built" if t.built else "cached")
         self.counts[what] += 1
         if t.seq is not None and not t.interrupted:
-            _record(self.store, self.search_id, t.seq, t.point, t.keys[0] if t.keys else None, t.status)
+            self.store.record_trial(self.search_id, t.seq, t.point, t.keys[0] if t.keys else None, t.status)
         shown = f"{self.objective['metric']} {t.value:.6g}" if t.status == "ok" else t.error.splitlines()[0][:200]
         self._say(f"trial {t.number}/{self.budget} {what} ({shown})")
         failed = self.counts["failed"]
@@ -532,44 +462,34 @@ class Search:
 
     def _progress(self, message: str) -> None:
         done = sum(1 for t in self.trials if t.status != "pending")
-        Path(self.run["job"]["progress"]).write_text(json.dumps({"done": done, "total": self.budget,
-                                                                 "message": message}))
+        self.status = {"done": done, "total": self.budget, "message": message}
 
     def _say(self, text: str) -> None:
-        """A line in the build view (above the live table, or a plain line), and the progress detail."""
-        line = f"tune {self.step.name}: {text}"
+        """A line in the build view (the reporter's note), and the progress detail."""
         self._progress(text)
-        reporter = self.r.reporter
-        if hasattr(reporter, "console"):
-            reporter.console.print(line, markup=False, highlight=False)
-        elif hasattr(reporter, "stream"):
-            print(line, file=reporter.stream, flush=True)
+        self.r.note(f"tune {self.step.name}: {text}")
 
-    def _launch_final(self) -> None:
-        """Hand the trials to an ordinary worker build of the tune step, which writes the artifact."""
+    def _submit_final(self) -> None:
+        """Hand the trials to an ordinary job of the tune step itself, whose builder writes the artifact."""
         data = {"metric": self.objective["metric"], "mode": self.objective["mode"], "optimizer": self.optimizer,
                 "budget": self.budget, "paths": sorted(self.space),
                 "trials": [t.record(self.store) for t in self.trials],
                 "errors": {t.number: t.error for t in self.trials if t.error},
                 "facts": {"trials_built": self.counts["built"], "trials_cached": self.counts["cached"],
                           "trials_failed": self.counts["failed"]}}
+        jobs_dir = self.store.tmp / "jobs"
+        jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.trials_file = jobs_dir / f"{uuid.uuid4().hex}.trials.json"
         self.trials_file.write_text(json.dumps(data))
-        final = self.prepared.with_files({"trials": self.trials_file},
-                                         [str(path) for t in self.trials for path in t.paths])
-        self.final = self.r._launch(self.step, self.st, final, mode=self.mode)
-        Path(self.run["job"]["progress"]).unlink(missing_ok=True)
-        self.run["job"], self.run["file"] = self.final["job"], self.final["file"]
-
-
-def start_search(realiser, step, st, prepared, mode: str, running: dict) -> dict:
-    """The realiser's entry: a run record (as `Realiser._launch` returns) whose `proc` is the search."""
-    return Search(realiser, step, st, prepared, mode, running).start()
+        final = self.job.with_files({"trials": self.trials_file}, [str(path) for t in self.trials for path in t.paths])
+        self.final = self.r.executor.submit(final, expect=self.expect)
+        self._progress("writing the artifact")
 
 
 def describe(realiser, step, prepared) -> list[str]:
     """What `plan` says a tune step will do."""
     p = step.params
-    search = Search(realiser, step, None, prepared, mode="plan")
+    search = Search(realiser, step, prepared, mode="plan")
     what = f"{p['objective']['mode']}imise {p['objective']['metric']}"
     if p["objective"]["step"]:
         what += f" of step {p['objective']['step']}"
@@ -583,7 +503,7 @@ def describe(realiser, step, prepared) -> list[str]:
         cached = sum(1 for t in trials if t.status == "cached")
         return [f"tune: {len(trials)} trials of {step.builder.target_step.name} ({search.optimizer}), {what}: "
                 f"{cached} in the store, {len(trials) - cached} to build"]
-    earlier = len(index_rows(realiser.store, search.search_id)[:search.budget])
+    earlier = len(realiser.store.trial_points(search.search_id)[:search.budget])
     return [f"tune: {search.budget} trials of {step.builder.target_step.name} ({search.optimizer}, "
             f"{p['num_workers']} at a time), {what}: {earlier} earlier trials of this search are evaluated (from "
             f"the store) and told first, {search.budget - earlier} asked"]

@@ -85,6 +85,9 @@ class Builder:
     env: ClassVar[tuple[str, ...]] = ()  # distributions whose versions enter the key
     open_params: ClassVar[bool] = False  # accept params beyond the declared ones (e.g. `python`)
     uses_seed: ClassVar[bool] = False  # the recipe's seed reaches build() and so enters the key
+    # the step runs jobs of its own before build() (tune's trials): the realiser calls start() instead of
+    # submitting the step's job, and a step that takes this one as input receives stand_in()'s artifact
+    runs_jobs: ClassVar[bool] = False
     # build() may be one rank of a distributed job launched outside modelbuild (torchrun, srun): on the other
     # ranks it runs without the lock and commits nothing (worker.run_job)
     distributed: ClassVar[bool] = False
@@ -119,9 +122,11 @@ class Builder:
         """Cheap validation of the step's inputs (name -> upstream step name or Source) against its params,
         before anything runs; raise RecipeError."""
 
-    def check_steps(self, step, steps: dict, *, file: str | None) -> None:
+    def check_steps(self, step, steps: dict, *, file: str | None) -> dict | None:
         """Checks that need the recipe's other steps (name -> Step), run once every step is read and before
-        the build order is fixed; may complete `step` (tune takes its target's inputs). Raise RecipeError."""
+        the build order is fixed; raise RecipeError. Returns the step's inputs where they come from other
+        steps (tune takes its target's), else None."""
+        return None
 
     def metric_names(self, params: dict) -> set[str] | None:
         """The names this builder may write into metrics.json for these params (a tune objective is checked
@@ -134,6 +139,20 @@ class Builder:
 
     def build(self, ctx: BuildContext) -> None:
         raise NotImplementedError
+
+    # ---- only for a builder with runs_jobs ------------------------------------------------------------------
+    def start(self, realiser, step, job, expect: Path | None = None):
+        """Begin the jobs that come before build() (an object with advance(), progress(), handles(), close();
+        see modelbuild/tune.py's Search)."""
+        raise NotImplementedError
+
+    def describe(self, realiser, step, job) -> list[str]:
+        """What `plan` says the step's own jobs will do."""
+        return []
+
+    def stand_in(self, store, path: Path) -> tuple[Path, str | None]:
+        """The artifact (and key) a consumer of this step's artifact `path` receives instead."""
+        return path, None
 
 
 @dataclass

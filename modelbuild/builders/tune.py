@@ -18,8 +18,8 @@ Example::
       builder: ...
       inputs: {model: tuned}                   # the best trial's artifact
 
-The search runs in the realiser (modelbuild/tune.py), which builds each trial as an ordinary derivation; this
-builder only writes the artifact from the finished trials: trials.json, trials.csv, best.json (which names the
+The search (modelbuild/tune.py, begun by `start`) submits each trial as an ordinary job; this builder's build()
+only writes the artifact from the finished trials: trials.json, trials.csv, best.json (which names the
 best trial's artifact: an artifact holds no link to another, so it stays whole when checked) and
 objective.png. See docs/tune.md.
 """
@@ -32,7 +32,7 @@ import math
 import re
 
 from ..errors import RecipeError, did_you_mean
-from ..tune import COMMON_NEVERGRAD, KINDS, OURS, grid_size, set_path
+from ..tune import COMMON_NEVERGRAD, KINDS, OURS, Search, best_trial, describe, grid_size, set_path
 from .base import Builder, Param
 
 PATH_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
@@ -47,7 +47,7 @@ class Tune(Builder):
     name = "tune"
     env = ("nevergrad", "numpy", "matplotlib")
     uses_seed = True
-    drives_trials = True  # the realiser runs the search (modelbuild/tune.py) before build() writes the artifact
+    runs_jobs = True  # the search's trials run (modelbuild/tune.py) before build() writes the artifact
     params = {
         "target": Param("str", required=True, help="the step whose params are searched"),
         "space": Param("dict", required=True, help=f"param path -> {SPACE_HELP}"),
@@ -85,7 +85,7 @@ class Tune(Builder):
         if not 0 <= params["max_failure_rate"] <= 1:
             fail("max_failure_rate", f"max_failure_rate is a share from 0 to 1, got {params['max_failure_rate']}")
 
-    def check_steps(self, step, steps: dict, *, file: str | None) -> None:
+    def check_steps(self, step, steps: dict, *, file: str | None) -> dict:
         """The target and objective step exist, the space fits the target's params, the metric is one the
         objective's builder writes; then the tune step takes the inputs of both."""
         def fail(key, message):
@@ -98,7 +98,7 @@ class Tune(Builder):
                                   f"{did_you_mean(name, [s for s in steps if s != step.name])}; name the step whose "
                                   f"params to search, one of: {', '.join(s for s in steps if s != step.name)}")
         target = steps[name]
-        if getattr(target.builder, "drives_trials", False):
+        if target.builder.runs_jobs:
             fail("params.target", f"the target '{name}' is a tune step itself; tune the step it targets instead")
         if step.inputs:
             fail("inputs", f"a tune step takes the inputs of its target '{name}' (and of its objective step); "
@@ -116,10 +116,11 @@ class Tune(Builder):
                                             f"a metric '{objective['metric']}'"
                                             f"{did_you_mean(objective['metric'], names)}; it writes: "
                                             f"{', '.join(sorted(names))}")
-        step.inputs = {f"target.{n}": r for n, r in target.inputs.items()}
-        if judge is not None:
-            step.inputs.update({f"objective.{n}": r for n, r in judge.inputs.items() if r != target.name})
         self.target_step, self.objective_step = target, judge
+        inputs = {f"target.{n}": r for n, r in target.inputs.items()}
+        if judge is not None:
+            inputs.update({f"objective.{n}": r for n, r in judge.inputs.items() if r != target.name})
+        return inputs
 
     def key_extras(self, params: dict, recipe_dir) -> dict:
         """The target's (and objective step's) whole derivation but its inputs, which are the tune step's."""
@@ -132,6 +133,17 @@ class Tune(Builder):
 
     def metric_names(self, params: dict) -> set[str] | None:
         return {"best_objective", "trials", "failed"}
+
+    def start(self, realiser, step, job, expect=None):
+        """The search, submitting its trials to the realiser's executor (modelbuild/tune.py)."""
+        return Search(realiser, step, job, expect, mode="check" if expect else "build")
+
+    def describe(self, realiser, step, job) -> list[str]:
+        return describe(realiser, step, job)
+
+    def stand_in(self, store, path):
+        """A tune step's consumers receive its best trial's artifact."""
+        return best_trial(store, path)
 
     def build(self, ctx) -> None:
         data = json.loads(ctx.input("trials").read_text())
