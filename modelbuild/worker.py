@@ -19,10 +19,10 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from .builders import BuildContext, load_builder
+from .builders import BUILTIN, BuildContext, load_builder
 from .builders.base import RANK_OF_ENV, launcher_rank
 from .derivation import Job, derivation_key
-from .errors import BuildError, ModelbuildError
+from .errors import BuildError, ModelbuildError, UsageError
 from .hashing import hash_tree
 from .store import Store, remove_tree, store_fault
 
@@ -85,6 +85,10 @@ def run_job(run: Run) -> dict:
     except KeyboardInterrupt:
         return {"error": {"type": "BuildError", "message": "interrupted"}, "interrupted": True}
     except BaseException as e:  # noqa: BLE001 - any builder failure becomes a step failure, never a crash
+        missing = missing_extra(job, e) if isinstance(e, ModuleNotFoundError) else None
+        if missing is not None:  # torch not installed, say: name the pip install, no traceback
+            print(f"error: {missing}", file=sys.stderr, flush=True)
+            return {"error": {"type": "UsageError", "message": str(missing)}, "seconds": time.time() - started}
         fault = store_fault(e, store.root) if isinstance(e, OSError) else None
         if fault is not None:  # the disk filled while the step wrote its output
             message = f"step '{job.step}': {fault}"
@@ -96,6 +100,39 @@ def run_job(run: Run) -> dict:
                           f"step '{job.step}' failed: {type(e).__name__}: {e}. The full traceback is in "
                           f"{log} (`modelbuild log {job.recipe}:{job.step}`)"},
                 "seconds": time.time() - started}
+
+
+def missing_extra(job: Job, error: ModuleNotFoundError) -> UsageError | None:
+    """A builder's library that is not installed, named with the extra that installs it (None when the
+    missing module is no dependency of modelbuild's extras: then it is the builder's own failure)."""
+    if job.builder not in BUILTIN:  # a recipe's own builder class: its import is its own business
+        return None
+    module = (error.name or "").split(".")[0]
+    extra = _extras().get(ALIASES.get(module, module).lower().replace("_", "-"))
+    if extra is None:
+        return None
+    return UsageError(f"step '{job.step}': the builder '{job.builder}' needs {module}, which is not installed. "
+                      f"Install the '{extra}' extra: pip install 'modelbuild[{extra}]'")
+
+
+ALIASES = {"sklearn": "scikit-learn", "yaml": "pyyaml", "PIL": "pillow"}  # import names that are not the package's
+
+
+def _extras() -> dict[str, str]:
+    """Distribution name -> the extra of modelbuild that installs it (read from the installed metadata)."""
+    import importlib.metadata
+    import re
+
+    try:
+        requires = importlib.metadata.requires("modelbuild") or []
+    except importlib.metadata.PackageNotFoundError:
+        return {}
+    out = {}
+    for line in requires:
+        found = re.match(r"\s*([A-Za-z0-9_.-]+).*extra\s*==\s*['\"]([^'\"]+)['\"]", line)
+        if found and found.group(2) != "all":
+            out.setdefault(found.group(1).lower().replace("_", "-"), found.group(2))
+    return out
 
 
 def _run_rank(store: Store, run: Run) -> int:
