@@ -161,6 +161,8 @@ def _check_shape(manifest: dict, refuse) -> None:
     for rel, entry in files.items():
         if not isinstance(entry, dict) or not KEY_RE.fullmatch(str(entry.get("digest"))):
             raise refuse(f"its entry for {rel!r} has no file digest")
+        if "size" in entry and (type(entry["size"]) is not int or entry["size"] < 0):
+            raise refuse(f"its entry for {rel!r} has the size {entry['size']!r}")
     for rel, target in links.items():
         if not isinstance(target, str) or target.startswith("/") or \
                 not _relative(posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))):

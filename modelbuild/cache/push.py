@@ -112,7 +112,7 @@ def _manifest(store: Store, path: Path, key: str) -> tuple[dict, dict[str, Path]
         elif entry.link is not None:
             links[rel] = entry.link
         else:
-            files[rel] = {"digest": entry.digest, "executable": entry.executable}
+            files[rel] = {"digest": entry.digest, "executable": entry.executable, "size": (path / rel).stat().st_size}
             by_digest.setdefault(entry.digest, path / rel)
     manifest = {"version": VERSION, "key": key, "name": name, "digest": digest, "files": files, "links": links,
                 "dirs": dirs, "meta": hit[1],
