@@ -118,3 +118,19 @@ def test_gc_keeps_what_a_tag_named_until_told_to_forget(store):
     assert (cli.store / models["good"]).is_dir()  # what prod3 names now
     assert [m["new"] for m in history(cli, "prod3")] == [models["good"]]
     assert "has moved only 1 times" in cli("path", "prod3~1", check=2).stderr
+
+
+def test_promote_and_tag_history_import_no_ml_library(store):
+    """They are lineage verbs: a scheduled job calls them after every build, and they read records only."""
+    import subprocess
+    import sys
+
+    cli, models = store
+    heavy = {"torch", "lightning", "transformers", "pandas", "pyarrow", "dvc", "litserve", "scipy"}
+    for argv in (["promote", "prod4", models["good"]], ["tag", "--history", "prod4"], ["show", "prod4~0"]):
+        probe = ("import contextlib, io, json, sys\nfrom modelbuild.cli import main\n"
+                 "with contextlib.redirect_stdout(io.StringIO()):\n"
+                 f"    code = main({['--store', str(cli.store), *argv]!r})\n"
+                 f"print(json.dumps([code, sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r})]))")
+        proc = subprocess.run([sys.executable, "-c", probe], cwd=cli.project, capture_output=True, text=True)
+        assert json.loads(proc.stdout.strip().splitlines()[-1]) == [0, []], (argv, proc.stderr)
