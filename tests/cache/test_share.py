@@ -111,6 +111,7 @@ def test_an_unreachable_cache_is_one_warning_and_the_build_goes_on(built, keys, 
     assert result["stderr"].count("warning: the cache") == 1
 
 
+@pytest.mark.slow  # four pushes at once: the heaviest test here
 def test_concurrent_pushes_of_one_key_leave_one_whole_manifest(built, keys, store_b, tmp_path):
     secret, public = keys
     cache = tmp_path / "cache"
