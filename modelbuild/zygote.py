@@ -221,6 +221,13 @@ def start(module: str, args: list[str], *, preload: tuple[str, ...] = LIGHT, env
     return zygote.start(request) if zygote else WarmProcess(None, request)
 
 
+def start_worker(job_file, packages=()) -> WarmProcess:
+    """The build worker for one job file (`python -m modelbuild.worker JOB`), forked from the zygote for the
+    builder's declared `packages` (its derivation's env) where possible: what the local executor starts."""
+    return start("modelbuild.worker", [os.fspath(job_file)], preload=import_set(packages),
+                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
 def prestart(preload: tuple[str, ...]) -> None:
     """Start the zygote for `preload` now, so that its imports overlap with other work."""
     if enabled():
