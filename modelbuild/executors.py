@@ -9,21 +9,22 @@ The interface (see docs/concepts.md, "Jobs and executors"):
 - `cancel(handle)`: kill it now (SIGKILL to the job's process group); `interrupt(handles)`: Ctrl-C, then kill.
 
 `LocalExecutor` runs each job in a worker process of its own (`python -m modelbuild.worker RUN.json`), in a
-process group of its own, so a killed job takes its children (DDP ranks, a sandbox) with it.
+process group of its own, so a killed job takes its children (DDP ranks, a sandbox) with it. The process is
+forked from a warm zygote that has already imported what the builder needs (modelbuild/zygote.py), or started
+plainly where that is not possible or MODELBUILD_WARM=0.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import zygote
 from .derivation import Job
 from .store import Store
 from .worker import Run
@@ -83,18 +84,16 @@ class LocalExecutor:
                   f"{base}.result.json", f"{base}.progress.json")
         run_file = Path(f"{base}.job.json")
         run_file.write_text(json.dumps(run.to_json()))
-        handle = Handle(job, run.mode, self.start_worker(run_file), run_file, Path(run.result), Path(run.progress),
+        handle = Handle(job, run.mode, self.start_worker(run_file, job), run_file, Path(run.result), Path(run.progress),
                         self.store.logs / f"{job.key}.log")
         self.live.add(handle)
         return handle
 
-    def start_worker(self, run_file: Path):
-        """The one place a worker process starts (a Popen-like object): in a process group of its own, so
-        cancelling a job kills whatever it started; killed with the build if the build is killed."""
-        return subprocess.Popen([sys.executable, "-m", "modelbuild.worker", str(run_file)],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, process_group=0,
-                                preexec_fn=_die_with_parent)
+    def start_worker(self, run_file: Path, job: Job):
+        """The one place a worker process starts (a Popen-like object): forked from the zygote for the builder's
+        declared packages, in a session and process group of its own, so cancelling a job kills whatever it
+        started; killed with the build if the build is killed (zygote.py)."""
+        return zygote.start_worker(run_file, job.drv.get("env", {}).get("packages", ()))
 
     def wait_any(self, handles, timeout: float = 0.0) -> list[Handle]:
         """The handles that are done, waiting up to `timeout` seconds for one."""
@@ -135,17 +134,4 @@ class LocalExecutor:
 
 def _signal_group(proc, sig) -> None:
     """Signal the job's process group (it lives on while any process in it does, the worker gone or not)."""
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        if proc.poll() is None:
-            proc.send_signal(sig)
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the build process dies (Linux), as when it shared its group."""
-    import ctypes
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    proc.send_signal(sig)  # a zygote's process signals its job's whole group (zygote.WarmProcess)

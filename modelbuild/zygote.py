@@ -261,12 +261,12 @@ def _plain(module: str, args: list[str], env: dict, cwd: str, output: str | None
                                 stdout=out, stderr=out, start_new_session=True, preexec_fn=die_with_parent)
 
 
-def die_with_parent() -> None:
-    """SIGKILL this process when its parent dies (Linux): a job outlives neither its zygote nor its client
-    (what the job started is in its process group, which the zygote or the client kills)."""
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Get `sig` when the parent dies (Linux): a job outlives neither its zygote nor its client, and a
+    zygote kills its jobs' process groups (what they started) when its client dies."""
     import ctypes
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(sig))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
@@ -294,7 +294,11 @@ def serve(fd: int, modules: list[str]) -> None:
     import threading
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's to forward, job by job
-    # no PR_SET_PDEATHSIG here: when the client dies the socket closes, and the zygote kills its jobs' groups
+    signal.signal(signal.SIGTERM, _exit_now)
+    client = os.getppid()
+    die_with_parent(signal.SIGTERM)  # the client died: kill the jobs' groups (below) and exit, now
+    if os.getppid() != client:
+        return
     sock = socket.socket(fileno=fd)
     for name in modules:
         try:
@@ -334,9 +338,12 @@ def serve(fd: int, modules: list[str]) -> None:
                     stale = not unfit
                     _say(sock, {"refused": unfit or "stale: a file it imported changed on disk", "unfit": bool(unfit)})
                     continue  # it serves its running jobs until the client lets it go
+                if os.getppid() != client:
+                    return  # never start a job for a client that has gone
+                zygote = os.getpid()
                 pid = os.fork()
                 if pid == 0:
-                    _child(request, (sock.fileno(), wake_r, wake_w))
+                    _child(request, (sock.fileno(), wake_r, wake_w), zygote)
                 children.add(pid)
                 _say(sock, {"pid": pid})
     finally:
@@ -344,7 +351,11 @@ def serve(fd: int, modules: list[str]) -> None:
             _killpg(pid, signal.SIGKILL)
 
 
-def _child(request: dict, fds: tuple[int, ...]) -> None:
+def _exit_now(*_) -> None:
+    raise SystemExit(0)
+
+
+def _child(request: dict, fds: tuple[int, ...], zygote: int) -> None:
     """In the forked child: become the job's own process, run its module as `python -m` would, exit."""
     import runpy
     import traceback
@@ -353,6 +364,9 @@ def _child(request: dict, fds: tuple[int, ...]) -> None:
     try:
         os.setsid()
         die_with_parent()
+        if os.getppid() != zygote:
+            return  # the zygote died before the line above
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import Cli
 
 from modelbuild import zygote
 
@@ -144,3 +145,106 @@ def test_the_zygote_and_its_jobs_exit_with_a_killed_client(jobdir):
     client.wait()
     gone, alive = psutil.wait_procs(started, timeout=15)
     assert not alive
+
+
+# ---- through the CLI: a build's jobs fork from zygotes ---------------------------------------------------
+RECIPE = """
+name: warm
+steps:
+  numbers:
+    builder: python
+    params: {function: "steps:numbers", n: 50}
+  total:
+    builder: python
+    inputs: {numbers: numbers}
+    params: {function: "steps:total"}
+  slow:
+    builder: python
+    params: {function: "steps:slow"}
+"""
+
+STEPS = """
+import os, subprocess, sys, time
+from pathlib import Path
+
+
+def parent():
+    print("parent:", Path(f"/proc/{os.getppid()}/cmdline").read_bytes().replace(b"\\0", b" ").decode(), flush=True)
+
+
+def numbers(ctx):
+    parent()
+    (ctx.out / "numbers.txt").write_text("\\n".join(str(i * i) for i in range(ctx.params["n"])))
+
+
+def total(ctx):
+    parent()
+    text = (ctx.inputs["numbers"] / "numbers.txt").read_text()
+    (ctx.out / "total.txt").write_text(str(sum(map(int, text.split()))))
+
+
+def slow(ctx):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    Path(os.environ["MARK_DIR"], "started").write_text(f"{os.getpid()} {child.pid}")
+    time.sleep(120)
+"""
+
+
+def marked(marker: str) -> list[psutil.Process]:
+    """Processes started by the build under test (they carry its marker in their environment)."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("WARM_TEST_MARK") == marker:
+                found.append(p)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+@pytest.fixture
+def warm_project(project, tmp_path):
+    project.write("recipe.yaml", RECIPE)
+    project.write("steps.py", STEPS)
+    return project
+
+
+def test_warm_and_cold_builds_give_the_same_artifacts_and_leave_nothing_running(warm_project, tmp_path):
+    marker = os.urandom(8).hex()
+    results, parents = {}, {}
+    for mode in ("0", "1"):
+        cli = Cli(warm_project, tmp_path / f"store-{mode}")
+        env = {"MODELBUILD_WARM": mode, "MODELBUILD_SANDBOX": "off", "WARM_TEST_MARK": marker}
+        results[mode] = cli.build("recipe.yaml", "-t", "total", "-j", "2", env=env)
+        parents[mode] = cli("log", "warm:total").stdout
+        assert not marked(marker)
+    cold, warm = ({s: results[m]["by_step"][s]["path"].rsplit("/", 1)[1] for s in ("numbers", "total")}
+                  for m in ("0", "1"))
+    assert cold == warm  # the same content digests: byte-identical artifacts
+    assert "modelbuild.zygote" not in parents["0"] and "modelbuild.zygote" in parents["1"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_a_signal_to_the_build_stops_its_jobs_and_zygotes(warm_project, tmp_path, sig):
+    marker, marks = os.urandom(8).hex(), tmp_path / "marks"
+    marks.mkdir()
+    cli = Cli(warm_project, tmp_path / "store")
+    env = {"MODELBUILD_SANDBOX": "off", "WARM_TEST_MARK": marker, "MARK_DIR": str(marks)}
+    build = cli.popen("build", "recipe.yaml", "-t", "slow", env=env, start_new_session=True,
+                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (marks / "started").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    job, grandchild = map(int, (marks / "started").read_text().split())
+    started = [psutil.Process(job), psutil.Process(grandchild)]
+    assert "modelbuild.zygote" in " ".join(psutil.Process(job).parent().cmdline())
+    os.kill(build.pid, sig)  # as Ctrl-C would, or the OOM killer
+    assert build.wait(60) == (130 if sig == signal.SIGINT else -signal.SIGKILL)
+    gone, alive = psutil.wait_procs(started, timeout=30)
+    assert not alive
+    deadline = time.time() + 15
+    while marked(marker) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not marked(marker)
+    assert not list((tmp_path / "store" / "objects").glob("*-slow"))
