@@ -13,9 +13,21 @@ from conftest import Cli, Project
 
 DATA = 'pypi: "nannyml==0.13.1", path: nannyml/datasets/data/employment_MA_%s.pq'
 IGNORE = "[id, year, employed, prediction, predicted_probability]"
+PROFILED = f"""
+  ref_table:
+    builder: ingest
+    inputs: {{data: {{{DATA % 'reference'}}}}}
+    params: {{format: parquet}}
+  ref_profile: {{builder: profile, inputs: {{data: ref_table}}}}
+"""
 RECIPE = """
 name: dr
 steps:
+""" + PROFILED + f"""
+  p2018:
+    builder: drift
+    inputs: {{reference: ref_profile, current: {{{DATA % 'analysis'}}}}}
+    params: {{ignore: {IGNORE}, where: {{year: 2018}}}}
 """ + "".join(f"""
   y{year}:
     builder: drift
@@ -24,7 +36,11 @@ steps:
 """ for year in (2016, 2017, 2018))
 SHIFTED = f"""
 name: sh
-steps:
+steps:{PROFILED}
+  profiled:
+    builder: drift
+    inputs: {{reference: ref_profile, current: {{path: shifted}}}}
+    params: {{ignore: {IGNORE}}}
   drift:
     builder: drift
     inputs: {{reference: {{{DATA % 'reference'}}}, current: {{path: shifted}}}}
@@ -71,6 +87,8 @@ def test_no_false_alarm_on_the_later_years(years):
         assert max(c["psi"] for c in drift["columns"].values()) < 0.02  # measured: 0.014 (ANC, 2018)
         assert drift["columns"]["AGEP"]["ks_pvalue"] is not None and drift["current"]["rows"] > 69000
     assert "modelbuild_drift_alert{step=\"y2018\"} 0" in (Path(step["path"]) / "monitor.prom").read_text()
+    profiled = json.loads((Path(result["by_step"]["p2018"]["path"]) / "drift.json").read_text())
+    assert profiled["reference"]["kind"] == "profile" and profiled["alert"] is False  # against the profile alone
 
 
 def test_an_injected_age_shift_alerts_with_exit_4_and_names_the_columns(years):
@@ -78,7 +96,7 @@ def test_an_injected_age_shift_alerts_with_exit_4_and_names_the_columns(years):
     cli.project.write("shifted.yaml", SHIFTED)
     (cli.project / "shifted").mkdir()
     shifted(reference_file(cli)).to_parquet(cli.project / "shifted" / "part-0.parquet")
-    result = cli.build("shifted.yaml", check=4)
+    result = cli.build("shifted.yaml", "-k", check=4)
     step = result["by_step"]["drift"]
     assert step["status"] == "failed" and result["by_step"]["retrain"]["status"] == "skipped"
     assert "drift alert" in step["error"] and "AGEP: psi" in step["error"]
@@ -89,7 +107,10 @@ def test_an_injected_age_shift_alerts_with_exit_4_and_names_the_columns(years):
     proc = cli("build", "shifted.yaml", check=4)  # the recorded failure, from the cache
     assert "drifted_share" in proc.stderr and "FAIL" in proc.stderr and "Traceback" not in proc.stderr
     plan = json.loads(cli("plan", "shifted.yaml", "--json").stdout)
-    assert {s["step"]: s["action"] for s in plan["steps"]} == {"drift": "cached", "retrain": "skip"}
+    assert {s["step"]: s["action"] for s in plan["steps"]} == {
+        "ref_table": "cached", "ref_profile": "cached", "profiled": "cached", "drift": "cached", "retrain": "skip"}
+    profiled = json.loads((Path(result["by_step"]["profiled"]["path"]) / "drift.json").read_text())
+    assert profiled["alert"] is True and {"AGEP", "MAR", "RELP"} <= set(profiled["drifted_columns"])
 
 
 @pytest.mark.parametrize("case, params, current, code, words", [
