@@ -25,8 +25,9 @@ def python_base(layout: Path) -> Path:
     the standard library: the image a `python:3.11-slim` base plays in production."""
     python = "/usr/bin/python3.11"
     files = oci.tree_files(Path("/usr/lib/python3.11"), "usr/lib/python3.11", exclude=tuple(SKIP))
-    for binary in (python, "/usr/bin/env"):
-        files[binary.lstrip("/")] = Path(binary)
+    dynload = sorted(str(p) for p in Path("/usr/lib/python3.11/lib-dynload").glob("*.so"))
+    for binary in (python, "/usr/bin/env", *dynload):  # _sqlite3, _ssl, ... need their libraries too
+        files[binary.lstrip("/")] = Path(binary).resolve()
         files.update({lib.lstrip("/"): Path(lib).resolve() for lib in _libraries(binary)})
     files["usr/bin/python3"] = Path(python)
     files["tmp/.keep"] = b""
