@@ -9,9 +9,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tree  # tests/cache/conftest.py
 
 import modelbuild.cache.manifest as manifest_mod
+
+from .conftest import tree  # tests/cache/conftest.py
 
 
 def _require(store_b, cache, public, *extra, check=0):

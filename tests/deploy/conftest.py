@@ -6,14 +6,12 @@ import json
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import images  # noqa: E402
+from . import images
 
 
 def model_recipe(weight: int = 1, extra: str = "") -> str:

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DEPLOY, model_recipe, need
 
 from tests.conftest import Cli, Project
+
+from .conftest import DEPLOY, model_recipe, need
 
 KUBERNETES = ("1.30.0", "1.33.0", "1.37.0")
 
@@ -172,7 +173,7 @@ def test_prometheus_scrapes_the_server_metrics_and_the_rules_return_data(deploye
     import urllib.parse
     import urllib.request
 
-    from conftest import free_port, stop, wait_for_port
+    from .conftest import free_port, stop, wait_for_port
 
     exporter_port, prometheus_port = free_port(), free_port()
     rules = yaml.safe_load((deployed / "prometheus/rules.yaml").read_text())["groups"][0]["rules"]

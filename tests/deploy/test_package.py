@@ -8,9 +8,9 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from conftest import free_port, images, model_recipe, need, skopeo_inspect, stop, wait_for_port
-
 from tests.conftest import Cli, Project
+
+from .conftest import free_port, images, model_recipe, need, skopeo_inspect, stop, wait_for_port
 
 
 def _image(cli, recipe: str = model_recipe(1), step: str = "image") -> Path:
