@@ -48,13 +48,17 @@ def serve(model: Servable, opts: Options, announce=print) -> int:
     from . import metrics
 
     metrics.multiprocess(metrics_dir)
-    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    # Ctrl-C in a terminal signals the whole process group: the children ignore SIGINT (they inherit that
+    # disposition) and are stopped by this process, in order, like on SIGTERM.
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_stop),
+                signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
     server = manager = None
     logs = []
     try:
         server = _litserver(model, opts)
         manager = server._init_manager(1)
         server.inference_workers = [w for api in server.litapi_connector for w in server.launch_inference_worker(api)]
+        signal.signal(signal.SIGINT, _raise_stop)
         try:
             server.verify_worker_status()
         except RuntimeError:

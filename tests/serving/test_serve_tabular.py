@@ -181,3 +181,9 @@ def test_a_damaged_model_is_refused_with_exit_5(built, tmp_path):
     (copy / "config.json").write_text(json.dumps(config))
     r = cli("serve", copy, check=5)
     assert "does not match the digest" in r.stderr and "Traceback" not in r.stderr
+    stored = cli.store / "objects" / model.name  # the store's own copy: re-hashed before serving too
+    os.chmod(stored, 0o755)
+    os.chmod(stored / "config.json", 0o644)
+    (stored / "config.json").write_text(json.dumps(config))
+    r = cli("serve", "demo:model", check=5)
+    assert "does not match its digest" in r.stderr and "Traceback" not in r.stderr
