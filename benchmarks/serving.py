@@ -147,6 +147,7 @@ def fastapi_app(model: str, threads: int) -> None:
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
+    sock.listen(2048)  # listening before it says so: a client may connect at once
     print(f"serving on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
@@ -190,6 +191,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[16, 32])
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each server (default 1: on a "
                     "shared or small machine, more threads than free cores make every call many times slower)")
+    ap.add_argument("--only", help="run the rows whose server name contains this text, e.g. FastAPI")
     ap.add_argument("--fastapi-app", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.fastapi_app:
@@ -207,6 +209,8 @@ def main() -> None:
     print(f"{args.requests} requests per row, {args.threads} torch threads, {os.cpu_count()} cores\n")
     print("| server | c | req/s | p50 ms | p95 ms | p99 ms | failed |\n| --- | --- | --- | --- | --- | --- | --- |")
     for name, launch in ways.items():
+        if args.only and args.only not in name:
+            continue
         proc, url = launch()
         try:
             for c in args.concurrency:
