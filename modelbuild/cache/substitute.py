@@ -105,8 +105,7 @@ class Substituter:
         fetch = [d for d, rel in first.items() if not self._link_local(d, out / first[d])]
         for rel in {first[d] for d in fetch}:
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        sizes = [manifest["files"][first[d]].get("size") for d in fetch]
-        remote.get_files(fetch, [str(out / first[d]) for d in fetch], sizes)
+        remote.get_files(fetch, [str(out / first[d]) for d in fetch])
         for rel, entry in manifest["files"].items():
             target = out / rel
             if first[entry["digest"]] != rel:
