@@ -33,7 +33,10 @@ from .base import Builder, Param
 
 INPUTS = ("model", "base", "wheels")
 LIB = "opt/modelbuild/lib"
-LAUNCHER = b"#!/usr/bin/env python3\nimport sys\nfrom modelbuild.cli import main\nsys.exit(main())\n"
+# LitServe starts its workers with multiprocessing's spawn, which imports the main script again: the guard
+# keeps a worker from running the CLI a second time
+LAUNCHER = (b"#!/usr/bin/env python3\nimport sys\n\nfrom modelbuild.cli import main\n\n"
+            b"if __name__ == \"__main__\":\n    sys.exit(main())\n")
 LINEAGE = ("builder", "derivation", "digest", "files", "git_rev", "key", "kind", "recipe", "step")
 
 

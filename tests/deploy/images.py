@@ -15,6 +15,10 @@ SKIP = {"test", "idlelib", "tkinter", "ensurepip", "lib2to3", "pydoc_data", "tur
         "site-packages", "dist-packages", "config-3.11-x86_64-linux-gnu", "unittest", "distutils"}
 
 
+MANYLINUX = ("libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "librt.so.1", "libutil.so.1",
+             "libgcc_s.so.1", "libstdc++.so.6", "libz.so.1")
+
+
 def _libraries(binary: str) -> list[str]:
     out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
     return [part for line in out.splitlines() for part in line.split() if part.startswith("/")]
@@ -29,6 +33,10 @@ def python_base(layout: Path) -> Path:
     for binary in (python, "/usr/bin/env", *dynload):  # _sqlite3, _ssl, ... need their libraries too
         files[binary.lstrip("/")] = Path(binary).resolve()
         files.update({lib.lstrip("/"): Path(lib).resolve() for lib in _libraries(binary)})
+    for lib in MANYLINUX:  # what manylinux wheels (torch, pyarrow) may link against, as any glibc system has
+        path = Path("/lib/x86_64-linux-gnu", lib)
+        if path.exists():
+            files[f"lib/x86_64-linux-gnu/{lib}"] = path.resolve()
     files["usr/bin/python3"] = Path(python)
     files["tmp/.keep"] = b""
     blobs = layout / "blobs" / "sha256"
