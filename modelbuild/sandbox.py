@@ -216,7 +216,7 @@ def run_python(ctx, function: str, *, files: list[Path], sys_path: list[str], de
         sys.stdout.flush()
         sys.stderr.flush()
         code = run([sys.executable, "-m", "modelbuild.sandbox", str(spec)], cwd=ctx.recipe_dir,
-                   env=environment(declared_env, PYTHONUNBUFFERED="1"), read=[*ctx.inputs.values(), *files],
+                   env=environment(declared_env, PYTHONUNBUFFERED="1", PYTHONPATH=_package_parent()), read=[*ctx.inputs.values(), *files],
                    write=write, network=network)
         outcome = json.loads(result.read_text()) if result.is_file() else None
     if outcome is None:
@@ -226,6 +226,13 @@ def run_python(ctx, function: str, *, files: list[Path], sys_path: list[str], de
     ctx.facts.update(outcome.get("facts") or {})
     if "error" in outcome:
         raise _error(ctx.step, outcome["error"])
+
+
+def _package_parent() -> str:
+    """The folder modelbuild is imported from, for the child's sys.path: a source checkout on PYTHONPATH is
+    not on the interpreter's own path. Inside the sandbox that folder shows only the bound package itself."""
+    import modelbuild
+    return str(Path(modelbuild.__file__).resolve().parent.parent)
 
 
 def _context_fields(ctx) -> dict:
