@@ -22,6 +22,16 @@ def _problem(status: int, message: str, fields: list[tuple[str, str]] | None = N
     return HTTPException(status, detail=detail)
 
 
+def die_with_parent() -> None:
+    """A server killed with SIGKILL cannot stop its worker: the kernel does (Linux's PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
 class _Model(ls.LitAPI):
     """The model folder and how many threads torch may use; the batch-size histogram."""
 
@@ -32,6 +42,7 @@ class _Model(ls.LitAPI):
     def setup(self, device):
         import torch
 
+        die_with_parent()
         torch.set_num_threads(self.threads)
         self.batch_sizes = metrics.batch_size_histogram()
         self.load()

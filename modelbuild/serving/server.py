@@ -54,6 +54,9 @@ def serve(model: Servable, opts: Options, announce=print) -> int:
                 signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
     server = manager = None
     logs = []
+    from .apis import die_with_parent
+
+    os.register_at_fork(after_in_child=die_with_parent)  # LitServe's queue manager is forked: SIGKILL-safe too
     try:
         server = _litserver(model, opts)
         manager = server._init_manager(1)

@@ -69,6 +69,8 @@ class Served:
         if self.proc.poll() is None:
             if exc[0] is None:
                 self.stop()
-            else:
+            else:  # the test failed: take the whole tree down, not only the server
+                for child in psutil.Process(self.pid).children(recursive=True):
+                    child.kill()
                 self.proc.kill()
                 print("".join(self.err)[-6000:], file=sys.stderr)  # the server's side of the failure

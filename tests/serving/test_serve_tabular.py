@@ -154,6 +154,21 @@ def test_ctrl_c_stops_it_too(built):
     Served(cli, "demo:model", "--log-dir", cli.project / "logs-int").stop(signal.SIGINT)
 
 
+@pytest.mark.slow
+def test_a_killed_server_takes_its_worker_and_queue_manager_with_it(built):
+    """SIGKILL leaves the server no time to stop anything: the kernel stops its children (PDEATHSIG)."""
+    import psutil
+
+    cli, _, _ = built
+    s = Served(cli, "demo:model", "--log-dir", cli.project / "logs-kill")
+    children = psutil.Process(s.pid).children(recursive=True)
+    assert len(children) >= 2  # the inference worker and LitServe's queue manager at least
+    s.proc.kill()
+    s.proc.wait(timeout=10)
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, alive
+
+
 def test_refusals_before_serving(built, tmp_path):
     cli, model, table = built
     r = cli("serve", "demo:raw", check=2)
