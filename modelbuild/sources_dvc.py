@@ -24,14 +24,13 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 from .errors import HashMismatch, UsageError, did_you_mean
-from .hashing import hash_json, hash_tree
+from .hashing import hash_json
 from .recipe import Source
 from .resolved import ResolvedSource
-from .store import Store, remove_tree
+from .store import Store
 
 _URL_RE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|[^/:@\s]+@[^/:\s]+:)")  # scheme://... or user@host:path
 _LIST = 8  # at most this many tags, branches or paths named in a message
@@ -231,30 +230,19 @@ def _one_line(e: BaseException) -> str:
 # ---- fetching --------------------------------------------------------------------------------------
 def _fetch_dvc(store: Store, key: str, fs, path: str, md5: str, hash_name: str, what: str, *, local: bool,
                repo: str, commit: str) -> Path:
-    store.init()
-    with store.lock(key):
-        hit = store.lookup(key)
-        if hit and store.check_artifact(hit[0]):
-            return hit[0]
-        work = store.new_tmp(key)
-        try:
-            started = time.time()
-            out = work / "out"
-            out.mkdir()
-            target = out / Path(path).name
-            isdir = md5.endswith(".dir")
-            expected = _expected_md5s(fs, path, isdir) if hash_name == "md5" else None
-            _copy_out(fs, path, target, isdir, what, local)
-            if hash_name == "md5":
-                _verify(target, md5, expected, what, repo)
-            digest = hash_tree(target).digest
-            meta = {"key": key, "kind": "source", "source": {"dvc": {"repo": repo, "path": path, "md5": md5}},
-                    "source_hash": digest, "dvc_md5": md5, "fetched_at_commit": commit, "started": started,
-                    "seconds": round(time.time() - started, 3)}
-            name = re.sub(r"[^A-Za-z0-9._-]", "_", f"dvc-{Path(path).name}")
-            return store.commit(key, name, out, meta, refs=[])
-        finally:
-            remove_tree(work)
+    def fill(work: Path):
+        out = work / "out"
+        out.mkdir()
+        target = out / Path(path).name
+        isdir = md5.endswith(".dir")
+        expected = _expected_md5s(fs, path, isdir) if hash_name == "md5" else None
+        _copy_out(fs, path, target, isdir, what, local)
+        if hash_name == "md5":
+            _verify(target, md5, expected, what, repo)
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", f"dvc-{Path(path).name}")
+        return name, target, {"source": {"dvc": {"repo": repo, "path": path, "md5": md5}}, "dvc_md5": md5,
+                              "fetched_at_commit": commit}
+    return store.fetch_source(key, fill)
 
 
 def _copy_out(fs, path: str, target: Path, isdir: bool, what: str, local: bool) -> None:

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 from .errors import DataValidationError, RecipeError
-from .hashing import hash_bytes, hash_json, hash_tree
+from .hashing import hash_bytes, hash_json
 from .recipe import Source
 from .resolved import ResolvedSource
-from .store import Store, parse_when, remove_tree
+from .store import Store, parse_when
 
 LINES = (".jsonl", ".ndjson", ".jsonl.gz")
 DROPS = (".parquet", ".pq", ".csv", ".csv.gz")
@@ -112,22 +112,12 @@ def resolve_log(source: Source, store: Store, recipe_dir: Path, *, step: str, in
 
 
 def _import(store: Store, key: str, folder: Path, chosen: dict[str, bytes]) -> Path:
-    store.init()
-    with store.lock(key):
-        hit = store.lookup(key)
-        if hit and store.check_artifact(hit[0]):
-            return hit[0]
-        work = store.new_tmp(key)
-        try:
-            started = time.time()
-            out = work / "out"
-            for rel, data in chosen.items():
-                target = out / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
-            digest = hash_tree(out).digest
-            meta = {"key": key, "kind": "source", "source": {"log": str(folder)}, "source_hash": digest,
-                    "files": sorted(chosen), "started": started, "seconds": round(time.time() - started, 3)}
-            return store.commit(key, f"log-{folder.name}", out, meta, refs=[])
-        finally:
-            remove_tree(work)
+    def fill(work: Path):
+        out = work / "out"
+        for rel, data in chosen.items():
+            target = out / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        out.mkdir(exist_ok=True)
+        return f"log-{folder.name}", out, {"source": {"log": str(folder)}, "files": sorted(chosen)}
+    return store.fetch_source(key, fill)

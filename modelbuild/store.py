@@ -497,6 +497,25 @@ class Store:
         os.replace(tmp, target)
 
     # ---- commit ------------------------------------------------------------------------------------
+    def fetch_source(self, key: str, fill) -> Path:
+        """A fixed-output source, fetched at most once: under the key's lock a sound artifact already there is
+        the answer; otherwise `fill(work)` writes `work/out` and returns the artifact's name, the path inside it
+        that the source hash covers, and the record's own fields (what was fetched from where)."""
+        self.init()
+        with self.lock(key):
+            hit = self.lookup(key)
+            if hit and self.check_artifact(hit[0]):
+                return hit[0]
+            work = self.new_tmp(key)
+            try:
+                started = time.time()
+                name, hashed, fields = fill(work)
+                meta = {"key": key, "kind": "source", **fields, "source_hash": hash_tree(hashed).digest,
+                        "started": started, "seconds": round(time.time() - started, 3)}
+                return self.commit(key, name, work / "out", meta, refs=[])
+            finally:
+                remove_tree(work)
+
     def commit(self, key: str, name: str, out: Path, meta: dict, refs: list[Path]) -> Path:
         """Move a finished build from tmp into the store and record it. Returns the artifact path.
 
