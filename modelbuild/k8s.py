@@ -8,6 +8,7 @@ server exports.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 
 from .serving import metrics as M
@@ -31,6 +32,7 @@ class Spec:
     p95_seconds: float
     error_rate: float
     no_traffic_minutes: int
+    model_image: str | None = None  # a modelcar (repo@sha256:...) whose /models the server serves; None: in the image
 
     def labels(self) -> dict:
         return {"app.kubernetes.io/name": self.name, "app.kubernetes.io/managed-by": "modelbuild",
@@ -40,26 +42,56 @@ class Spec:
         return {"name": self.name, "namespace": self.namespace, "labels": self.labels(), **extra}
 
 
+LOCKED_DOWN = {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "readOnlyRootFilesystem": True,
+               "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+               "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def serve_command(s: Spec, models: str = "/models") -> dict:
+    """For a server image that does not hold the model: serve the model folder a volume puts at `models`."""
+    return {"command": ["modelbuild", "serve", models, "--host", "0.0.0.0", "--port", str(s.port),
+                        "--log-dir", "/tmp/serve-logs"],
+            "env": [{"name": "MODELBUILD_STORE", "value": "/tmp/store"}]}
+
+
 def container(s: Spec) -> dict:
-    """The server container: probes on /health, not root, nothing written outside /tmp."""
+    """The server container: probes on /health, not root, nothing written outside /tmp (and /models, read-only,
+    when the model comes from a modelcar)."""
     probe = {"httpGet": {"path": "/health", "port": s.port}, "periodSeconds": 10, "timeoutSeconds": 2}
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
+    if s.model_image:
+        mounts.append({"name": "models", "mountPath": "/models", "readOnly": True})
     return {
         "name": "server", "image": s.image, "imagePullPolicy": "IfNotPresent",
+        **(serve_command(s) if s.model_image else {}),
         "ports": [{"name": "http", "containerPort": s.port, "protocol": "TCP"}],
         "resources": s.resources,
         "readinessProbe": {**probe, "initialDelaySeconds": 5, "failureThreshold": 3},
         "livenessProbe": {**probe, "initialDelaySeconds": 30, "failureThreshold": 6},
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
-                            "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
-                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "securityContext": LOCKED_DOWN,
+        "volumeMounts": mounts,
     }
 
 
+def model_init_container(s: Spec) -> dict:
+    """Copies the modelcar's /models into the pod's `models` emptyDir before the server starts. An init container
+    rather than an `image` volume: image volumes are not in the Kubernetes 1.30 API, and are off by default
+    before 1.35. The modelcar needs `cp` (a base with a shell, e.g. busybox; KServe's modelcar sidecar needs one
+    too)."""
+    return {"name": "model", "image": s.model_image, "imagePullPolicy": "IfNotPresent",
+            "command": ["cp", "-R", "/models/.", "/mnt/models/"],
+            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}},
+            "securityContext": LOCKED_DOWN, "volumeMounts": [{"name": "models", "mountPath": "/mnt/models"}]}
+
+
 def pod_spec(s: Spec) -> dict:
-    return {"containers": [container(s)], "automountServiceAccountToken": False,
-            "securityContext": {"runAsNonRoot": True, "fsGroup": 65532},
-            "terminationGracePeriodSeconds": 30, "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]}
+    volumes = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
+    spec = {"containers": [container(s)], "automountServiceAccountToken": False,
+            "securityContext": {"runAsNonRoot": True, "fsGroup": 65532}, "terminationGracePeriodSeconds": 30}
+    if s.model_image:
+        spec["initContainers"] = [model_init_container(s)]
+        volumes.append({"name": "models", "emptyDir": {}})
+    return {**spec, "volumes": volumes}
 
 
 def deployment(s: Spec) -> dict:
@@ -96,10 +128,18 @@ def pdb(s: Spec) -> dict:
 
 
 def inference_service(s: Spec) -> dict:
-    """KServe with a custom predictor container: the server image already holds the model."""
+    """KServe with a custom predictor container. The server image holds the model, or (a modelcar) KServe's
+    storage initializer mounts the modelcar's /models at /mnt/models from `STORAGE_URI=oci://...@sha256:...`
+    (KServe's modelcars, `enableModelcar: true` in its storageInitializer config)."""
+    server = {**container(s), "name": "kserve-container"}
+    volumes = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
+    if s.model_image:
+        server.update(serve_command(s, "/mnt/models"))
+        server["env"] = server["env"] + [{"name": "STORAGE_URI", "value": f"oci://{s.model_image}"}]
+        server["volumeMounts"] = [m for m in server["volumeMounts"] if m["name"] != "models"]
     predictor = {"minReplicas": s.min_replicas, "maxReplicas": s.max_replicas, "scaleMetric": "concurrency",
-                 "scaleTarget": s.concurrency, "containers": [{**container(s), "name": "kserve-container"}],
-                 "volumes": pod_spec(s)["volumes"], "securityContext": pod_spec(s)["securityContext"]}
+                 "scaleTarget": s.concurrency, "containers": [server],
+                 "volumes": volumes, "securityContext": pod_spec(s)["securityContext"]}
     return {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": s.meta(),
             "spec": {"predictor": predictor}}
 
@@ -111,8 +151,9 @@ def knative_service(s: Spec) -> dict:
     annotations = {"autoscaling.knative.dev/min-scale": "0", "autoscaling.knative.dev/max-scale": str(s.max_replicas),
                    "autoscaling.knative.dev/metric": "concurrency",
                    "autoscaling.knative.dev/target": str(s.concurrency)}
-    spec = {"containerConcurrency": s.concurrency, "containers": [c], "volumes": pod_spec(s)["volumes"],
-            "timeoutSeconds": 60}
+    pod = pod_spec(s)
+    spec = {"containerConcurrency": s.concurrency, "containers": [c], "volumes": pod["volumes"],
+            "timeoutSeconds": 60, **({"initContainers": pod["initContainers"]} if s.model_image else {})}
     return {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": s.meta(),
             "spec": {"template": {"metadata": {"labels": s.labels(), "annotations": annotations}, "spec": spec}}}
 
@@ -147,3 +188,73 @@ def adapter_rules(s: Spec) -> dict:
                                                    "pod": {"resource": "pod"}}},
                        "name": {"matches": f"^{M.REQUESTS}$", "as": RPS_METRIC},
                        "metricsQuery": "sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (<<.GroupBy>>)"}]}
+
+
+# What a scheduled build's exit code means; 2, 4 and 5 fail the Job at once (no retry can change them)
+EXIT_CODES = {0: "built: no alert, every gate passed", 1: "a build failed (retried once)",
+              2: "a recipe or usage error", 3: "the data is invalid", 4: "a drift alert or a failed gate",
+              5: "the store or a cache is damaged or untrusted", 7: "the store cannot be written"}
+FINAL_EXIT_CODES = [2, 3, 4, 5]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    name: str
+    namespace: str
+    cron: str
+    recipe: str  # a path inside the image, relative to workdir
+    image: str  # repo@sha256:..., an image with modelbuild and the recipe
+    workdir: str
+    claim: str  # the PersistentVolumeClaim holding the store
+    store_size: str
+    time_zone: str | None
+    promote: dict | None  # {tag, artifact}: promote after a build that exits 0
+    model_digest: str
+    logs_claim: str | None = None  # a PVC with the server's request and feedback logs, mounted at /serve-logs
+
+    def meta(self) -> dict:
+        return {"name": self.name, "namespace": self.namespace,
+                "labels": {"app.kubernetes.io/name": self.name, "app.kubernetes.io/managed-by": "modelbuild",
+                           "app.kubernetes.io/component": "monitor", "modelbuild.dev/model-digest": self.model_digest}}
+
+
+def store_claim(s: Schedule) -> dict:
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {**s.meta(), "name": s.claim},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": s.store_size}}}}
+
+
+def cronjob(s: Schedule) -> dict:
+    """`modelbuild build RECIPE` on a schedule, the store on a PVC; one run at a time (Forbid). Exit 4 (a drift
+    alert or a failed gate) and the other verdicts fail the Job without a retry, for `kube_job_status_failed`."""
+    build = ["modelbuild", "build", s.recipe, "-k"]
+    if s.promote:
+        promote = ["modelbuild", "promote", s.promote["tag"], s.promote["artifact"], "--reason",
+                   f"scheduled build {s.name}"]
+        command = ["/bin/sh", "-c", f"{shlex.join(build)} && {shlex.join(promote)}"]
+    else:
+        command = build
+    container = {"name": "monitor", "image": s.image, "imagePullPolicy": "IfNotPresent", "command": command,
+                 "workingDir": s.workdir,
+                 "env": [{"name": "MODELBUILD_STORE", "value": "/store"},
+                         {"name": "MODELBUILD_USER", "value": f"cronjob/{s.name}"},
+                         {"name": "HOME", "value": "/tmp"}],
+                 "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}},
+                 "securityContext": LOCKED_DOWN,
+                 "volumeMounts": [{"name": "store", "mountPath": "/store"}, {"name": "tmp", "mountPath": "/tmp"}]}
+    pod = {"restartPolicy": "Never", "automountServiceAccountToken": False,
+           "securityContext": {"runAsNonRoot": True, "fsGroup": 65532}, "containers": [container],
+           "volumes": [{"name": "store", "persistentVolumeClaim": {"claimName": s.claim}},
+                       {"name": "tmp", "emptyDir": {"sizeLimit": "4Gi"}}]}
+    if s.logs_claim:
+        container["volumeMounts"].append({"name": "logs", "mountPath": "/serve-logs", "readOnly": True})
+        pod["volumes"].append({"name": "logs", "persistentVolumeClaim": {"claimName": s.logs_claim,
+                                                                          "readOnly": True}})
+    job = {"backoffLimit": 1, "activeDeadlineSeconds": 6 * 3600,
+           "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {
+               "containerName": "monitor", "operator": "In", "values": FINAL_EXIT_CODES}}]},
+           "template": {"metadata": {"labels": s.meta()["labels"]}, "spec": pod}}
+    spec = {"schedule": s.cron, **({"timeZone": s.time_zone} if s.time_zone else {}),
+            "concurrencyPolicy": "Forbid", "startingDeadlineSeconds": 3600,
+            "successfulJobsHistoryLimit": 3, "failedJobsHistoryLimit": 5, "jobTemplate": {"spec": job}}
+    return {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": s.meta(), "spec": spec}

@@ -7,12 +7,17 @@ Output layout::
       kserve/       inferenceservice.yaml
       knative/      service.yaml                                      (serverless: scales to zero)
       prometheus/   rules.yaml (alerts: p95 latency, error rate, no traffic), adapter.yaml (requests/s for the HPA)
+      monitor/      cronjob.yaml store-pvc.yaml                                (with `schedule`: a scheduled build)
       deploy.json   the image reference, the model digest, the push command, the files
 
 The image is the `server` image of the `image` input (a package step with `server: true`), pinned as
 `<repository>@sha256:...`: push it there first (deploy.json's `push`: `skopeo copy` keeps the digest). Because
 the manifests name the image by digest and the digest follows from the model, a retrained model gives new
 manifests, and `modelbuild diff` of two deploy artifacts walks down to what changed in the model.
+
+A package step without a server image (the modelcar alone) is deployed with `server_image`, a modelbuild server
+image pinned by digest: the pods copy the modelcar's /models into an emptyDir in an init container and serve it;
+KServe mounts the modelcar itself (`STORAGE_URI=oci://<repository>@sha256:...`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,11 @@ from ..errors import BuildError, RecipeError, did_you_mean
 from .base import Builder, Param
 
 _DNS = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_PINNED = re.compile(r"[a-z0-9][a-z0-9._-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)*@sha256:[0-9a-f]{64}")
+_CRON = re.compile(r"(@(yearly|annually|monthly|weekly|daily|midnight|hourly))|([0-9*/,?LW#A-Za-z-]+( +|$)){5}")
+SCHEDULE_KEYS = {"cron": "required", "recipe": "required", "image": "required", "workdir": "/project",
+                 "claim": "<name>-store", "store_size": "20Gi", "time_zone": None, "promote": None, "name": None,
+                 "logs_claim": None}
 DEFAULT_RESOURCES = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}}
 
 
@@ -52,6 +62,11 @@ class Deploy(Builder):
         "concurrency": Param("int", default=16, help="Knative/KServe: requests in flight per pod"),
         "alerts": Param("dict", default={"p95_seconds": 0.5, "error_rate": 0.05, "no_traffic_minutes": 10},
                         help="thresholds: p95_seconds, error_rate (0-1), no_traffic_minutes"),
+        "server_image": Param("str", help="for a modelcar-only image: the server image that serves its /models, "
+                                          "pinned by digest (repo@sha256:<64 hex>)"),
+        "schedule": Param("dict", help="a CronJob running a recipe: {cron, recipe, image (repo@sha256:...), "
+                                       "workdir, claim, store_size, time_zone, promote: {tag, artifact}, name, "
+                                       "logs_claim}"),
     }
 
     def check(self, params: dict, *, file: str | None, step: str) -> None:
@@ -75,6 +90,11 @@ class Deploy(Builder):
         if "@" in params["repository"] or ":" in params["repository"].rpartition("/")[2]:
             fail("repository", f"repository is a name without tag or digest (e.g. registry.example.com/team/model), "
                                f"got {params['repository']!r}: the digest is added from the image")
+        if params["server_image"] is not None and not _PINNED.fullmatch(params["server_image"]):
+            fail("server_image", f"server_image must be pinned by digest (registry/name@sha256:<64 hex digits>), got "
+                                 f"{params['server_image']!r}: a tag can move under a running Deployment")
+        if params["schedule"] is not None:
+            _check_schedule(params["schedule"], fail)
 
     def check_inputs(self, params: dict, inputs: dict, *, file: str | None, step: str) -> None:
         if set(inputs) != {"image"}:
@@ -89,15 +109,20 @@ class Deploy(Builder):
         p, image = ctx.params, ctx.input("image")
         info_path = image / "image.json"
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-        server = info.get("images", {}).get("server")
-        if server is None:
+        server, modelcar = info.get("images", {}).get("server"), info.get("images", {}).get("modelcar")
+        if modelcar is not None and p["server_image"]:  # server_image given: serve the modelcar with it
+            image_ref, model_image = p["server_image"], f"{p['repository']}@{modelcar['manifest']}"
+        elif server is not None:
+            image_ref, model_image = f"{p['repository']}@{server['manifest']}", None
+        else:
             raise BuildError(f"step '{ctx.step}': its `image` input has no server image"
                              f"{' (only ' + ', '.join(info['images']) + ')' if info.get('images') else ''}; "
-                             f"set `server: true` and a `base` input on the package step it names")
+                             f"set `server: true` and a `base` input on the package step it names, or "
+                             f"`server_image` (a server image pinned by digest) to serve the modelcar")
         title = info["labels"].get("org.opencontainers.image.title", ctx.step)
         name = p["name"] or _dns_label(title)
         alerts = {"p95_seconds": 0.5, "error_rate": 0.05, "no_traffic_minutes": 10, **p["alerts"]}
-        spec = k8s.Spec(name=name, namespace=p["namespace"], image=f"{p['repository']}@{server['manifest']}",
+        spec = k8s.Spec(name=name, namespace=p["namespace"], image=image_ref, model_image=model_image,
                         port=info.get("port", 8000), model_digest=info["model_digest"], resources=p["resources"],
                         min_replicas=p["replicas"]["min"], max_replicas=p["replicas"]["max"],
                         target_cpu=p["target_cpu"], target_rps=p["target_rps"], concurrency=p["concurrency"],
@@ -108,15 +133,67 @@ class Deploy(Builder):
                  "kserve/inferenceservice.yaml": k8s.inference_service(spec),
                  "knative/service.yaml": k8s.knative_service(spec),
                  "prometheus/rules.yaml": k8s.alert_rules(spec), "prometheus/adapter.yaml": k8s.adapter_rules(spec)}
+        if p["schedule"] is not None:
+            sched = {k: v for k, v in SCHEDULE_KEYS.items() if v != "required"} | p["schedule"]
+            monitor = sched["name"] or _dns_label(f"{name}-monitor")
+            schedule = k8s.Schedule(name=monitor, namespace=p["namespace"], cron=sched["cron"],
+                                    recipe=sched["recipe"], image=sched["image"], workdir=sched["workdir"],
+                                    claim=sched["claim"].replace("<name>", monitor),
+                                    store_size=str(sched["store_size"]), time_zone=sched["time_zone"],
+                                    promote=sched["promote"], model_digest=info["model_digest"],
+                                    logs_claim=sched["logs_claim"])
+            files["monitor/cronjob.yaml"] = k8s.cronjob(schedule)
+            files["monitor/store-pvc.yaml"] = k8s.store_claim(schedule)
         for rel, doc in files.items():
             (ctx.out / rel).parent.mkdir(parents=True, exist_ok=True)
             (ctx.out / rel).write_text(yaml.dump(doc, Dumper=_no_aliases(), sort_keys=False, width=120))
         tag = info["model_digest"][:12]
+        ref = "modelcar" if model_image else "server"
         summary = {"name": name, "image": spec.image, "model_digest": info["model_digest"], "files": sorted(files),
-                   "push": f"skopeo copy oci:$(modelbuild path {image.name.split('-')[0]})/oci:server "
+                   "push": f"skopeo copy oci:$(modelbuild path {image.name.split('-')[0]})/oci:{ref} "
                            f"docker://{p['repository']}:{tag}"}
+        if model_image:
+            summary["model_image"] = model_image
+        if p["schedule"] is not None:
+            summary["schedule"] = {"cron": schedule.cron, "recipe": schedule.recipe, "image": schedule.image,
+                                   "exit_codes": {str(k): v for k, v in k8s.EXIT_CODES.items()},
+                                   "fail_job_on": k8s.FINAL_EXIT_CODES}
         (ctx.out / "deploy.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
         ctx.log.info("deploy %s: %s", name, spec.image)
+
+
+def _check_schedule(schedule: dict, fail) -> None:
+    for key in schedule:
+        if key not in SCHEDULE_KEYS:
+            fail(f"schedule.{key}", f"unknown schedule key{did_you_mean(key, SCHEDULE_KEYS)}; the keys are "
+                                    f"{', '.join(SCHEDULE_KEYS)}")
+    for key in (k for k, v in SCHEDULE_KEYS.items() if v == "required"):
+        if not isinstance(schedule.get(key), str) or not schedule[key].strip():
+            fail(f"schedule.{key}", f"schedule needs `{key}`: {_SCHEDULE_HELP[key]}")
+    if not _CRON.fullmatch(schedule["cron"].strip()):
+        fail("schedule.cron", f"{schedule['cron']!r} is not a cron schedule: five fields (minute hour day month "
+                              f"weekday), e.g. \"0 3 * * *\", or @daily")
+    if not _PINNED.fullmatch(schedule["image"]):
+        fail("schedule.image", f"schedule.image must be pinned by digest (registry/name@sha256:<64 hex digits>), "
+                               f"got {schedule['image']!r}")
+    for key in ("workdir", "claim", "store_size", "time_zone", "name", "logs_claim"):
+        if schedule.get(key) is not None and not isinstance(schedule[key], str):
+            fail(f"schedule.{key}", f"schedule.{key} must be a string, got {schedule[key]!r}")
+    if schedule.get("name") is not None and not _DNS.fullmatch(schedule["name"]):
+        fail("schedule.name", f"{schedule['name']!r} is not a DNS label: lowercase letters, digits and '-'")
+    for key in ("claim", "logs_claim"):
+        if schedule.get(key) is not None and not _DNS.fullmatch(schedule[key].replace("<name>", "x")):
+            fail(f"schedule.{key}", f"{schedule[key]!r} is not a DNS label: lowercase letters, digits and '-'")
+    promote = schedule.get("promote")
+    if promote is not None and (not isinstance(promote, dict) or set(promote) != {"tag", "artifact"}
+                                or not all(isinstance(v, str) and v for v in promote.values())):
+        fail("schedule.promote", f"schedule.promote is {{tag: TAG, artifact: RECIPE:STEP}} (promoted after a build "
+                                 f"that exits 0), got {promote!r}")
+
+
+_SCHEDULE_HELP = {"cron": 'when to run, e.g. "0 3 * * *"',
+                  "recipe": "the recipe to build, a path inside the image, e.g. recipes/employment-monitor.yaml",
+                  "image": "an image with modelbuild and the recipe, pinned as registry/name@sha256:<64 hex>"}
 
 
 def _no_aliases():

@@ -163,6 +163,7 @@ def test_deploy_of_a_modelcar_only_package_says_what_to_set(cli):
 """))
     proc = cli("build", "recipe.yaml", check=1)
     assert "has no server image (only modelcar)" in proc.stderr and "server: true" in proc.stderr
+    assert "server_image" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -226,3 +227,109 @@ def test_bad_deploy_params_are_recipe_errors(cli, tiny_base, params, key):
         "params: {repository: registry.example.com/demo, replicas: {min: 1, max: 4}}", f"params: {params}")))
     proc = cli("plan", "recipe.yaml", check=2)
     assert key in proc.stderr and "deploy" in proc.stderr and "Traceback" not in proc.stderr
+
+
+REPO = Path(__file__).resolve().parents[2]
+PINNED = "registry.example.com/modelbuild-serve@sha256:" + "ab" * 32
+
+
+def _quickstart_deploy(extra: dict | None = None) -> str:
+    """The quickstart's own `image` and `deploy` steps, on the stand-in model (training is tests/e2e's job)."""
+    steps = yaml.safe_load((REPO / "recipes/quickstart.yaml").read_text())["steps"]
+    image, deploy = dict(steps["image"]), dict(steps["deploy"])
+    image["inputs"] = {"model": "model"}
+    deploy["params"] = {**deploy["params"], **(extra or {})}
+    recipe = yaml.safe_load(model_recipe(1))
+    recipe["steps"].update(image=image, deploy=deploy)
+    return yaml.safe_dump(recipe, sort_keys=False, width=200)
+
+
+SCHEDULE = {"schedule": {"cron": "0 3 * * *", "recipe": "recipes/employment-monitor.yaml", "image": PINNED,
+                         "promote": {"tag": "production", "artifact": "employment-monitor:candidate"},
+                         "logs_claim": "serve-logs"}}
+
+
+@pytest.fixture(scope="module")
+def modelcar_deployed(tmp_path_factory) -> Path:
+    """The quickstart's deploy step (a modelcar and a server image by digest) with a monitoring schedule."""
+    root = tmp_path_factory.mktemp("modelcar")
+    cli = Cli(Project(root / "project"), root / "store")
+    cli.project.write("recipe.yaml", _quickstart_deploy(SCHEDULE))
+    return Path(cli.build()["by_step"]["deploy"]["path"])
+
+
+def _as_pods(deployed: Path, out: Path) -> list[Path]:
+    """Knative's template and KServe's predictor written as core Pods (neither CRD is in the schemas)."""
+    pods = {"knative": yaml.safe_load((deployed / "knative/service.yaml").read_text())["spec"]["template"]["spec"],
+            "kserve": yaml.safe_load((deployed / "kserve/inferenceservice.yaml").read_text())["spec"]["predictor"]}
+    files = []
+    for name, spec in pods.items():
+        spec = {k: v for k, v in spec.items() if k not in ("containerConcurrency", "timeoutSeconds", "minReplicas",
+                                                           "maxReplicas", "scaleMetric", "scaleTarget")}
+        files.append(out / f"{name}.yaml")
+        files[-1].write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+                                             "spec": spec}))
+    return files
+
+
+def test_quickstart_manifests_and_the_cronjob_are_valid_for_several_kubernetes_versions(modelcar_deployed, tmp_path):
+    files = (sorted((modelcar_deployed / "kubernetes").glob("*.yaml")) + sorted(
+        (modelcar_deployed / "monitor").glob("*.yaml")) + _as_pods(modelcar_deployed, tmp_path))
+    assert [f.name for f in files] == ["deployment.yaml", "hpa.yaml", "pdb.yaml", "service.yaml", "cronjob.yaml",
+                                       "store-pvc.yaml", "knative.yaml", "kserve.yaml"]
+    for version in KUBERNETES:
+        proc = _validate(version, *files)
+        assert proc.returncode == 0, f"Kubernetes {version}:\n{proc.stdout}{proc.stderr}"
+
+
+def test_the_modelcar_is_copied_into_the_pod_and_mounted_by_kserve(modelcar_deployed):
+    info = json.loads((modelcar_deployed / "deploy.json").read_text())
+    qs = yaml.safe_load((REPO / "recipes/quickstart.yaml").read_text())["steps"]["deploy"]["params"]
+    assert info["image"] == qs["server_image"]
+    assert info["model_image"].startswith(qs["repository"] + "@sha256:") and "oci:modelcar" in info["push"]
+    pod = yaml.safe_load((modelcar_deployed / "kubernetes/deployment.yaml").read_text())["spec"]["template"]["spec"]
+    init, server = pod["initContainers"][0], pod["containers"][0]
+    assert init["image"] == info["model_image"] and init["command"][:3] == ["cp", "-R", "/models/."]
+    assert init["securityContext"]["runAsNonRoot"] and server["securityContext"]["readOnlyRootFilesystem"]
+    assert server["image"] == info["image"] and server["command"][:3] == ["modelbuild", "serve", "/models"]
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in server["volumeMounts"]
+    assert {"name": "models", "emptyDir": {}} in pod["volumes"]
+    kserve = yaml.safe_load((modelcar_deployed / "kserve/inferenceservice.yaml").read_text())
+    container = kserve["spec"]["predictor"]["containers"][0]
+    assert {"name": "STORAGE_URI", "value": f"oci://{info['model_image']}"} in container["env"]
+    assert container["command"][2] == "/mnt/models"
+
+
+def test_the_cronjob_runs_the_monitor_recipe_one_at_a_time_and_stops_on_exit_4(modelcar_deployed):
+    cron = yaml.safe_load((modelcar_deployed / "monitor/cronjob.yaml").read_text())
+    assert cron["kind"] == "CronJob" and cron["apiVersion"] == "batch/v1"
+    assert cron["spec"]["schedule"] == "0 3 * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    job = cron["spec"]["jobTemplate"]["spec"]
+    assert 4 in job["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"]
+    pod = job["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == PINNED and container["securityContext"]["runAsNonRoot"]
+    assert "modelbuild build recipes/employment-monitor.yaml -k && modelbuild promote production " \
+           "employment-monitor:candidate" in container["command"][-1]
+    assert {"name": "MODELBUILD_STORE", "value": "/store"} in container["env"]
+    claim = yaml.safe_load((modelcar_deployed / "monitor/store-pvc.yaml").read_text())["metadata"]["name"]
+    assert {"name": "store", "persistentVolumeClaim": {"claimName": claim}} in pod["volumes"]
+    assert {"name": "logs", "mountPath": "/serve-logs", "readOnly": True} in container["volumeMounts"]
+    info = json.loads((modelcar_deployed / "deploy.json").read_text())
+    assert info["schedule"]["exit_codes"]["4"] == "a drift alert or a failed gate"
+
+
+@pytest.mark.parametrize("params, key, says", [
+    ({"server_image": "registry.example.com/modelbuild-serve:1.0"}, "params.server_image", "pinned by digest"),
+    ({"schedule": {**SCHEDULE["schedule"], "image": "registry.example.com/m:latest"}}, "params.schedule.image",
+     "pinned by digest"),
+    ({"schedule": {**SCHEDULE["schedule"], "cronn": "0 3 * * *"}}, "params.schedule.cronn", "did you mean"),
+    ({"schedule": {"cron": "0 3 * * *", "image": PINNED}}, "params.schedule.recipe", "needs `recipe`"),
+    ({"schedule": {**SCHEDULE["schedule"], "cron": "every night"}}, "params.schedule.cron", "not a cron"),
+    ({"schedule": {**SCHEDULE["schedule"], "promote": "production"}}, "params.schedule.promote", "{tag: TAG"),
+])
+def test_bad_server_image_or_schedule_is_exit_2_naming_the_key(cli, params, key, says):
+    cli.project.write("recipe.yaml", _quickstart_deploy(params))
+    proc = cli("plan", "recipe.yaml", check=2)
+    assert key in proc.stderr and "step 'deploy'" in proc.stderr and says in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("error:") == 1

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO, Cli
@@ -22,7 +25,8 @@ def quickstart(tmp_path_factory):
 def test_quickstart_builds_then_is_fully_cached(quickstart):
     cli, first = quickstart
     assert cli.statuses(first) == {"adult": "built", "clean": "built", "summary": "built", "splits": "built",
-                                   "model": "built", "tuned": "built", "evaluate": "built", "image": "built"}
+                                   "model": "built", "tuned": "built", "evaluate": "built", "image": "built",
+                                   "deploy": "built"}
     adult = json.loads((cli.store.parent / first["by_step"]["adult"]["path"] / "table.json").read_text())
     assert adult["rows"] == 32561 and len(adult["columns"]) == 15
     metrics = json.loads(open(first["by_step"]["summary"]["path"] + "/metrics.json").read())
@@ -69,3 +73,19 @@ def test_diff_of_quickstart_names_the_changed_param_and_source_file(quickstart):
                    for e in d["effects"]), d["effects"]
     finally:
         script.write_text(original)
+
+
+def test_quickstart_ends_in_manifests_that_kubernetes_accepts(quickstart):
+    """The Done-when of the deployment work: the quickstart's modelcar and manifests that pass
+    `kubernetes-validate --strict`, the modelcar pinned by the digest the image step recorded."""
+    cli, first = quickstart
+    deployed, image = (cli.project / first["by_step"][s]["path"] for s in ("deploy", "image"))
+    modelcar = json.loads((image / "image.json").read_text())["images"]["modelcar"]["manifest"]
+    info = json.loads((deployed / "deploy.json").read_text())
+    assert info["model_image"].endswith("@" + modelcar)
+    files = sorted(map(str, (deployed / "kubernetes").glob("*.yaml")))
+    assert len(files) == 4
+    for version in ("1.30.0", "1.37.0"):
+        proc = subprocess.run([str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", "--quiet",
+                               "-k", version, *files], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, f"Kubernetes {version}:\n{proc.stdout}{proc.stderr}"
