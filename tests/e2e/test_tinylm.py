@@ -89,6 +89,7 @@ def test_a_new_learning_rate_rebuilds_the_model_only(cli):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~3 min alone on two cores; longer beside another test worker
 def test_tinylm_recipe_as_written(cli):
     """The full recipe: a few minutes on 2 CPU cores; the model beats a unigram model's perplexity."""
     first = build(cli, timeout=1800)

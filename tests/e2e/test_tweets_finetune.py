@@ -14,6 +14,7 @@ pytest.importorskip("transformers")
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~5 min alone on two cores; longer beside another test worker
 def test_tweets_finetune_learns_sentiment_and_loads_offline(tmp_path, monkeypatch):
     shutil.copytree(REPO / "recipes", tmp_path / "recipes")
     cli = Cli(tmp_path, tmp_path / "store")
