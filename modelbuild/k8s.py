@@ -48,7 +48,9 @@ LOCKED_DOWN = {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "r
 
 
 def serve_command(s: Spec, models: str = "/models") -> dict:
-    """For a server image that does not hold the model: serve the model folder a volume puts at `models`."""
+    """For a server image that does not hold the model: serve the model folder a volume puts at `models`.
+    Inside a pod 0.0.0.0 is the pod's own network namespace, which the Service and probes must reach; the
+    command-line default stays 127.0.0.1."""
     return {"command": ["modelbuild", "serve", models, "--host", "0.0.0.0", "--port", str(s.port),
                         "--log-dir", "/tmp/serve-logs"],
             "env": [{"name": "MODELBUILD_STORE", "value": "/tmp/store"}]}

@@ -197,3 +197,11 @@ class BuildContext:
         current = json.loads(path.read_text()) if path.exists() else {}
         current.update(metrics)
         path.write_text(json.dumps(current, indent=2, sort_keys=True))
+
+
+def check_input_names(builder: str, names, known, *, file: str | None, step: str) -> None:
+    """Refuse an input a builder does not take, naming the ones it does (exit 2)."""
+    for name in names:
+        if name not in known:
+            raise RecipeError(f"{builder} takes the inputs {', '.join(known)}, not '{name}'"
+                              f"{did_you_mean(name, known)}", file=file, step=step, key=f"inputs.{name}")

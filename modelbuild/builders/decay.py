@@ -25,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DataValidationError, GateFailed, RecipeError, did_you_mean
-from .base import Builder, Param
+from .base import Builder, Param, check_input_names
 
 INPUTS = ("requests", "feedback", "evaluation")
 METRICS = ("accuracy", "f1", "precision", "recall", "error_rate")
@@ -69,10 +69,7 @@ class Decay(Builder):
                 raise RecipeError(f"malformed gate: {e}", **where) from None
 
     def check_inputs(self, params: dict, inputs: dict, *, file: str | None, step: str) -> None:
-        for name in inputs:
-            if name not in INPUTS:
-                raise RecipeError(f"decay takes the inputs {', '.join(INPUTS)}, not '{name}'"
-                                  f"{did_you_mean(name, INPUTS)}", file=file, step=step, key=f"inputs.{name}")
+        check_input_names("decay", inputs, INPUTS, file=file, step=step)
         for name in ("requests", "feedback"):
             if name not in inputs:
                 raise RecipeError(f"decay needs a `{name}` input (a `{{log: DIR}}` source of the server's {name} "

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import DataValidationError, GateFailed, RecipeError, did_you_mean
 from ..monitoring.drift import THRESHOLDS
-from .base import Builder, Param
+from .base import Builder, Param, check_input_names
 
 INPUTS = ("reference", "current", "model", "tokenizer")
 
@@ -76,10 +76,7 @@ class Drift(Builder):
             fail("max_categories", "max_categories and batch_size must be at least 1")
 
     def check_inputs(self, params: dict, inputs: dict, *, file: str | None, step: str) -> None:
-        for name in inputs:
-            if name not in INPUTS:
-                raise RecipeError(f"drift takes the inputs {', '.join(INPUTS)}, not '{name}'"
-                                  f"{did_you_mean(name, INPUTS)}", file=file, step=step, key=f"inputs.{name}")
+        check_input_names("drift", inputs, INPUTS, file=file, step=step)
         for name in ("reference", "current"):
             if name not in inputs:
                 raise RecipeError(f"drift needs a `{name}` input: the {'baseline data (a profile or table step)' if name == 'reference' else 'data to check (a table step or a log source)'}",

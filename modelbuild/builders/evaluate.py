@@ -29,7 +29,7 @@ from pathlib import Path
 from ..errors import GateFailed, RecipeError, did_you_mean
 from ..evaluation import gates as G
 from ..evaluation import metrics as M
-from .base import Builder, Param
+from .base import Builder, Param, check_input_names
 
 INPUTS = ("model", "data", "baseline")
 
@@ -91,10 +91,7 @@ class Evaluate(Builder):
         return names | fairness | {f"{c}.{n}" for c in params.get("protected") or [] for n in fairness}
 
     def check_inputs(self, params: dict, inputs: dict, *, file: str | None, step: str) -> None:
-        for name in inputs:
-            if name not in INPUTS:
-                raise RecipeError(f"evaluate takes the inputs {', '.join(INPUTS)}, not '{name}'"
-                                  f"{did_you_mean(name, INPUTS)}", file=file, step=step, key=f"inputs.{name}")
+        check_input_names("evaluate", inputs, INPUTS, file=file, step=step)
         for name, what in (("model", "the model to evaluate (a train or finetune step)"),
                            ("data", "the held-out data (a split or a table step)")):
             if name not in inputs:

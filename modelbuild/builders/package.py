@@ -27,9 +27,9 @@ import json
 import zipfile
 from pathlib import Path
 
-from ..errors import BuildError, RecipeError, did_you_mean
+from ..errors import BuildError, RecipeError
 from ..hashing import META_FILE
-from .base import Builder, Param
+from .base import Builder, Param, check_input_names
 
 INPUTS = ("model", "base", "wheels")
 LIB = "opt/modelbuild/lib"
@@ -69,10 +69,7 @@ class Package(Builder):
                               key="params.port")
 
     def check_inputs(self, params: dict, inputs: dict, *, file: str | None, step: str) -> None:
-        for name in inputs:
-            if name not in INPUTS:
-                raise RecipeError(f"package takes the inputs {', '.join(INPUTS)}, not '{name}'"
-                                  f"{did_you_mean(name, INPUTS)}", file=file, step=step, key=f"inputs.{name}")
+        check_input_names("package", inputs, INPUTS, file=file, step=step)
         if "model" not in inputs:
             raise RecipeError("package needs a `model` input: the artifact to put under /models",
                               file=file, step=step, key="inputs")
@@ -141,6 +138,8 @@ def _labels(lineage: dict, title: str, extra: dict) -> dict:
 
 
 def _server_config(base: dict, labels: dict, p: dict) -> dict:
+    """The server image's config. It listens on 0.0.0.0 inside its container's own network namespace (a
+    port mapping or a pod reaches it there); `modelbuild serve` itself defaults to 127.0.0.1."""
     env = [e for e in base.get("Env", []) if not e.startswith(("PYTHONPATH=", "PYTHONDONTWRITEBYTECODE="))]
     return {**base, "Entrypoint": ["/usr/local/bin/modelbuild", "serve", "/models"],
             "Cmd": p["args"] if p["args"] is not None else ["--host", "0.0.0.0", "--port", str(p["port"])],
