@@ -33,6 +33,7 @@ class Spec:
     error_rate: float
     no_traffic_minutes: int
     model_image: str | None = None  # a modelcar (repo@sha256:...) whose /models the server serves; None: in the image
+    serve_args: tuple[str, ...] = ()  # more `modelbuild serve` flags (dynamic batching)
 
     def labels(self) -> dict:
         return {"app.kubernetes.io/name": self.name, "app.kubernetes.io/managed-by": "modelbuild",
@@ -52,7 +53,7 @@ def serve_command(s: Spec, models: str = "/models") -> dict:
     Inside a pod 0.0.0.0 is the pod's own network namespace, which the Service and probes must reach; the
     command-line default stays 127.0.0.1."""
     return {"command": ["modelbuild", "serve", models, "--host", "0.0.0.0", "--port", str(s.port),
-                        "--log-dir", "/tmp/serve-logs"],
+                        "--log-dir", "/tmp/serve-logs", *s.serve_args],
             "env": [{"name": "MODELBUILD_STORE", "value": "/tmp/store"}]}
 
 
@@ -65,7 +66,7 @@ def container(s: Spec) -> dict:
         mounts.append({"name": "models", "mountPath": "/models", "readOnly": True})
     return {
         "name": "server", "image": s.image, "imagePullPolicy": "IfNotPresent",
-        **(serve_command(s) if s.model_image else {}),
+        **(serve_command(s) if s.model_image else _image_args(s)),
         "ports": [{"name": "http", "containerPort": s.port, "protocol": "TCP"}],
         "resources": s.resources,
         "readinessProbe": {**probe, "initialDelaySeconds": 5, "failureThreshold": 3},
@@ -73,6 +74,14 @@ def container(s: Spec) -> dict:
         "securityContext": LOCKED_DOWN,
         "volumeMounts": mounts,
     }
+
+
+def _image_args(s: Spec) -> dict:
+    """For a server image that holds the model: its entrypoint stays, `args` (replacing the image's Cmd) adds
+    the flags, if any."""
+    if not s.serve_args:
+        return {}
+    return {"args": ["--host", "0.0.0.0", "--port", str(s.port), *s.serve_args]}
 
 
 def model_init_container(s: Spec) -> dict:

@@ -27,6 +27,7 @@ import re
 
 from ..errors import BuildError, RecipeError, did_you_mean
 from .base import Builder, Param
+from .package import batching_args, check_batching
 
 _DNS = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _PINNED = re.compile(r"[a-z0-9][a-z0-9._-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)*@sha256:[0-9a-f]{64}")
@@ -34,6 +35,7 @@ _CRON = re.compile(r"(@(yearly|annually|monthly|weekly|daily|midnight|hourly))|(
 SCHEDULE_KEYS = {"cron": "required", "recipe": "required", "image": "required", "workdir": "/project",
                  "claim": "<name>-store", "store_size": "20Gi", "time_zone": None, "promote": None, "name": None,
                  "logs_claim": None}
+PLACEHOLDER = "@sha256:" + "0" * 64  # a server_image digest no image has: the manifests wait for a real one
 DEFAULT_RESOURCES = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "2Gi"}}
 
 
@@ -64,6 +66,10 @@ class Deploy(Builder):
                         help="thresholds: p95_seconds, error_rate (0-1), no_traffic_minutes"),
         "server_image": Param("str", help="for a modelcar-only image: the server image that serves its /models, "
                                           "pinned by digest (repo@sha256:<64 hex>)"),
+        "max_batch_size": Param("int", omit=True, help="the server's --max-batch-size in the pods (default: the "
+                                                        "package step's)"),
+        "batch_timeout": Param("float", omit=True, help="the server's --batch-timeout in the pods (default: the "
+                                                        "package step's)"),
         "schedule": Param("dict", help="a CronJob running a recipe: {cron, recipe, image (repo@sha256:...), "
                                        "workdir, claim, store_size, time_zone, promote: {tag, artifact}, name, "
                                        "logs_claim}"),
@@ -93,6 +99,7 @@ class Deploy(Builder):
         if params["server_image"] is not None and not _PINNED.fullmatch(params["server_image"]):
             fail("server_image", f"server_image must be pinned by digest (registry/name@sha256:<64 hex digits>), got "
                                  f"{params['server_image']!r}: a tag can move under a running Deployment")
+        check_batching(params, file=file, step=step)
         if params["schedule"] is not None:
             _check_schedule(params["schedule"], fail)
 
@@ -127,7 +134,8 @@ class Deploy(Builder):
                         min_replicas=p["replicas"]["min"], max_replicas=p["replicas"]["max"],
                         target_cpu=p["target_cpu"], target_rps=p["target_rps"], concurrency=p["concurrency"],
                         p95_seconds=float(alerts["p95_seconds"]), error_rate=float(alerts["error_rate"]),
-                        no_traffic_minutes=int(alerts["no_traffic_minutes"]))
+                        no_traffic_minutes=int(alerts["no_traffic_minutes"]),
+                        serve_args=tuple(_serve_args(p, info, in_image=model_image is None)))
         files = {"kubernetes/deployment.yaml": k8s.deployment(spec), "kubernetes/service.yaml": k8s.service(spec),
                  "kubernetes/hpa.yaml": k8s.hpa(spec), "kubernetes/pdb.yaml": k8s.pdb(spec),
                  "kserve/inferenceservice.yaml": k8s.inference_service(spec),
@@ -154,12 +162,26 @@ class Deploy(Builder):
                            f"docker://{p['repository']}:{tag}"}
         if model_image:
             summary["model_image"] = model_image
+        if image_ref.endswith(PLACEHOLDER):
+            summary["server_image_placeholder"] = True
+            ctx.log.warning("step '%s': server_image %s is a placeholder: the manifests validate, but no pod starts "
+                            "until it names a real server image (docs/deploy.md, \"The server image\")",
+                            ctx.step, image_ref)
         if p["schedule"] is not None:
             summary["schedule"] = {"cron": schedule.cron, "recipe": schedule.recipe, "image": schedule.image,
                                    "exit_codes": {str(k): v for k, v in k8s.EXIT_CODES.items()},
                                    "fail_job_on": k8s.FINAL_EXIT_CODES}
         (ctx.out / "deploy.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
         ctx.log.info("deploy %s: %s", name, spec.image)
+
+
+def _serve_args(p: dict, info: dict, *, in_image: bool) -> list[str]:
+    """The batching flags the pods add: the package step's, overridden by this step's. A server image already
+    runs with the package step's (in its Cmd), so its pods add flags only when this step sets some."""
+    own = {k: p[k] for k in ("max_batch_size", "batch_timeout") if p.get(k) is not None}
+    if in_image and not own:
+        return []
+    return batching_args({**info.get("batching", {}), **own})
 
 
 def _check_schedule(schedule: dict, fail) -> None:

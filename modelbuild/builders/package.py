@@ -61,12 +61,17 @@ class Package(Builder):
                                    "--port <port>"),
         "user": Param("str", default="65532:65532", help="uid:gid the server runs as (not root)"),
         "labels": Param("dict", default={}, help="extra image labels"),
+        "max_batch_size": Param("int", omit=True, help="the server's --max-batch-size (text classifiers: requests "
+                                                        "answered by one model call; 1: no batching)"),
+        "batch_timeout": Param("float", omit=True, help="the server's --batch-timeout (seconds a batch waits to "
+                                                        "fill)"),
     }
 
     def check(self, params: dict, *, file: str | None, step: str) -> None:
         if not 0 < params["port"] < 65536:
             raise RecipeError(f"port must be 1 to 65535, got {params['port']}", file=file, step=step,
                               key="params.port")
+        check_batching(params, file=file, step=step)
 
     def check_inputs(self, params: dict, inputs: dict, *, file: str | None, step: str) -> None:
         check_input_names("package", inputs, INPUTS, file=file, step=step)
@@ -113,12 +118,36 @@ class Package(Builder):
             images.append(oci.Image(base + [app, model_layer], _server_config(base_config, labels, p),
                                     "server", labels, platform))
         manifests = oci.write_layout(ctx.out / "oci", images)
-        info = {"model_digest": lineage.get("digest"), "labels": labels, "port": p["port"], "images": {
+        info = {"model_digest": lineage.get("digest"), "labels": labels, "port": p["port"], **_batching(p),
+                "images": {
             ref: {"manifest": d["digest"], "layers": [layer.descriptor["digest"] for layer in image.layers]}
             for (ref, d), image in zip(manifests.items(), images, strict=True)}}
         (ctx.out / "image.json").write_text(json.dumps(info, sort_keys=True, indent=2))
         for ref, d in manifests.items():
             ctx.log.info("image %s: %s", ref, d["digest"])
+
+
+def check_batching(params: dict, *, file: str | None, step: str) -> None:
+    """max_batch_size and batch_timeout, where a recipe sets them, as `modelbuild serve` accepts them."""
+    if params.get("max_batch_size") is not None and params["max_batch_size"] < 1:
+        raise RecipeError(f"max_batch_size must be 1 or more (1: no batching), got {params['max_batch_size']}",
+                          file=file, step=step, key="params.max_batch_size")
+    if params.get("batch_timeout") is not None and params["batch_timeout"] < 0:
+        raise RecipeError(f"batch_timeout must be 0 or more seconds, got {params['batch_timeout']}",
+                          file=file, step=step, key="params.batch_timeout")
+
+
+def batching_args(batching: dict) -> list[str]:
+    """`modelbuild serve` flags for {max_batch_size, batch_timeout}, the ones set."""
+    flags = {"max_batch_size": "--max-batch-size", "batch_timeout": "--batch-timeout"}
+    return [arg for key, flag in flags.items() if batching.get(key) is not None
+            for arg in (flag, str(batching[key]))]
+
+
+def _batching(p: dict) -> dict:
+    """image.json's record of the batching the server image runs with (the deploy step's default)."""
+    batching = {k: p[k] for k in ("max_batch_size", "batch_timeout") if p.get(k) is not None}
+    return {"batching": batching} if batching else {}
 
 
 def _lineage(model: Path) -> dict:
@@ -142,7 +171,8 @@ def _server_config(base: dict, labels: dict, p: dict) -> dict:
     port mapping or a pod reaches it there); `modelbuild serve` itself defaults to 127.0.0.1."""
     env = [e for e in base.get("Env", []) if not e.startswith(("PYTHONPATH=", "PYTHONDONTWRITEBYTECODE="))]
     return {**base, "Entrypoint": ["/usr/local/bin/modelbuild", "serve", "/models"],
-            "Cmd": p["args"] if p["args"] is not None else ["--host", "0.0.0.0", "--port", str(p["port"])],
+            "Cmd": (p["args"] if p["args"] is not None else ["--host", "0.0.0.0", "--port", str(p["port"])])
+            + batching_args(p),
             "Env": env + [f"PYTHONPATH=/{LIB}", "PYTHONDONTWRITEBYTECODE=1", "MODELBUILD_STORE=/tmp/store"],
             "ExposedPorts": {f"{p['port']}/tcp": {}}, "User": p["user"], "WorkingDir": "/tmp",
             "Labels": {**base.get("Labels", {}), **labels}}

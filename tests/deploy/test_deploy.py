@@ -155,6 +155,36 @@ def test_why_depends_goes_through_the_image(built):
     assert "deploy" in lines[0] and "image (" in lines[1] and "model (" in lines[2]
 
 
+def test_batching_params_reach_the_server_image_and_the_pods(cli, tiny_base):
+    """The package step's batching is in the image's command; the deploy step's own values override it in the pods'
+    args (the image's entrypoint stays), and a modelcar's pods get them in their `modelbuild serve` command."""
+    from modelbuild import oci
+
+    shutil.copytree(tiny_base, cli.project / "base")
+    recipe = model_recipe(1, DEPLOY.replace("image: demo-server}", "image: demo-server, max_batch_size: 16, "
+                                                                   "batch_timeout: 0.01}")
+                          .replace("max: 4}}", "max: 4}, batch_timeout: 0.02}"))
+    cli.project.write("recipe.yaml", recipe + """
+  modelcar_deploy:
+    builder: deploy
+    inputs: {image: image}
+    params: {max_batch_size: 4, server_image: PINNED}
+""".replace("PINNED", PINNED))
+    steps = cli.build()["by_step"]
+    _, config = oci.read_image(Path(steps["server"]["path"]) / "oci", "server")
+    assert config["config"]["Cmd"] == ["--host", "0.0.0.0", "--port", "8000", "--max-batch-size", "16",
+                                       "--batch-timeout", "0.01"]
+
+    def server(step: str) -> dict:
+        doc = yaml.safe_load((Path(steps[step]["path"]) / "kubernetes/deployment.yaml").read_text())
+        return doc["spec"]["template"]["spec"]["containers"][0]
+
+    assert "command" not in server("deploy")
+    assert server("deploy")["args"] == ["--host", "0.0.0.0", "--port", "8000", "--max-batch-size", "16",
+                                        "--batch-timeout", "0.02"]
+    assert server("modelcar_deploy")["command"][-2:] == ["--max-batch-size", "4"]
+
+
 def test_deploy_of_a_modelcar_only_package_says_what_to_set(cli):
     cli.project.write("recipe.yaml", model_recipe(1, """
   deploy:
@@ -220,6 +250,8 @@ def test_prometheus_scrapes_the_server_metrics_and_the_rules_return_data(deploye
     ("{name: Demo_Server}", "params.name"),
     ("{replicas: {min: 5, max: 2}}", "params.replicas"),
     ("{alerts: {p95_second: 1}}", "params.alerts.p95_second"),
+    ("{max_batch_size: 0}", "params.max_batch_size"),
+    ("{batch_timeout: -1}", "params.batch_timeout"),
 ])
 def test_bad_deploy_params_are_recipe_errors(cli, tiny_base, params, key):
     shutil.copytree(tiny_base, cli.project / "base")
@@ -285,7 +317,7 @@ def test_quickstart_manifests_and_the_cronjob_are_valid_for_several_kubernetes_v
 def test_the_modelcar_is_copied_into_the_pod_and_mounted_by_kserve(modelcar_deployed):
     info = json.loads((modelcar_deployed / "deploy.json").read_text())
     qs = yaml.safe_load((REPO / "recipes/quickstart.yaml").read_text())["steps"]["deploy"]["params"]
-    assert info["image"] == qs["server_image"]
+    assert info["image"] == qs["server_image"] and info["server_image_placeholder"] is True
     assert info["model_image"].startswith(qs["repository"] + "@sha256:") and "oci:modelcar" in info["push"]
     pod = yaml.safe_load((modelcar_deployed / "kubernetes/deployment.yaml").read_text())["spec"]["template"]["spec"]
     init, server = pod["initContainers"][0], pod["containers"][0]
