@@ -205,7 +205,52 @@ def explain(old: dict | None, new: dict) -> list[str]:
     """Why a step must be rebuilt, in words: 'params.lr 0.001 -> 0.0003', 'input clean changed', ..."""
     if old is None:
         return ["new"]
-    return [_reason(c) for c in changes(old, new)] or ["not in the store"]
+    return [r for c in changes(old, new) for r in _reasons(c)] or ["not in the store"]
+
+
+def _reasons(c: Change) -> list[str]:
+    if c.section == "params":
+        return describe(c)
+    return [_reason(c)]
+
+
+def describe(c: Change) -> list[str]:
+    """A value's change in words a person can act on: 'added'/'removed' rather than a placeholder, and for
+    two lists the elements that differ rather than two prefixes that look the same."""
+    if c.old is UNSET:
+        return [f"{c.what} added: {_short(c.new)}"]
+    if c.new is UNSET:
+        return [f"{c.what} removed (was {_short(c.old)})"]
+    if isinstance(c.old, list) and isinstance(c.new, list):
+        return _list_changes(c.what, c.old, c.new)
+    if isinstance(c.old, dict) and isinstance(c.new, dict):
+        return [r for sub in field_changes(c.old, c.new, c.what) for r in describe(sub)]
+    return [f"{c.what} {_short(c.old, c.new)} -> {_short(c.new, c.old)}"]
+
+
+def _list_changes(what: str, a: list, b: list, shown: int = 5) -> list[str]:
+    """The elements two lists differ in, by index (difflib's opcodes over the canonical elements)."""
+    import difflib
+
+    ca, cb = [canonical_json(x) for x in a], [canonical_json(x) for x in b]
+    out = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, ca, cb, autojunk=False).get_opcodes():
+        if op == "equal":
+            continue
+        if op == "replace" and i2 - i1 == j2 - j1:
+            out += [r for k in range(i2 - i1) for r in describe(Change(f"{what}[{j1 + k}]", a[i1 + k], b[j1 + k]))]
+            continue
+        if i2 > i1:
+            out.append(f"{what}[{_span(i1, i2)}] removed: {', '.join(_short(x) for x in a[i1:i2])}")
+        if j2 > j1:
+            out.append(f"{what}[{_span(j1, j2)}] added: {', '.join(_short(x) for x in b[j1:j2])}")
+    if len(out) > shown:
+        out = out[:shown] + [f"{what}: ... and {len(out) - shown} more changes ({len(a)} -> {len(b)} items)"]
+    return out or [f"{what} {_short(a)} -> {_short(b)}"]
+
+
+def _span(i: int, j: int) -> str:
+    return str(i) if j == i + 1 else f"{i}:{j}"
 
 
 def _reason(c: Change) -> str:
@@ -214,8 +259,6 @@ def _reason(c: Change) -> str:
         return f"builder {plain(c.old)} -> {plain(c.new)}"
     if section == "builder_code":
         return "builder code changed"
-    if section == "params":
-        return f"{c.what} {_short(c.old, c.new)} -> {_short(c.new, c.old)}"
     if section == "extras":
         return f"{c.what} changed"
     if section == "inputs":
@@ -225,4 +268,6 @@ def _reason(c: Change) -> str:
         return f"{'source' if c.new.get('kind') == 'source' else 'input'} {name} changed"
     if section == "format":
         return "derivation format changed"
-    return f"{c.what} {plain(c.old)} -> {plain(c.new)}"
+    if c.old is UNSET or c.new is UNSET:
+        return describe(c)[0]
+    return f"{c.what} {c.old} -> {c.new}"

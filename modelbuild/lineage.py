@@ -132,8 +132,13 @@ class Diff:
                 "notes": self.notes}
 
 
-def _value(v) -> str:
-    return "<unset>" if v is UNSET else json.dumps(v)
+def _change(what: str, old, new) -> str:
+    """'what: old -> new', or 'what: added (new)'/'what: removed (was old)' where one side lacks it."""
+    if old is UNSET:
+        return f"{what}: added ({json.dumps(new)})"
+    if new is UNSET:
+        return f"{what}: removed (was {json.dumps(old)})"
+    return f"{what}: {json.dumps(old)} -> {json.dumps(new)}"
 
 
 def _cause(c: Change) -> str:
@@ -141,7 +146,7 @@ def _cause(c: Change) -> str:
     words = {"builder": "builder", "builder_code": "builder code", "seed": "seed", "format": "derivation format"}
     if c.what in words:
         return f"{words[c.what]} {c.old} -> {c.new}"
-    return f"{c.what}: {_value(c.old)} -> {_value(c.new)}"
+    return _change(c.what, c.old, c.new)
 
 
 def diff(store: Store, a: Path, b: Path, key_a: str | None = None, key_b: str | None = None) -> Diff:
@@ -210,7 +215,7 @@ def _diff(store: Store, a: tuple, b: tuple, trail: str, out: Diff, seen: set) ->
     _diff_table(a[0], b[0], label, out)
     _diff_tune(a[0], b[0], label, out)
     metrics = field_changes(ma.get("metrics") or {}, mb.get("metrics") or {}, "metrics")
-    out.effects += [f"{label}: {c.what}: {_value(c.old)} -> {_value(c.new)}" for c in metrics]
+    out.effects += [f"{label}: {_change(c.what, c.old, c.new)}" for c in metrics]
 
 
 def _read_json(path: Path):

@@ -222,8 +222,21 @@ def test_explain_nested_params_are_named_by_their_path():
 
 
 def test_explain_added_and_removed_params():
-    assert explain(base_drv(params={}), base_drv(params={"lr": 0.1})) == ["params.lr <unset> -> 0.1"]
-    assert explain(base_drv(params={"lr": 0.1}), base_drv(params={})) == ["params.lr 0.1 -> <unset>"]
+    assert explain(base_drv(params={}), base_drv(params={"lr": 0.1})) == ["params.lr added: 0.1"]
+    assert explain(base_drv(params={"lr": 0.1}), base_drv(params={})) == ["params.lr removed (was 0.1)"]
+    assert explain(base_drv(params={"lr": None}), base_drv(params={})) == ["params.lr removed (was null)"]
+
+
+def test_explain_a_long_list_names_the_elements_that_differ():
+    cols = [f"column_{i}" for i in range(12)]
+    old, new = base_drv(params={"cols": cols}), base_drv(params={"cols": [*cols[:11], "other"]})
+    assert explain(old, new) == ["params.cols[11] 'column_11' -> 'other'"]
+    assert explain(old, base_drv(params={"cols": [c for c in cols if c != "column_3"]})) == \
+        ["params.cols[3] removed: 'column_3'"]
+    assert explain(old, base_drv(params={"cols": [*cols, "x"]})) == ["params.cols[12] added: 'x'"]
+    rules = [{"column": "a", "values": list(range(20))}]
+    assert explain(base_drv(params={"rules": rules}), base_drv(params={"rules": [{"column": "a", "values": [
+        *range(19), 99]}]})) == ["params.rules[0].values[19] 19 -> 99"]
 
 
 def test_explain_a_change_of_type_only_is_still_a_reason():
