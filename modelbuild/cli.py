@@ -303,8 +303,9 @@ def cmd_gc(args) -> int:
     for p in report.removed:
         print(f"{verb} {store.rel(p)}")
     for p in report.work_areas:
-        print(f"{verb} {store.rel(p)} (the work area of a build that did not finish: its checkpoints)")
-    areas = f" and {len(report.work_areas)} work areas" if report.work_areas else ""
+        print(f"{verb} {store.rel(p)} ({report.work_area_notes[p]})")
+    n = len(report.work_areas)
+    areas = f" and {n} work area{'s' if n != 1 else ''}" if n else ""
     print(f"{verb} {len(report.removed)} artifacts{areas} ({report.bytes_freed / 1e6:.1f} MB), kept "
           f"{len(report.kept)} rooted or reachable from a root")
     return 0

@@ -21,7 +21,8 @@ class GcReport:
     kept: list[Path] = field(default_factory=list)
     removed: list[Path] = field(default_factory=list)
     bytes_freed: int = 0
-    work_areas: list[Path] = field(default_factory=list)  # checkpoints of builds that never finished
+    work_areas: list[Path] = field(default_factory=list)  # scratch (a training's checkpoints) of unfinished builds
+    work_area_notes: dict[Path, str] = field(default_factory=dict)  # what each is (describe_work_area)
 
 
 def live_set(store: Store, tag_history: bool = True) -> set[Path]:
@@ -130,7 +131,7 @@ def _drop_unshared_links(store: Store, report: GcReport) -> None:
 
 
 def _drop_idle_work_areas(store: Store, report: GcReport, dry_run: bool) -> None:
-    """Work areas (`tmp/work/<key>`: a training's checkpoints) of builds that were killed and never built
+    """Work areas (`tmp/work/<key>`: a builder's scratch, a training's checkpoints) of builds that were killed and never built
     again. A successful build removes its own; one whose key is locked is in use and stays. Removing one
     means that key's next build starts from the beginning instead of resuming."""
     work = store.tmp / "work"
@@ -141,9 +142,28 @@ def _drop_idle_work_areas(store: Store, report: GcReport, dry_run: bool) -> None
             if not free:
                 continue
             report.work_areas.append(entry)
+            report.work_area_notes[entry] = describe_work_area(store, entry)
             report.bytes_freed += _size(entry)
             if not dry_run:
                 remove_tree(entry)
+
+
+def describe_work_area(store: Store, path: Path) -> str:
+    """What a left-over work area is, for `gc` to name: whose it was (the step whose last attempt had its key,
+    the builder from its derivation) and what it holds. Only a training keeps checkpoints there; another
+    builder's area is scratch, often empty, and says so."""
+    key = path.name
+    steps = [n for (n,) in store.db.execute("SELECT name FROM attempts WHERE key=? ORDER BY name", (key,))]
+    builder = (store.read_drv(key) or {}).get("builder") if KEY_RE.fullmatch(key) else None
+    whose = " ".join(filter(None, [f"step {', '.join(steps)}" if steps else None, f"({builder})" if builder else None]))
+    files = [p for p in path.rglob("*") if p.is_file()]
+    if (path / "checkpoints").is_dir() and any(p.is_relative_to(path / "checkpoints") for p in files):
+        held = "checkpoints its next build would resume from"
+    elif files:
+        held = f"scratch files ({len(files)}, {_size(path) / 1e6:.1f} MB)"
+    else:
+        held = "empty"
+    return f"the work area of a build{' of ' + whose if whose else ''} that did not finish: {held}"
 
 
 def _drop_stale_jobs(store: Store, older_than: float = 86400) -> None:

@@ -1,5 +1,6 @@
-"""How `plan` and `diff` word a change: the element of a long list that differs, never two prefixes that look
-the same; a parameter that is added or removed says so, never `null -> <unset>`."""
+"""Words a user acts on: `plan` names the element of a long list that differs (never two prefixes that look the
+same) and says a parameter was added or removed (never `null -> <unset>`); `gc` names a left-over work area by
+what it is."""
 
 from __future__ import annotations
 
@@ -26,3 +27,18 @@ def test_plan_names_the_list_element_and_the_removed_param(project, cli):
     assert "params.output_hash removed (was null)" in out, out
     assert "<unset>" not in out and "..." not in out, out
 
+
+
+def test_gc_names_a_failed_ingests_work_area_by_what_it_is(project, cli):
+    project.write("data.csv", 'x,y\n1,"2\n3,4\n')  # a quote that never closes: the ingest fails
+    project.write("recipe.yaml", """
+        name: demo
+        steps:
+          raw:
+            builder: ingest
+            inputs: {data: {path: data.csv}}
+    """)
+    cli("build", "recipe.yaml", check=1)
+    out = cli("gc", "--dry-run").stdout
+    assert "the work area of a build of step demo:raw (ingest) that did not finish: empty" in out, out
+    assert "checkpoints" not in out and "1 work area (" in out, out
