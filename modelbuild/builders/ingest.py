@@ -77,6 +77,9 @@ class Ingest(Builder):
                                   help="strip column names, and string cells of csv, tsv and text"),
         "na_values": Param("list", default=NA_VALUES, help="csv/tsv cells read as null (after stripping)"),
         "columns": Param("list", help="keep only these columns, in this order"),
+        "rename_duplicates": Param("bool", omit=True,
+                                   help="a name seen before gets _1, _2, ... (a, a, a -> a, a_1, a_2), "
+                                        "skipping names already taken; default: such a file fails"),
         "unit": Param("str", default="line", choices=("line", "file"),
                       help="text: one row per line (column text) or per file (columns path, text)"),
     }
@@ -190,7 +193,22 @@ def _write(ctx, files, fmt: str, hints: dict) -> dict:
 
 
 def _clean_names(names, p) -> list[str]:
-    return [n.strip() for n in names] if p["strip_whitespace"] else list(names)
+    names = [n.strip() for n in names] if p["strip_whitespace"] else list(names)
+    return _renamed_duplicates(names) if p.get("rename_duplicates") else names
+
+
+def _renamed_duplicates(names: list[str]) -> list[str]:
+    """a, b, a, a -> a, b, a_1, a_2: the first keeps its name, a repeat takes the next free suffix."""
+    taken, out = set(names), []
+    seen: set[str] = set()
+    for name in names:
+        new, n = name, 0
+        while new in seen or (new != name and new in taken):
+            n += 1
+            new = f"{name}_{n}"
+        seen.add(new)
+        out.append(new)
+    return out
 
 
 def _normalise(table, p, fmt: str, name: str):
@@ -206,8 +224,9 @@ def _normalise(table, p, fmt: str, name: str):
         names = _clean_names(p["names"], p)
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise BuildError(f"{name} has more than one column named {', '.join(map(repr, twice))}; "
-                         f"give every column its own name with `names:`")
+        raise BuildError(f"{name} has more than one column named {', '.join(map(repr, twice))}; set "
+                         f"`rename_duplicates: true` to read them as {twice[0]}, {twice[0]}_1, ..., or give every "
+                         f"column its own name with `names:`")
     table = table.rename_columns(names)
     if fmt in ("csv", "tsv"):
         na = pa.array(p["na_values"] or [], pa.string())

@@ -372,3 +372,14 @@ def test_bad_params_fail_before_building(params, match):
 def test_import_is_cheap():
     code = "import sys, modelbuild.builders.ingest; assert 'pyarrow' not in sys.modules and 'pandas' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rename_duplicates_gives_repeated_column_names_a_suffix(tmp_path):
+    path = write(tmp_path, "dup.csv", "a,b,a,a_1,a\n1,2,3,4,5\n")
+    with pytest.raises(BuildError, match="rename_duplicates: true"):
+        ingest_path(tmp_path, path)
+    table, meta = ingest_path(tmp_path, path, out="renamed", rename_duplicates=True)
+    assert table.column_names == ["a", "b", "a_2", "a_1", "a_3"]  # a_1 is taken, so the first repeat gets a_2
+    assert table.to_pylist() == [{"a": 1, "b": 2, "a_2": 3, "a_1": 4, "a_3": 5}]
+    table, _ = ingest_path(tmp_path, path, out="picked", rename_duplicates=True, columns=["a_3", "a"])
+    assert table.to_pylist() == [{"a_3": 5, "a": 1}]
