@@ -371,22 +371,28 @@ class Store:
     # ---- locks and tmp -----------------------------------------------------------------------------
     @contextlib.contextmanager
     def lock(self, key: str, blocking: bool = True):
-        """One lock per derivation key across processes (flock: released by the kernel on any exit)."""
+        """One lock per derivation key across processes: filelock's flock, which the kernel releases on any
+        exit (a killed build leaves no stale lock). A fresh instance each time, so a second hold in this
+        process is refused too, as in another process: nothing here is re-entrant."""
+        from filelock import FileLock, Timeout
+
         self.locks.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.locks / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        lock = FileLock(self.locks / f"{key}.lock", mode=0o644, blocking=blocking)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
+            lock.acquire()
+        except Timeout:
+            yield False
+            return
+        try:
             yield True
         finally:
-            os.close(fd)
+            lock.release()
 
     @contextlib.contextmanager
     def gc_lock(self, exclusive: bool):
-        """Builds hold it shared, gc exclusive: gc never sees a committed artifact before it is rooted."""
+        """Builds hold it shared, gc exclusive: gc never sees a committed artifact before it is rooted. flock by
+        hand: filelock has no shared mode on flock, and its ReadWriteLock is an SQLite transaction that holds
+        one mode per thread and instance per path, where a build's threads and workers each take this one."""
         self.locks.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.locks / "gc.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
