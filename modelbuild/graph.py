@@ -9,14 +9,18 @@ from .lineage import input_path, record
 from .store import Store
 
 
-def recipe_edges(recipe) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """Nodes (id, label) and edges (from, to) of a recipe: sources appear as their own nodes."""
+def recipe_edges(recipe) -> tuple[list[tuple[str, str]], list[tuple]]:
+    """Nodes (id, label) and edges (from, to[, label]) of a recipe: sources appear as their own nodes. A
+    search (tune) gets a labelled edge from each step it searches (`model -> tuned`) in place of the inputs
+    it takes over from them."""
     from .recipe import Source
     nodes, edges = [], []
     for name in recipe.order:
         step = recipe.steps[name]
         nodes.append((name, f"{name}\\n{step.builder_name}"))
-        for input_name, ref in step.inputs.items():
+        searched = step.builder.searched()
+        edges += [(s, name, "trials") for s in searched]
+        for input_name, ref in ({} if searched else step.inputs).items():
             if isinstance(ref, Source):
                 src_id = f"{name}.{input_name}"
                 dvc = ref.spec.get("dvc") or {}
@@ -57,12 +61,13 @@ def _ident(text: str) -> str:
 def to_dot(nodes, edges, title: str) -> str:
     lines = [f'digraph "{title}" {{', "  rankdir=LR;", "  node [shape=box, fontname=monospace];"]
     lines += [f'  {_ident(n)} [label="{label}"];' for n, label in nodes]
-    lines += [f"  {_ident(a)} -> {_ident(b)};" for a, b in edges]
+    lines += [f"  {_ident(a)} -> {_ident(b)}" + (f' [style=dashed, label="{e[0]}"]' if e else "") + ";"
+              for a, b, *e in edges]
     return "\n".join(lines + ["}"])
 
 
 def to_mermaid(nodes, edges, title: str) -> str:
     lines = ["flowchart LR", f"  %% {title}"]
     lines += [f'  {_ident(n)}["{label.replace(chr(92) + "n", "<br/>")}"]' for n, label in nodes]
-    lines += [f"  {_ident(a)} --> {_ident(b)}" for a, b in edges]
+    lines += [f"  {_ident(a)} " + (f"-. {e[0]} .->" if e else "-->") + f" {_ident(b)}" for a, b, *e in edges]
     return "\n".join(lines)

@@ -175,7 +175,7 @@ class Realiser:
         """A dry run: what would be cached or built, and why. Nothing is built or fetched."""
         states = {name: StepState(name) for name in self.recipe.order}
         failing: set[str] = set()  # steps whose recorded result is a failure, and what depends on them
-        for name in self.recipe.closure(targets or self.recipe.order):
+        for name in self.recipe.closure(targets or self.recipe.defaults):
             st, step = states[name], self.recipe.steps[name]
             blocked = [n for n, r in step.inputs.items() if isinstance(r, str) and r in failing]
             if blocked:
@@ -211,7 +211,7 @@ class Realiser:
                 st.status = "build"
                 st.reasons = self._why(name, prepared.drv)
                 st.reasons += step.builder.describe(self, step, prepared)
-        return [states[n] for n in self.recipe.closure(targets or self.recipe.order)]
+        return [states[n] for n in self.recipe.closure(targets or self.recipe.defaults)]
 
     # ---- build -------------------------------------------------------------------------------------
     def build(self, targets: list[str] | None = None) -> list[StepState]:
@@ -221,7 +221,7 @@ class Realiser:
 
     def _build(self, targets: list[str] | None) -> list[StepState]:
         self.store.clean_tmp()
-        order = self.recipe.closure(targets or self.recipe.order)
+        order = self.recipe.closure(targets or self.recipe.defaults)
         for name in order:  # a wrong pin or a missing package fails the build before any step runs
             step = self.recipe.steps[name]
             for input_name, ref in step.inputs.items():

@@ -134,6 +134,13 @@ class Recipe:
                 stack.extend(self.steps[s].deps)
         return [s for s in self.order if s in want]
 
+    @property
+    def defaults(self) -> list[str]:
+        """What a build without --target builds: every step but those only a search uses (a tune step's
+        target trains once per trial, never as itself, unless another step consumes it)."""
+        searched = {s for step in self.steps.values() for s in step.builder.searched()}
+        return self.closure([s for s in self.order if s not in searched])
+
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)

@@ -154,6 +154,11 @@ class Builder:
         """The artifact (and key) a consumer of this step's artifact `path` receives instead."""
         return path, None
 
+    def searched(self) -> list[str]:
+        """The steps whose variants this one builds as its jobs (tune: its target and objective step): a build
+        of the whole recipe builds them only where another step consumes them."""
+        return []
+
 
 @dataclass
 class BuildContext:

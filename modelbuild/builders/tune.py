@@ -145,6 +145,9 @@ class Tune(Builder):
         """A tune step's consumers receive its best trial's artifact."""
         return best_trial(store, path)
 
+    def searched(self) -> list[str]:
+        return [s.name for s in (self.target_step, self.objective_step) if s is not None]
+
     def build(self, ctx) -> None:
         data = json.loads(ctx.input("trials").read_text())
         trials, metric, mode = data["trials"], data["metric"], data["mode"]

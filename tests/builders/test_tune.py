@@ -249,3 +249,25 @@ def test_diff_of_tune_artifacts_imports_no_heavy_library(project, cli):
     assert proc.stdout.strip().endswith("[]")
     assert "trials 18 -> 5: 0 added, 13 removed" in proc.stdout
     assert "params.budget: null -> 5" in proc.stdout
+
+
+def test_a_whole_recipe_build_trains_the_target_only_where_another_step_consumes_it(project, cli):
+    make(project)
+    result = cli.build("recipe.yaml", "-j", "2", "steps.tuned.params.budget=2")
+    assert set(cli.statuses(result)) == {"tuned", "use"}  # f runs only as the search's trials
+    assert not (cli.store / "roots" / "t" / "f").exists()
+    plan = cli("plan", "recipe.yaml", "steps.tuned.params.budget=2").stdout.splitlines()
+    assert [line.split()[0] for line in plan] == ["tuned", "use"]
+    graph = cli("graph", "recipe.yaml").stdout
+    assert 'n_f -> n_tuned [style=dashed, label="trials"];' in graph and "n_tuned -> n_use;" in graph
+    assert "-. trials .-> n_tuned" in cli("graph", "recipe.yaml", "--format", "mermaid").stdout
+    recipe = (project / "recipe.yaml").read_text() + """
+  direct:
+    builder: python
+    inputs: {model: f}
+    params: {function: "steps:use"}
+"""
+    project.write("recipe.yaml", recipe)
+    result = cli.build("recipe.yaml", "steps.tuned.params.budget=2")
+    assert cli.statuses(result)["f"] in ("built", "cached") and (cli.store / "roots" / "t" / "f").exists()
+    assert cli.build("recipe.yaml", "-t", "f")["by_step"]["f"]["status"] == "cached"  # --target still builds it
