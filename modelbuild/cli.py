@@ -266,6 +266,37 @@ def cmd_graph(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import facts_of, render
+    store = _store(args)
+    if not store.exists():
+        raise UsageError(f"there is no store at {store.root}: build the recipe first, or point --store / "
+                         "MODELBUILD_STORE at the store it was built in")
+    facts = facts_of(store, args.what, _overrides(args))
+    if args.model_card:
+        from .report.card import model_card
+        text = model_card(store, facts)
+    else:
+        text = render(store, facts, args.against)
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        _write_atomically(Path(args.output), text)
+        print(f"wrote {args.output} ({len(text.encode()) / 1e3:.0f} kB)", file=sys.stderr)
+    return 0
+
+
+def _write_atomically(target: Path, text: str) -> None:
+    """Write beside the target and rename, so a reader never sees half a report."""
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, target)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"cannot write {target}: {e.strerror}; choose another -o FILE") from None
+
+
 def cmd_log(args) -> int:
     store = _store(args)
     attempt = store.last_attempt(args.artifact) if store.exists() else None
@@ -495,6 +526,16 @@ def parser() -> argparse.ArgumentParser:
         "--json", action="store_true")
     artifact_verb("why-depends", cmd_why_depends, "how artifact A depends on artifact B", "a", "b")
     artifact_verb("log", cmd_log, "an artifact's build log", "artifact")
+    rp = sub.add_parser("report", help="one static HTML page of a recipe's or an artifact's lineage, metrics and "
+                        "plots (or, with --model-card, a Hugging Face model card)")
+    rp.add_argument("what", metavar="RECIPE|ARTIFACT", help="a recipe YAML (its steps as last built here) or an "
+                    "artifact: store path, digest prefix, RECIPE:STEP, tag")
+    rp.add_argument("overrides", nargs="*", default=[], help="Hydra overrides of the recipe")
+    rp.add_argument("--against", metavar="ARTIFACT|TAG", help="add the changes since this artifact (its `diff`)")
+    rp.add_argument("--model-card", action="store_true", help="write a model card (README.md with YAML metadata) "
+                    "for the model the artifact is or was evaluated on")
+    rp.add_argument("-o", "--output", metavar="FILE", help="where to write it (default: stdout)")
+    rp.set_defaults(fn=cmd_report)
     pa = sub.add_parser("path", help="store paths of artifacts")
     pa.add_argument("artifacts", nargs="+")
     pa.set_defaults(fn=cmd_path)

@@ -31,6 +31,7 @@ BUILTIN = {
     "decay": "modelbuild.builders.decay:Decay",
     "package": "modelbuild.builders.package:Package",
     "deploy": "modelbuild.builders.deploy:Deploy",
+    "report": "modelbuild.builders.report:Report",
 }
 
 __all__ = ["BUILTIN", "BuildContext", "Builder", "Param", "load_builder", "builder_code_hash"]

@@ -46,10 +46,11 @@ CASES = {
     "package": ({"image": "contract"}, {"model": {"path": "table"}}),
     # built from a package with a server image, which needs a base layout: tests/deploy builds it
     "deploy": ({"repository": "registry.example.com/contract"}, {"image": {"path": "table"}}),
+    "report": ({}, {"table": {"path": "table"}}),
 }
 
 # Built and read back here (seconds each); the rest (torch and transformers builders) have their own tests.
-LIGHT = ["command", "python", "ingest", "clean", "validate", "split", "profile", "tune", "package"]
+LIGHT = ["command", "python", "ingest", "clean", "validate", "split", "profile", "tune", "package", "report"]
 
 STEPS = """
 import json
@@ -174,7 +175,7 @@ def built(project):
     root, cli = project
     cases = {**CASES, "clean": ({}, {"table": "ingest"}), "split": (CASES["split"][0], {"data": "ingest"}),
              "validate": (CASES["validate"][0], {"table": "ingest"}), "profile": ({"table": "train"}, {"data": "split"}),
-             "package": (CASES["package"][0], {"model": "command"})}
+             "package": (CASES["package"][0], {"model": "command"}), "report": ({}, {"table": "split"})}
     root.write("build.yaml", recipe(LIGHT, **cases))
     off = {"MODELBUILD_SANDBOX": "off"}  # the sandbox has its own tests (tests/e2e/test_sandbox.py)
     first = cli.build("build.yaml", "-j", "2", env=off)
