@@ -12,7 +12,7 @@ from pathlib import Path
 from modelbuild import oci
 
 SKIP = {"test", "idlelib", "tkinter", "ensurepip", "lib2to3", "pydoc_data", "turtledemo", "__pycache__",
-        "site-packages", "dist-packages", "config-3.11-x86_64-linux-gnu", "unittest", "distutils"}
+        "site-packages", "dist-packages", "config-3.11-x86_64-linux-gnu"}
 
 
 MANYLINUX = ("libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "librt.so.1", "libutil.so.1",

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import tarfile
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import Cli, Project
 
@@ -145,3 +148,98 @@ def test_a_damaged_base_layer_is_refused(cli, tiny_base):
         "inputs: {model: model}", "inputs: {model: model, base: {path: base}}"))
     proc = cli("build", "recipe.yaml", check=1)
     assert "does not match its digest" in proc.stderr and "Traceback" not in proc.stderr
+
+
+MODEL_SCRIPT = "\n\nif __name__ == '__main__':\n    import sys\n    save_text_classifier(Path(sys.argv[1]))\n"
+SERVED = """
+name: demo
+steps:
+  model:
+    builder: command
+    description: a tiny text classifier, saved as a transformers folder
+    inputs: {script: {path: make_model.py}}
+    params: {cmd: '"$PYTHON" "$MB_IN_SCRIPT" "$MB_OUT"', packages: [transformers, torch]}
+  server:
+    builder: package
+    inputs: {model: model, base: {path: base}}
+    params: {server: true, image: demo-server, max_batch_size: 4}
+"""
+
+
+def _run_as_a_pod(spec: dict, port: int, site_packages: str) -> dict:
+    """The unpacked bundle's spec changed as docs/deploy.md runs the image: read-only root, a tmpfs for scratch,
+    the host's network (so the server is reached on loopback, bound to 127.0.0.1), and the serving libraries
+    from this interpreter's site-packages, read-only (the image's own wheels are test_server_image_runs_...'s)."""
+    process = spec["process"]
+    process["args"] += ["--host", "127.0.0.1", "--port", str(port)]
+    process["env"] = [e for e in process["env"] if not e.startswith("PYTHONPATH=")] + [
+        "PYTHONPATH=/opt/modelbuild/lib:/opt/site-packages", "TMPDIR=/scratch", "HOME=/scratch",
+        "MODELBUILD_STORE=/scratch/store", "MODELBUILD_SERVE_LOG_DIR=/scratch/logs", "MODELBUILD_FULL_ERROR=1"]
+    process.update(cwd="/scratch", terminal=False)
+    spec["root"]["readonly"] = True
+    spec["linux"]["namespaces"] = [n for n in spec["linux"]["namespaces"] if n["type"] != "network"]
+    spec["mounts"] += [
+        {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "nodev", "mode=1777", "uid=65532", "gid=65532"]},
+        {"destination": "/opt/site-packages", "type": "bind", "source": site_packages,
+         "options": ["rbind", "ro"]}]
+    return spec
+
+
+@pytest.mark.slow
+def test_server_image_answers_health_and_predict_under_runc(cli, python_base, tmp_path):
+    """The server image's own entrypoint, unchanged (`modelbuild serve /models` and the package step's batching),
+    run by runc as a pod would run it: /health names the model digest, /predict answers, SIGTERM stops it and
+    nothing is left behind."""
+    need("umoci", "runc")
+    import sysconfig
+    import urllib.request
+
+    import psutil
+
+    shutil.copytree(python_base, cli.project / "base")
+    tiny = Path(__file__).parents[1] / "serving" / "tiny.py"
+    cli.project.write("make_model.py", tiny.read_text() + MODEL_SCRIPT)
+    cli.project.write("recipe.yaml", SERVED)
+    out = Path(cli.build()["by_step"]["server"]["path"])
+    digest = json.loads((out / "image.json").read_text())["model_digest"]
+    bundle = tmp_path / "bundle"
+    subprocess.run(["umoci", "unpack", "--image", f"{out}/oci:server", bundle], check=True, capture_output=True,
+                   timeout=120)
+    port = free_port()
+    spec = json.loads((bundle / "config.json").read_text())
+    assert spec["process"]["args"] == ["/usr/local/bin/modelbuild", "serve", "/models", "--host", "0.0.0.0",
+                                       "--port", "8000", "--max-batch-size", "4"]
+    site_packages = str(Path(sysconfig.get_paths()["purelib"]).resolve())
+    (bundle / "config.json").write_text(json.dumps(_run_as_a_pod(spec, port, site_packages)))
+    name, root = f"mb-serve-{port}", tmp_path / "runc"
+    container = subprocess.Popen(["runc", "--root", root, "run", "--bundle", bundle, name],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        try:
+            wait_for_port(port, container, seconds=120)
+        except AssertionError as e:
+            subprocess.run(["runc", "--root", root, "kill", name, "KILL"], capture_output=True, timeout=30)
+            raise AssertionError(f"{e}:\n{container.communicate(timeout=30)[0]}") from None
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as r:
+            health, header = json.load(r), r.headers["X-Model-Digest"]
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=b'{"text": "a good movie"}',
+                                         headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            answer = json.load(r)
+        processes = psutil.Process(container.pid).children(recursive=True)
+        subprocess.run(["runc", "--root", root, "kill", name, "TERM"], check=True, timeout=30)
+        code = container.wait(timeout=20)
+    finally:
+        if container.poll() is None:
+            subprocess.run(["runc", "--root", root, "kill", name, "KILL"], timeout=30)
+            print(container.communicate(timeout=30)[0])
+        subprocess.run(["runc", "--root", root, "delete", "--force", name], capture_output=True, timeout=30)
+    assert (health["status"], health["digest"], health["path"], header) == ("ok", digest, "/models", digest)
+    assert answer["label"] in ("negative", "positive") and set(answer["probabilities"]) == {"negative", "positive"}
+    assert code == 0, container.stdout.read()
+    _, alive = psutil.wait_procs(processes, timeout=5)
+    assert not alive, f"left behind: {alive}"
+    with socket.socket() as s:  # the port is free again
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
