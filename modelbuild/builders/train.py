@@ -49,7 +49,7 @@ class Train(Builder):
     """Train a model (a task from modelbuild.training.tasks.TASKS) with Lightning."""
 
     name = "train"
-    env = ("torch", "lightning", "numpy", "safetensors", "transformers", "tokenizers", "pyarrow", "tensorboard")
+    env = ("torch", "lightning", "numpy", "safetensors", "transformers", "tokenizers", "pyarrow", "tensorboard", "onnx")
     uses_seed = True
     distributed = True
     params = {

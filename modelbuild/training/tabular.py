@@ -24,8 +24,10 @@ target's units).
 Artifact layout (format 1), never pickle::
 
     model.safetensors   the MLP's state dict (`embeddings.<i>.weight`, `layers.<j>.weight`/`.bias`)
+    model.onnx          the same network as an ONNX graph (tabular_onnx.py): inputs `numeric`, `categorical`
     config.json         what rebuilds the network and preprocesses a table, sorted keys:
-      {"format": 1, "task": "tabular-classification", "architecture": "mlp",
+      {"format": 1, "model_type": "modelbuild-tabular-mlp", "task": "tabular-classification",
+       "architecture": "mlp",
        "numeric":     [{"name": "age", "mean": 38.44, "std": 13.13}, ...],
        "categorical": [{"name": "sex", "vocabulary": ["Male", "Female"], "embedding_dim": 2}, ...],
                       (input order: numeric columns, then each categorical column's embedding)
@@ -34,13 +36,12 @@ Artifact layout (format 1), never pickle::
                  {"name": "price", "mean": 3.1, "std": 0.8}        regression: outputs are in target units
       }
 
-Loading, without Lightning::
+Loading, without Lightning (docs/training.md, "Loading a model")::
 
-    from modelbuild.training.tabular import load
-    module, preprocess = load("store/objects/...-model")
-    with torch.no_grad():
-        out = module(*preprocess(table))   # table: pyarrow Table, pandas DataFrame or {column: values}
-    # classification: logits [rows, classes]; regression: predictions [rows]
+    import modelbuild
+    model = modelbuild.load_model("store/objects/...-model")    # a TabularModel
+    model.predict(table)          # class labels, or numbers in the target's units
+    model.predict_proba(table)    # classification: [rows, classes], in model.classes order
 """
 
 from __future__ import annotations
@@ -56,9 +57,11 @@ import torch
 from ..errors import BuildError, did_you_mean
 from .params import TABULAR_DATA_KEYS as DATA_KEYS
 from .params import TABULAR_MODEL_DEFAULTS as MODEL_DEFAULTS
+from .tabular_onnx import to_onnx
 from .task import Task, check_keys, train_validation_tables
 
 FORMAT = 1
+MODEL_TYPE = "modelbuild-tabular-mlp"  # config.json's model_type, as transformers' configs name their kind
 MAX_CLASSES = 1000
 
 
@@ -93,16 +96,61 @@ class TabularMLP(torch.nn.Module):
 
 def load(path) -> tuple[TabularMLP, callable]:
     """(the trained network in eval mode, a function from a table to its input tensors)."""
-    from safetensors.torch import load_file
+    model = TabularModel.load(path)
+    return model.module, model.encode
 
-    path = Path(path)
-    config = json.loads((path / "config.json").read_text())
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{path}: tabular model format {config.get('format')} is not {FORMAT}")
-    module = TabularMLP(config)
-    module.load_state_dict(load_file(path / "model.safetensors"))
-    module.eval()
-    return module, lambda data: encode(data, config)
+
+class TabularModel:
+    """A trained tabular model with its preprocessing: what `modelbuild.load_model` returns.
+
+    `table` is a pyarrow Table, a pandas DataFrame or `{column: values}`; columns the model does not use are
+    ignored, a missing number is read as the training mean and an unseen category as "other".
+    """
+
+    def __init__(self, module: TabularMLP, config: dict):
+        self.module, self.config = module, config
+
+    @classmethod
+    def load(cls, path) -> TabularModel:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        config = json.loads((path / "config.json").read_text())
+        if config.get("format") != FORMAT:
+            raise ValueError(f"{path}: tabular model format {config.get('format')} is not {FORMAT}")
+        module = TabularMLP(config)
+        module.load_state_dict(load_file(path / "model.safetensors"))
+        return cls(module.eval(), config)
+
+    @property
+    def task(self) -> str:
+        return self.config["task"]
+
+    @property
+    def classes(self) -> list | None:
+        """The class labels in output order (classification), else None."""
+        return self.config["target"].get("classes")
+
+    def encode(self, table) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input tensors (numeric, categorical) of the network, and of model.onnx."""
+        return encode(table, self.config)
+
+    def __call__(self, table) -> torch.Tensor:
+        """Logits [rows, classes], or predictions [rows] in the target's units."""
+        with torch.no_grad():
+            return self.module(*self.encode(table))
+
+    def predict_proba(self, table) -> np.ndarray:
+        if self.classes is None:
+            raise ValueError("predict_proba needs a classifier; this model is a regressor: use predict")
+        return torch.softmax(self(table), dim=1).numpy()
+
+    def predict(self, table) -> list | np.ndarray:
+        """Class labels (a list), or predictions (a float array) for a regressor."""
+        out = self(table)
+        if self.classes is None:
+            return out.numpy()
+        return [self.classes[i] for i in out.argmax(dim=1).tolist()]
 
 
 # ---- preprocessing, shared by training and loading ------------------------------------------------------
@@ -169,7 +217,7 @@ class _Tabular(Task):
         target = self._target(train, data["target"])
         train = _drop_null_target(train, data["target"], self.ctx, "train")
         self.config = {
-            "format": FORMAT, "task": self.name, "architecture": "mlp",
+            "format": FORMAT, "model_type": MODEL_TYPE, "task": self.name, "architecture": "mlp",
             "numeric": [_standardise(train, name) for name in numeric],
             "categorical": [_vocabulary(train, name, model) for name in categorical],
             "hidden": [int(h) for h in model["hidden"]], "dropout": float(model["dropout"]),
@@ -251,6 +299,7 @@ class _Tabular(Task):
 
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
         save_file(state, str(out / "model.safetensors"))
+        (out / "model.onnx").write_bytes(to_onnx(self.config, state))
         (out / "config.json").write_text(json.dumps(self.config, indent=2, sort_keys=True) + "\n")
 
 

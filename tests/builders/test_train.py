@@ -83,8 +83,9 @@ def test_it_learns_and_writes_the_artifact(trained):
     assert ctx.facts["samples_per_second"] > 0 and ctx.facts["peak_memory_mb"] > 0  # ...but of its lineage
     assert sorted(files(ctx.out)) == ["config.json", "logs/metrics.csv",
                                       "logs/tensorboard/events.out.tfevents.modelbuild", "metrics.json",
-                                      "model.safetensors"]
+                                      "model.onnx", "model.safetensors"]
     config = json.loads((ctx.out / "config.json").read_text())
+    assert config["model_type"] == "modelbuild-tabular-mlp"
     assert [c["name"] for c in config["numeric"]] == ["x1", "x2", "size"]
     assert [c["name"] for c in config["categorical"]] == ["colour"]
     assert config["target"] == {"name": "label", "classes": ["no", "yes"]}
@@ -121,6 +122,42 @@ def test_the_exported_model_reloads_to_the_same_predictions(trained, splits):
     numeric, categorical = preprocess(unknown)
     assert categorical.tolist() == [[0]] and numeric[0, 1].item() == 0.0  # unknown -> 0, missing -> the mean
     assert module(numeric, categorical).shape == (1, 2)
+
+
+def test_the_public_loader_predicts_labels_and_probabilities(trained, splits):
+    import modelbuild
+    from modelbuild.table import read_table
+
+    task, ctx = trained
+    model = modelbuild.load_model(ctx.out)
+    table = read_table(splits / "validation")
+    with torch.no_grad():
+        expected = torch.softmax(task.net.eval()(*model.encode(table)), dim=1).numpy()
+    assert model.task == "tabular-classification" and model.classes == ["no", "yes"]
+    assert np.array_equal(model.predict_proba(table), expected)
+    assert model.predict(table) == [["no", "yes"][i] for i in expected.argmax(1)]
+    assert model.predict({"x1": [3.0], "x2": [1.0], "colour": ["red"], "size": [1]}) == ["yes"]
+    with pytest.raises(ValueError, match="not a tabular model or a LoRA adapter"):
+        modelbuild.load_model(splits)
+
+
+def test_onnx_export_gives_torchs_predictions_in_onnxruntime(trained, splits, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    import modelbuild
+    from modelbuild.table import read_table
+
+    _, ctx = trained
+    regression = fit(tmp_path, splits, params(task="tabular-regression", data={"target": "score", "drop": ["label"]},
+                                              trainer={**FAST["trainer"], "max_epochs": 1}))[1]
+    table = read_table(splits / "validation")
+    for out, shape in ((ctx.out, (200, 2)), (regression.out, (200,))):
+        model = modelbuild.load_model(out)
+        numeric, categorical = model.encode(table)
+        session = ort.InferenceSession(str(out / "model.onnx"))
+        assert [i.name for i in session.get_inputs()] == ["numeric", "categorical"]
+        got = session.run(["output"], {"numeric": numeric.numpy(), "categorical": categorical.numpy()})[0]
+        assert got.shape == shape
+        np.testing.assert_allclose(got, model(table).numpy(), rtol=0, atol=1e-5)
 
 
 def test_two_builds_are_bit_identical(trained, splits, tmp_path):
