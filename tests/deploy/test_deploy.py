@@ -155,6 +155,43 @@ def test_why_depends_goes_through_the_image(built):
     assert "deploy" in lines[0] and "image (" in lines[1] and "model (" in lines[2]
 
 
+DATA_TO_DEPLOY = """
+name: demo
+steps:
+  data:
+    builder: command
+    params: {cmd: 'echo "rows: ROWS" > "$MB_OUT/table.txt"'}
+  model:
+    builder: command
+    inputs: {data: data}
+    params: {cmd: 'cp "$MB_IN_DATA/table.txt" "$MB_OUT/weights.txt"'}
+  image:
+    builder: package
+    inputs: {model: model}
+  deploy:
+    builder: deploy
+    inputs: {image: image}
+    params: {server_image: PINNED}
+"""
+
+
+def test_why_depends_and_diff_reach_the_data_under_the_model(cli):
+    """Lineage runs from the manifests through the modelcar and the model to the data it was trained on: new data
+    gives new manifests, and `diff` names the data step's change, three steps down."""
+    recipe = DATA_TO_DEPLOY.replace("PINNED", PINNED)
+    cli.project.write("recipe.yaml", recipe.replace("ROWS", "100"))
+    before = cli.build()["by_step"]["deploy"]["path"]
+    lines = cli("why-depends", "demo:deploy", "demo:data").stdout.splitlines()
+    assert [line.strip().split(" ")[-2:][0] for line in lines[1:]] == ["image", "model", "data"], lines
+    assert "-deploy" in lines[0] and lines[-1].rstrip().endswith("-data)")
+    cli.project.write("recipe.yaml", recipe.replace("ROWS", "200"))
+    after = cli.build()["by_step"]["deploy"]["path"]
+    assert after != before
+    proc = cli("diff", before, after)
+    assert "deploy <- image <- model <- data: params.cmd" in proc.stdout, proc.stdout
+    assert "rows: 100" in proc.stdout and "rows: 200" in proc.stdout
+
+
 def test_batching_params_reach_the_server_image_and_the_pods(cli, tiny_base):
     """The package step's batching is in the image's command; the deploy step's own values override it in the pods'
     args (the image's entrypoint stays), and a modelcar's pods get them in their `modelbuild serve` command."""
@@ -265,9 +302,10 @@ REPO = Path(__file__).resolve().parents[2]
 PINNED = "registry.example.com/modelbuild-serve@sha256:" + "ab" * 32
 
 
-def _quickstart_deploy(extra: dict | None = None) -> str:
-    """The quickstart's own `image` and `deploy` steps, on the stand-in model (training is tests/e2e's job)."""
-    steps = yaml.safe_load((REPO / "recipes/quickstart.yaml").read_text())["steps"]
+def _quickstart_deploy(extra: dict | None = None, recipe: str = "quickstart") -> str:
+    """The quickstart's (or another recipe's) own `image` and `deploy` steps, on the stand-in model (training is
+    tests/e2e's job)."""
+    steps = yaml.safe_load((REPO / f"recipes/{recipe}.yaml").read_text())["steps"]
     image, deploy = dict(steps["image"]), dict(steps["deploy"])
     image["inputs"] = {"model": "model"}
     deploy["params"] = {**deploy["params"], **(extra or {})}
@@ -312,6 +350,22 @@ def test_quickstart_manifests_and_the_cronjob_are_valid_for_several_kubernetes_v
     for version in KUBERNETES:
         proc = _validate(version, *files)
         assert proc.returncode == 0, f"Kubernetes {version}:\n{proc.stdout}{proc.stderr}"
+
+
+@pytest.mark.parametrize("recipe, batching", [("tweets", ["--max-batch-size", "16", "--batch-timeout", "0.01"]),
+                                             ("tinylm", [])])
+def test_tweets_and_tinylm_deploy_steps_write_valid_manifests(cli, tmp_path, recipe, batching):
+    """The text classifier's pods batch as its package step says; the language model's have none to set."""
+    cli.project.write("recipe.yaml", _quickstart_deploy(recipe=recipe))
+    deployed = Path(cli.build()["by_step"]["deploy"]["path"])
+    files = sorted((deployed / "kubernetes").glob("*.yaml")) + _as_pods(deployed, tmp_path)
+    proc = _validate(KUBERNETES[-1], *files)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    server = yaml.safe_load((deployed / "kubernetes/deployment.yaml").read_text())["spec"]["template"]["spec"]
+    command = server["containers"][0]["command"]
+    assert command[:3] == ["modelbuild", "serve", "/models"] and command[9:] == batching
+    assert json.loads((deployed / "deploy.json").read_text())["name"] == {"tweets": "tweets-sentiment"}.get(recipe,
+                                                                                                            recipe)
 
 
 def test_the_modelcar_is_copied_into_the_pod_and_mounted_by_kserve(modelcar_deployed):
