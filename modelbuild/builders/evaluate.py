@@ -7,13 +7,18 @@ Example::
       inputs:
         model: model                         # a train or finetune artifact
         data: splits                         # a split (params.table picks the part, default test) or a table
-        baseline: {tag: prod-income}         # optional: a model (scored on the same data) or an evaluation
+        baseline: rule                       # optional: a model (scored on the same data) or an evaluation
       params:
         protected: [sex, race]
+        min_group_size: 30                   # smaller groups are reported, not gated on
         gates:
           accuracy: ">= 0.82"
-          demographic_parity_difference: "<= 0.10"
+          "upper(race.fpr_gap)": "<= 0.25"     # the bootstrap interval's upper bound
           f1: ">= baseline - 0.01"
+    rule:
+      builder: evaluate                      # a column or a rule evaluated like a model: a baseline
+      inputs: {data: splits}
+      params: {predictions: "education_num >= 13", target: high_income}
 
 The evaluation artifact is always committed; when a gate fails the step fails with exit 4 and a table of
 every gate, nothing downstream builds, and a later build of the same key fails the same way from the cache
@@ -27,6 +32,7 @@ import json
 from pathlib import Path
 
 from ..errors import GateFailed, RecipeError, did_you_mean
+from ..evaluation import columns as C
 from ..evaluation import gates as G
 from ..evaluation import metrics as M
 from .base import Builder, Param, check_input_names
@@ -49,6 +55,10 @@ class Evaluate(Builder):
         "positive_label": Param("any", help="the positive class for binary-style metrics (default: the second "
                                             "of two classes; with more classes: one-vs-rest for every class)"),
         "gates": Param("dict", default={}, help='metric -> condition, e.g. {accuracy: ">= 0.82"}'),
+        "predictions": Param("any", omit=True, help='score a column instead of a model: "education_num >= 13", '
+                                                    "{column: COL, threshold: T} or {column: COL} (the labels)"),
+        "min_group_size": Param("int", omit=True, help="groups with fewer scored rows are reported but left out "
+                                                       "of the bias gaps (default 1: none)"),
         "bootstrap": Param("int", default=1000, help="resamples for the headline metric's interval (0: none)"),
         "confidence": Param("float", default=0.95, help="the bootstrap interval's confidence level"),
         "seed": Param("int", default=0, help="the bootstrap's seed"),
@@ -68,7 +78,7 @@ class Evaluate(Builder):
         if len(set(protected)) != len(protected):
             fail("protected", f"protected names a column twice: {protected!r}")
         for key, low in (("bootstrap", 0), ("seed", 0), ("calibration_bins", 1), ("batch_size", 1),
-                         ("num_threads", 1), ("max_length", 2)):
+                         ("num_threads", 1), ("max_length", 2), ("min_group_size", 1)):
             if params.get(key) is not None and params[key] < low:
                 fail(key, f"{key} must be at least {low}, got {params[key]}")
         if not 0 < params["confidence"] < 1:
@@ -77,9 +87,12 @@ class Evaluate(Builder):
         if kind == "language" and protected:
             fail("protected", "bias metrics apply to classification and regression models, not causal-lm; "
                               "remove `protected:`")
+        if params.get("predictions") is not None:
+            _check_predictions(params, fail)
+            kind = kind or "classification"
         G.check_gates(params["gates"] or {}, metrics=M.names(kind) if kind else M.ALL,
                       fairness=M.FAIRNESS[kind] if kind else M.ALL_FAIRNESS, protected=protected,
-                      has_baseline=None, file=file, step=step)
+                      has_baseline=None, file=file, step=step, **_intervals(kind, params))
 
     def metric_names(self, params: dict) -> set[str]:
         """What metrics.json may hold (a tune objective on this step is checked against it): the task's
@@ -88,16 +101,22 @@ class Evaluate(Builder):
         kinds = [kind] if kind else list(M.FAIRNESS)
         names = {n for k in kinds for n in M.names(k)}
         fairness = {n for k in kinds for n in M.FAIRNESS[k]} if params.get("protected") else set()
+        fairness |= {n + b for n in fairness for b in ("_ci_low", "_ci_high")}
         return names | fairness | {f"{c}.{n}" for c in params.get("protected") or [] for n in fairness}
 
     def check_inputs(self, params: dict, inputs: dict, *, file: str | None, step: str) -> None:
         check_input_names("evaluate", inputs, INPUTS, file=file, step=step)
-        for name, what in (("model", "the model to evaluate (a train or finetune step)"),
-                           ("data", "the held-out data (a split or a table step)")):
-            if name not in inputs:
+        scores_column = params.get("predictions") is not None
+        if scores_column and "model" in inputs:
+            raise RecipeError("`predictions:` scores a column of the data, so the `model` input is not used; remove "
+                              "one of them (a model is evaluated without `predictions:`)", file=file, step=step,
+                              key="inputs.model")
+        for name, what in (("model", "the model to evaluate (a train or finetune step), or `predictions:` to score "
+                                     "a column"), ("data", "the held-out data (a split or a table step)")):
+            if name not in inputs and not (name == "model" and scores_column):
                 raise RecipeError(f"evaluate needs a `{name}` input: {what}", file=file, step=step, key="inputs")
         G.check_gates(params["gates"] or {}, metrics=M.ALL, fairness=M.ALL_FAIRNESS, protected=params["protected"],
-                      has_baseline="baseline" in inputs, file=file, step=step)
+                      has_baseline="baseline" in inputs, file=file, step=step, **_intervals(None, params))
 
     def build(self, ctx) -> None:
         from ..evaluation import predict, report
@@ -105,36 +124,46 @@ class Evaluate(Builder):
 
         p, step = ctx.params, ctx.step
         data, table_name = _data_table(ctx)
-        model = ctx.input("model")
-        task = p["task"] or predict.detect_task(model)
+        spec = C.parse(p["predictions"]) if p.get("predictions") is not None else None
+        model = None if spec else ctx.input("model")
+        task = p["task"] or ("tabular-classification" if spec else predict.detect_task(model))
         if task is None:
             raise RecipeError(f"cannot tell what task the model input ({model}) was trained for: it has no "
                               "tabular config.json, transformers architecture or adapter task type. Set "
                               f"`task:` ({', '.join(M.TASKS)})", step=step, key="params.task")
         kind = M.KINDS[task]
-        target = predict.label_column(task, model, p["target"])
-        text = predict.text_column(task, model, p["text"])
+        target = p["target"] if spec else predict.label_column(task, model, p["target"])
+        text = None if spec else predict.text_column(task, model, p["text"])
         columns = list(read_schema(data).names)
         predict.require_columns(columns, [("params.target", "label column", target),
-                                          ("params.text", "text column", text)]
+                                          ("params.text", "text column", text),
+                                          ("params.predictions", "predictions column", spec and spec.column)]
                                 + [("params.protected", "protected column", c) for c in p["protected"]], step)
         if kind == "language" and p["protected"]:
             raise RecipeError("bias metrics apply to classification and regression models, not causal-lm; remove "
                               "`protected:`", step=step, key="params.protected")
-        classes = predict.classes_of(task, model)
+        table = read_table(data)
+        classes = C.classes(table, target, spec) if spec and kind == "classification" else \
+            predict.classes_of(task, model) if model else []
         positive = _positive(classes, p["positive_label"], step) if kind == "classification" else None
         produced = tuple(n for n in M.names(kind) if positive is not None or n not in M.BINARY_ONLY)
         gates = G.check_gates(p["gates"] or {}, metrics=produced, fairness=M.FAIRNESS[kind],
-                              protected=p["protected"], has_baseline="baseline" in ctx.inputs, file=None, step=step)
+                              protected=p["protected"], has_baseline="baseline" in ctx.inputs, file=None, step=step,
+                              **_intervals(kind, p))
 
-        table = read_table(data)
-        ctx.log.info("evaluating a %s model on %s (%d rows)", task, table_name or "the data table", table.num_rows)
-        ctx.progress(0, 2, "scoring the model")
-        scored = predict.score(task, model, table, target=target, text=text, params=p, log=ctx.log)
+        what = spec.describe() if spec else f"a {task} model"
+        ctx.log.info("evaluating %s on %s (%d rows)", what, table_name or "the data table", table.num_rows)
+        ctx.progress(0, 2, "scoring the predictions column" if spec else "scoring the model")
+        if spec:
+            scored = _score_column(kind, table, spec, target, classes, positive, step)
+        else:
+            scored = predict.score(task, model, table, target=target, text=text, params=p, log=ctx.log)
         values, details, groups = _measure(scored, kind, positive, table, p)
         values = report.stable(values)
         if scored.skipped:
-            ctx.log.warning("%d rows have no label, or a class the model does not know: not scored", scored.skipped)
+            ctx.log.warning("%d rows have no label, or a class the model does not know%s: not scored", scored.skipped,
+                            ", or no prediction" if spec else "")
+        excluded = _excluded_groups(groups, p, ctx.log)
 
         baseline_metrics = None
         if "baseline" in ctx.inputs:
@@ -144,20 +173,28 @@ class Evaluate(Builder):
 
         out = ctx.out
         info = {"format": 1, "step": step, "task": task, "kind": kind, "table": table_name, "rows": scored.rows,
-                "scored": scored.rows - scored.skipped, "classes": scored.classes or None,
+                "scored": scored.rows - scored.skipped, "skipped": scored.skipped,
+                "classes": scored.classes or None,
                 "positive_label": classes[positive] if positive is not None else None, "protected": p["protected"],
                 "headline": M.HEADLINE[kind], "label_column": target, "text_column": text,
-                "bootstrap": {"resamples": p["bootstrap"], "confidence": p["confidence"], "seed": p["seed"]}}
+                "predictions": spec.as_json() if spec else None,
+                "min_group_size": p.get("min_group_size") or 1, "excluded_groups": excluded,
+                "bootstrap": {"resamples": p["bootstrap"], "confidence": p["confidence"], "seed": p["seed"],
+                              "method": "percentile"}}
         report.write_json(out / "metrics.json", values)
         report.write_json(out / "evaluation.json", info)
         report.write_json(out / "gates.json", {"passed": all(r["passed"] for r in rows), "gates": rows})
         report.write_groups(out, groups)
+        report.plot_group_rates(out, groups, p.get("min_group_size") or 1)
         if kind == "classification":
             labels = [str(c) for c in scored.classes]
-            report.write_json(out / "confusion_matrix.json", {"labels": labels, "matrix": details["confusion"]})
-            report.write_json(out / "calibration.json", {"bins": details["calibration"], "ece": values["ece"]})
-            report.plot_confusion(out / "confusion_matrix.png", labels, details["confusion"])
-            report.plot_calibration(out / "calibration.png", details["calibration"], values["ece"])
+            report.write_json(out / "confusion_matrix.json", {"labels": labels, "matrix": details["confusion"],
+                                                              "rates": details["rates"]})
+            report.plot_confusion(out / "confusion_matrix.png", labels, details["confusion"], details["rates"],
+                                  target)
+            if details["calibration"] is not None:
+                report.write_json(out / "calibration.json", {"bins": details["calibration"], "ece": values["ece"]})
+                report.plot_calibration(out / "calibration.png", details["calibration"], values["ece"])
         if baseline_metrics is not None:
             report.write_json(out / "baseline" / "metrics.json", baseline_metrics)
         table_text = G.table(rows) if rows else ""
@@ -168,6 +205,46 @@ class Evaluate(Builder):
             ctx.log.info("gates:\n%s", table_text)
         if not all(r["passed"] for r in rows):
             raise GateFailed(G.failure_message(rows, step), keep_artifact=True)
+
+
+def _check_predictions(params: dict, fail) -> None:
+    """`predictions:` parses, names no model task, and comes with the label column."""
+    try:
+        C.parse(params["predictions"])
+    except ValueError as e:
+        fail("predictions", f"{e}")
+    if params.get("task") not in (None, "tabular-classification", "tabular-regression"):
+        fail("task", f"`predictions:` scores a column as a tabular-classification or tabular-regression model, "
+                     f"not {params['task']}")
+    if not params.get("target"):
+        fail("target", "`predictions:` scores a column, so there is no model to read the label column from: set "
+                       "`target:` to it, e.g. `target: high_income`")
+    if params.get("task") == "tabular-regression" and C.parse(params["predictions"]).op is not None:
+        fail("predictions", "a regression is scored from a column of predicted values: {column: COLUMN}, not a "
+                            "rule or a threshold")
+
+
+def _intervals(kind: str | None, params: dict) -> dict:
+    """The check_gates arguments for bounds: which metrics have an interval, and how many resamples."""
+    headline = (M.HEADLINE[kind],) if kind else tuple(M.HEADLINE.values())
+    return {"intervals": headline, "resamples": params["bootstrap"]}
+
+
+def _score_column(kind: str, table, spec, target: str, classes: list, positive, step: str):
+    try:
+        return C.score(kind, table, spec, target=target, classes=classes, positive=positive)
+    except ValueError as e:
+        raise RecipeError(f"{e}", step=step, key="params.predictions") from None
+
+
+def _excluded_groups(tables: dict, p: dict, log) -> dict:
+    from ..evaluation import fairness
+
+    excluded = fairness.excluded(tables)
+    for column, small in excluded.items():
+        log.warning("%s: %s below min_group_size %d: in groups/%s.csv, left out of the gaps", column,
+                    ", ".join(f"{g} ({n} rows)" for g, n in small.items()), p.get("min_group_size") or 1, column)
+    return excluded
 
 
 def _data_table(ctx) -> tuple[Path, str | None]:
@@ -206,25 +283,32 @@ def _measure(scored, kind: str, positive, table, p: dict) -> tuple[dict, dict, d
     from ..evaluation import fairness
 
     boot = {"resamples": p["bootstrap"], "confidence": p["confidence"], "seed": p["seed"]}
+    size = p.get("min_group_size") or 1
     details, tables, groups = {}, {}, {}
     for column in p["protected"]:
         values = np.asarray(table.column(column).to_pylist(), dtype=object)[scored.keep]
         groups[column] = fairness.group_labels(values)
     if kind == "classification":
-        values, details = M.classification(scored.y_true, scored.proba, positive=positive, bins=p["calibration_bins"])
-        y_pred = np.asarray(scored.proba).argmax(axis=1)
+        k = len(scored.classes)
+        values, details = M.classification(scored.y_true, scored.proba, positive=positive, bins=p["calibration_bins"],
+                                           classes=k, y_pred=scored.y_pred, score=scored.score)
+        y_pred = np.asarray(scored.proba).argmax(axis=1) if scored.y_pred is None else scored.y_pred
         interval = M.bootstrap(y_pred == scored.y_true, **boot)
         if groups:
-            bias, tables = fairness.classification(scored.y_true, y_pred, groups, positive=positive,
-                                                   classes=len(scored.classes))
+            bias, tables = fairness.classification(scored.y_true, y_pred, groups, positive=positive, classes=k,
+                                                   min_group_size=size)
             values.update(bias)
+            values.update(fairness.intervals(kind, scored.y_true, y_pred, groups, positive=positive, classes=k,
+                                             min_group_size=size, **boot))
     elif kind == "regression":
         values = M.regression(scored.y_true, scored.y_pred)
         errors = (np.asarray(scored.y_true) - np.asarray(scored.y_pred)) ** 2
         interval = M.bootstrap(errors, transform=np.sqrt, **boot)
         if groups:
-            bias, tables = fairness.regression(scored.y_true, scored.y_pred, groups)
+            bias, tables = fairness.regression(scored.y_true, scored.y_pred, groups, min_group_size=size)
             values.update(bias)
+            values.update(fairness.intervals(kind, scored.y_true, scored.y_pred, groups, min_group_size=size,
+                                             **boot))
     else:
         values = M.language(scored.losses, scored.tokens, scored.rows)
         interval = M.bootstrap(scored.losses, scored.tokens, transform=np.exp, **boot)

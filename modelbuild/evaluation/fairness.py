@@ -16,8 +16,17 @@ accuracy is always the multiclass accuracy.
 
 Regression: `C.mae_gap` and `C.rmse_gap`.
 
+Groups with fewer than `min_group_size` scored rows are listed in the per-group tables (`in_gaps` false)
+but left out of the gaps: one defendant of a race would otherwise decide a gate. A gap needs two groups;
+with fewer it is None. Every gap has a percentile bootstrap interval (`C.<name>_ci_low`, `_ci_high`):
+scipy.stats.bootstrap resamples the rows, and a vectorised statistic recomputes every gap of every column
+from per-group confusion counts of each resample (fairlearn's MetricFrame, one call per resample and
+metric, would take minutes); it follows fairlearn's conventions, and on the rows themselves it gives
+fairlearn's numbers (tests/builders/test_evaluate.py checks it).
+
 Each metric is also written bare (`demographic_parity_difference`): the worst over the protected columns, so
-one gate covers them all. A rate with nothing to count (the FPR of a group with no negatives) follows
+one gate covers them all; so are its interval's bounds (the worst bound over the columns, so that
+`upper(fpr_gap) <= 0.2` holds when it holds for every column). A rate with nothing to count (the FPR of a group with no negatives) follows
 fairlearn: 0; a ratio with a zero denominator is None. fairlearn, numpy and scikit-learn are imported by
 the functions.
 """
@@ -41,8 +50,8 @@ def group_labels(values) -> list[str]:
     return out
 
 
-def classification(y_true, y_pred, groups: dict[str, list[str]], *, positive: int | None,
-                   classes: int) -> tuple[dict, dict[str, list[dict]]]:
+def classification(y_true, y_pred, groups: dict[str, list[str]], *, positive: int | None, classes: int,
+                   min_group_size: int = 1) -> tuple[dict, dict[str, list[dict]]]:
     """(flat metrics, one table per column: a row per group) for class indices y_true and y_pred."""
     import numpy as np
     from fairlearn.metrics import (
@@ -61,55 +70,207 @@ def classification(y_true, y_pred, groups: dict[str, list[str]], *, positive: in
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     rates = {"selection_rate": selection_rate, "tpr": true_positive_rate, "fpr": false_positive_rate,
              "fnr": false_negative_rate}
-    one_vs_rest = [positive] if positive is not None else list(range(classes))
     flat, tables = {}, {}
     for column, labels in groups.items():
         g = np.asarray(labels, dtype=object)
+        kept = large_groups(g, min_group_size)
+        yt_all, yp_all, gk = y_true[kept], y_pred[kept], g[kept]
         overall = MetricFrame(metrics={"count": count, "accuracy": accuracy_score}, y_true=y_true, y_pred=y_pred,
                               sensitive_features=g)
-        per_class = []
-        for c in one_vs_rest:
-            yt, yp = (y_true == c).astype(int), (y_pred == c).astype(int)
-            frame = MetricFrame(metrics=rates, y_true=yt, y_pred=yp, sensitive_features=g)
-            gaps = frame.difference(method="between_groups")
+        per_class, frames = [], []
+        for c in one_vs_rest(positive, classes):
+            frames.append(MetricFrame(metrics=rates, y_true=(y_true == c).astype(int),
+                                      y_pred=(y_pred == c).astype(int), sensitive_features=g))
+            yt, yp = (yt_all == c).astype(int), (yp_all == c).astype(int)
+            if len(set(gk.tolist())) < 2:
+                continue
+            gaps = MetricFrame(metrics=rates, y_true=yt, y_pred=yp, sensitive_features=gk).difference(
+                method="between_groups")
             per_class.append({
-                "demographic_parity_difference": demographic_parity_difference(yt, yp, sensitive_features=g),
-                "demographic_parity_ratio": demographic_parity_ratio(yt, yp, sensitive_features=g),
-                "equalized_odds_difference": equalized_odds_difference(yt, yp, sensitive_features=g),
-                "fpr_gap": gaps["fpr"], "fnr_gap": gaps["fnr"], "frame": frame})
-        values = {name: _worst(name, [p[name] for p in per_class]) for name in per_class[0] if name != "frame"}
-        values["accuracy_gap"] = overall.difference(method="between_groups")["accuracy"]
+                "demographic_parity_difference": demographic_parity_difference(yt, yp, sensitive_features=gk),
+                "demographic_parity_ratio": demographic_parity_ratio(yt, yp, sensitive_features=gk),
+                "equalized_odds_difference": equalized_odds_difference(yt, yp, sensitive_features=gk),
+                "fpr_gap": gaps["fpr"], "fnr_gap": gaps["fnr"]})
+        values = {n: _worst(n, [p[n] for p in per_class]) for n in CLASSIFICATION_GAPS if n != "accuracy_gap"}
+        values["accuracy_gap"] = (MetricFrame(metrics=accuracy_score, y_true=yt_all, y_pred=yp_all,
+                                              sensitive_features=gk).difference(method="between_groups")
+                                  if per_class else None)
         flat.update({f"{column}.{k}": v for k, v in values.items()})
-        tables[column] = _table(overall, per_class[0]["frame"] if len(per_class) == 1 else None)
+        tables[column] = _table(overall, frames[0] if len(frames) == 1 else None, min_group_size)
     _add_worst(flat, groups)
     return _clean(flat), tables
 
 
-def regression(y_true, y_pred, groups: dict[str, list[str]]) -> tuple[dict, dict[str, list[dict]]]:
+def regression(y_true, y_pred, groups: dict[str, list[str]], *, min_group_size: int = 1):
     import numpy as np
     from fairlearn.metrics import MetricFrame, count
     from sklearn.metrics import mean_absolute_error, root_mean_squared_error
 
+    y_true, y_pred = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
+    metrics = {"count": count, "mae": mean_absolute_error, "rmse": root_mean_squared_error}
     flat, tables = {}, {}
     for column, labels in groups.items():
-        frame = MetricFrame(metrics={"count": count, "mae": mean_absolute_error, "rmse": root_mean_squared_error},
-                            y_true=np.asarray(y_true, dtype=np.float64), y_pred=np.asarray(y_pred, dtype=np.float64),
-                            sensitive_features=np.asarray(labels, dtype=object))
-        gaps = frame.difference(method="between_groups")
+        g = np.asarray(labels, dtype=object)
+        kept = large_groups(g, min_group_size)
+        frame = MetricFrame(metrics=metrics, y_true=y_true, y_pred=y_pred, sensitive_features=g)
+        if len(set(g[kept].tolist())) >= 2:
+            gaps = MetricFrame(metrics=metrics, y_true=y_true[kept], y_pred=y_pred[kept],
+                               sensitive_features=g[kept]).difference(method="between_groups")
+        else:
+            gaps = {"mae": None, "rmse": None}
         flat.update({f"{column}.mae_gap": gaps["mae"], f"{column}.rmse_gap": gaps["rmse"]})
-        tables[column] = _table(frame, None)
+        tables[column] = _table(frame, None, min_group_size)
     _add_worst(flat, groups)
     return _clean(flat), tables
 
 
-def _table(frame, rates) -> list[dict]:
-    """Rows {group, count, metric...} sorted by group, from MetricFrame.by_group."""
+CLASSIFICATION_GAPS = ("demographic_parity_difference", "demographic_parity_ratio", "equalized_odds_difference",
+                       "accuracy_gap", "fpr_gap", "fnr_gap")
+REGRESSION_GAPS = ("mae_gap", "rmse_gap")
+
+
+def one_vs_rest(positive: int | None, classes: int) -> list[int]:
+    """The classes taken as positive in turn: the positive class, or every class when there is none."""
+    return [positive] if positive is not None else list(range(classes))
+
+
+def large_groups(g, min_group_size: int):
+    """A mask of the rows whose group has at least `min_group_size` rows."""
+    import numpy as np
+
+    _, inverse, counts = np.unique(np.asarray(g, dtype=str), return_inverse=True, return_counts=True)
+    return counts[inverse] >= min_group_size
+
+
+def excluded(tables: dict[str, list[dict]]) -> dict[str, dict[str, int]]:
+    """{column: {group: count}} of the groups left out of the gaps."""
+    return {c: {r["group"]: r["count"] for r in rows if not r["in_gaps"]} for c, rows in tables.items()
+            if any(not r["in_gaps"] for r in rows)}
+
+
+# ---- bootstrap intervals of the gaps ----------------------------------------------------------------------
+def intervals(kind: str, y_true, y_pred, groups: dict[str, list[str]], *, positive: int | None = None,
+              classes: int = 0, min_group_size: int = 1, resamples: int, confidence: float, seed: int) -> dict:
+    """`C.<gap>_ci_low` and `_ci_high` of every gap of every protected column (and bare: the worst bound
+    over the columns), from one scipy.stats.bootstrap over the rows."""
+    import numpy as np
+
+    from .metrics import interval
+
+    names = CLASSIFICATION_GAPS if kind == "classification" else REGRESSION_GAPS
+    codes, sizes = zip(*(_codes(labels, min_group_size) for labels in groups.values()), strict=True)
+    statistic = gap_statistic(kind, sizes, positive, classes)
+    dtype = np.int64 if kind == "classification" else np.float64
+    data = (np.asarray(y_true, dtype=dtype), np.asarray(y_pred, dtype=dtype), *codes)
+    low, high = interval(statistic, data, resamples=resamples, confidence=confidence, seed=seed)
+    flat = {}
+    for i, (column, name) in enumerate((c, n) for c in groups for n in names):
+        flat[f"{column}.{name}_ci_low"] = None if low is None else low[i]
+        flat[f"{column}.{name}_ci_high"] = None if high is None else high[i]
+    for name in names:
+        for bound in ("_ci_low", "_ci_high"):
+            flat[name + bound] = _worst(name, [flat[f"{c}.{name}{bound}"] for c in groups])
+    return _clean(flat)
+
+
+def gap_statistic(kind: str, sizes, positive: int | None, classes: int):
+    """statistic(y_true, y_pred, *group_codes) -> every gap of every column, [gap] or [gap, resample]."""
+    import numpy as np
+
+    def statistic(yt, yp, *gs, axis=-1):
+        if kind == "classification":
+            parts = [_classification_gaps(yt, yp, g, k, positive, classes) for g, k in zip(gs, sizes, strict=True)]
+        else:
+            parts = [_regression_gaps(yt - yp, g, k) for g, k in zip(gs, sizes, strict=True)]
+        out = np.concatenate(parts)
+        return out[:, 0] if np.ndim(yt) == 1 else out
+
+    return statistic
+
+
+def _codes(labels: list[str], min_group_size: int):
+    """(row -> group index 0..k-1 of the groups in the gaps, and k for the rows of groups left out; k)."""
+    import numpy as np
+
+    _, inverse, counts = np.unique(np.asarray(labels, dtype=str), return_inverse=True, return_counts=True)
+    large = counts >= min_group_size
+    k = int(large.sum())
+    return np.where(large, np.cumsum(large) - 1, k)[inverse].astype(np.int64), k
+
+
+def _counts(cells, g, k: int, size: int):
+    """Counts of `cells` (values 0..size-1) per resample and group: [..., k, size]; the rows of left-out
+    groups (code k) are dropped."""
+    import numpy as np
+
+    cells, g = np.atleast_2d(cells), np.atleast_2d(g)
+    b = cells.shape[0]
+    flat = (np.arange(b)[:, None] * (k + 1) + g) * size + cells
+    return np.bincount(flat.ravel(), minlength=b * (k + 1) * size).reshape(b, k + 1, size)[:, :k]
+
+
+def _spread(values, present, *, ratio: bool = False):
+    """max - min (or min / max) over the groups present in each resample; nan with fewer than two."""
+    import numpy as np
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        hi = np.where(present, values, -np.inf).max(axis=-1)
+        lo = np.where(present, values, np.inf).min(axis=-1)
+        out = lo / hi if ratio else hi - lo
+    return np.where(present.sum(axis=-1) >= 2, out, np.nan)
+
+
+def _classification_gaps(yt, yp, g, k: int, positive: int | None, classes: int):
+    """[gap, resample] in CLASSIFICATION_GAPS order, as fairlearn computes them: a rate with nothing to count
+    is 0; the worst over the one-vs-rest classes."""
+    import numpy as np
+
+    m = _counts(yt * classes + yp, g, k, classes * classes).reshape(-1, k, classes, classes).astype(np.float64)
+    n = m.sum(axis=(-1, -2))
+    present = n > 0
+    per_class = []
+    for c in one_vs_rest(positive, classes):
+        tp, predicted, actual = m[..., c, c], m[..., :, c].sum(axis=-1), m[..., c, :].sum(axis=-1)
+        fp, fn, negatives = predicted - tp, actual - tp, n - actual
+        selection = predicted / np.maximum(n, 1)
+        tpr, fnr = tp / np.maximum(actual, 1), fn / np.maximum(actual, 1)
+        fpr = fp / np.maximum(negatives, 1)
+        per_class.append([_spread(selection, present), _spread(selection, present, ratio=True),
+                          np.maximum(_spread(tpr, present), _spread(fpr, present)),
+                          _spread(fpr, present), _spread(fnr, present)])
+    per_class = np.asarray(per_class)  # [class, gap, resample]
+    worst = np.concatenate([per_class[:, :1].max(axis=0), per_class[:, 1:2].min(axis=0),
+                            per_class[:, 2:].max(axis=0)])
+    accuracy = np.trace(m, axis1=-2, axis2=-1) / np.maximum(n, 1)
+    return np.insert(worst, 3, _spread(accuracy, present), axis=0)
+
+
+def _regression_gaps(errors, g, k: int):
+    import numpy as np
+
+    errors, g = np.atleast_2d(errors), np.atleast_2d(g)
+    b = errors.shape[0]
+    flat = (np.arange(b)[:, None] * (k + 1) + g).ravel()
+
+    def total(weights):
+        return np.bincount(flat, weights=weights.ravel(), minlength=b * (k + 1)).reshape(b, k + 1)[:, :k]
+
+    n = total(np.ones_like(errors))
+    present = n > 0
+    mae, rmse = total(np.abs(errors)) / np.maximum(n, 1), np.sqrt(total(errors ** 2) / np.maximum(n, 1))
+    return np.stack([_spread(mae, present), _spread(rmse, present)])
+
+
+def _table(frame, rates, min_group_size: int) -> list[dict]:
+    """Rows {group, count, in_gaps, metric...} sorted by group, from MetricFrame.by_group."""
     by_group = frame.by_group
     if rates is not None:
         by_group = by_group.join(rates.by_group)
     rows = []
     for group, row in by_group.iterrows():
-        rows.append({"group": str(group), **{k: (int(v) if k == "count" else float(v)) for k, v in row.items()}})
+        values = {k: (int(v) if k == "count" else float(v)) for k, v in row.items()}
+        rows.append({"group": str(group), "count": values.pop("count"),
+                     "in_gaps": int(row["count"]) >= min_group_size, **values})
     return sorted(rows, key=lambda r: r["group"])
 
 

@@ -9,6 +9,13 @@ A gate is written in the recipe as `metric: "OP THRESHOLD"`::
       log_loss: "<= baseline"
 
 OP is one of >=, >, <=, <; THRESHOLD is a number, or `baseline`, `baseline + N` or `baseline - N`.
+A gate may name a bound of a metric's bootstrap interval instead of the metric, so that a small sample
+cannot pass by luck::
+
+      "upper(race.fpr_gap)": "<= 0.25"     # race.fpr_gap_ci_high in metrics.json
+      "lower(accuracy)": ">= 0.80"         # accuracy_ci_low
+
+Intervals exist for the headline metric (accuracy, rmse, perplexity) and every bias gap.
 Parsing and naming checks are cheap (no heavy imports): the builder's `check()` runs them before anything
 builds. Evaluating gates needs the metric values only.
 """
@@ -26,6 +33,8 @@ OPERATORS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operat
 _NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 _GATE = re.compile(rf"^\s*(>=|<=|>|<)\s*(?:(baseline)\s*(?:([+-])\s*({_NUMBER}))?|({_NUMBER}))\s*$")
 EXAMPLES = '">= 0.82", "<= 0.10", ">= baseline - 0.01"'
+BOUNDS = {"lower": "_ci_low", "upper": "_ci_high"}
+_BOUND = re.compile(r"^\s*(\w+)\s*\(\s*([^()]*?)\s*\)\s*$")
 
 
 @dataclass(frozen=True)
@@ -35,12 +44,36 @@ class Gate:
     number: float  # the threshold, or the offset added to the baseline's value
     baseline: bool = False
     expression: str = ""
+    bound: str | None = None  # "lower" or "upper": the gate reads that bound of the metric's interval
+
+    @property
+    def key(self) -> str:
+        """The name in metrics.json that the gate reads."""
+        return self.metric if self.bound is None else _inner(self.metric) + BOUNDS[self.bound]
 
     def threshold(self, baseline_metrics: dict | None) -> float | None:
         if not self.baseline:
             return self.number
-        value = (baseline_metrics or {}).get(self.metric)
+        value = (baseline_metrics or {}).get(self.key)
         return None if not _finite(value) else value + self.number
+
+
+def split_bound(metric: str) -> tuple[str | None, str]:
+    """("lower" | "upper" | None, the metric) of a gate's name; ValueError for another function."""
+    m = _BOUND.match(metric)
+    if not m:
+        if "(" in metric or ")" in metric:
+            raise ValueError(f"{metric!r} is not a metric or lower(METRIC) / upper(METRIC)")
+        return None, metric
+    bound, inner = m.groups()
+    if bound not in BOUNDS:
+        raise ValueError(f"unknown bound {bound!r} in {metric!r}; use lower(METRIC) or upper(METRIC), the bounds of "
+                         "the metric's bootstrap interval")
+    return bound, inner
+
+
+def _inner(metric: str) -> str:
+    return split_bound(metric)[1]
 
 
 def parse(metric: str, expression) -> Gate:
@@ -61,23 +94,30 @@ def parse(metric: str, expression) -> Gate:
         raise ValueError(f"{expression!r} is not OP NUMBER or OP baseline [+|- NUMBER]; after the operator "
                          f"write a number (e.g. 0.82) or `baseline`, `baseline - 0.01`")
     op, baseline, sign, offset, number = m.groups()
+    bound = split_bound(metric)[0]
     if baseline:
         value = float(offset or 0.0) * (-1.0 if sign == "-" else 1.0)
-        return Gate(metric, op, value, True, expression.strip())
-    return Gate(metric, op, float(number), False, expression.strip())
+        return Gate(metric, op, value, True, expression.strip(), bound)
+    return Gate(metric, op, float(number), False, expression.strip(), bound)
 
 
 def check_gates(gates, *, metrics: tuple[str, ...], fairness: tuple[str, ...], protected: list,
-                has_baseline: bool | None, file: str | None, step: str) -> list[Gate]:
+                has_baseline: bool | None, file: str | None, step: str, intervals: tuple[str, ...] = (),
+                resamples: int = 1) -> list[Gate]:
     """Parse every gate and check that it names a metric evaluate writes (`metrics`, or with `protected`
-    columns the `fairness` ones, bare or as `<column>.<name>`); `has_baseline` None: not known yet."""
+    columns the `fairness` ones, bare or as `<column>.<name>`), and a bound only of a metric with an
+    interval (`intervals`, and the fairness ones) when there are `resamples`; `has_baseline` None: not
+    known yet."""
     if not isinstance(gates, dict):
         raise RecipeError(f"gates is a mapping of metric -> condition, e.g. {{accuracy: \">= 0.82\"}}; got "
                           f"{gates!r}", file=file, step=step, key="params.gates")
     parsed = []
-    for metric, expression in gates.items():
-        where = {"file": file, "step": step, "key": f"params.gates.{metric}"}
-        metric = str(metric)
+    for written, expression in gates.items():
+        where = {"file": file, "step": step, "key": f"params.gates.{written}"}
+        try:
+            bound, metric = split_bound(str(written))
+        except ValueError as e:
+            raise RecipeError(f"{e}", **where) from None
         column, _, name = metric.rpartition(".")
         known = metrics + (fairness if protected else ())
         prefixed = [f"{c}.{f}" for c in protected for f in fairness]
@@ -97,12 +137,19 @@ def check_gates(gates, *, metrics: tuple[str, ...], fairness: tuple[str, ...], p
         elif metric not in known:
             raise RecipeError(f"evaluate writes no metric {metric!r}{did_you_mean(metric, known + tuple(prefixed))}; "
                               f"it writes: {', '.join(known)}", **where)
+        if bound and name not in intervals + fairness:
+            raise RecipeError(f"{written!r}: {metric!r} has no confidence interval; intervals are computed for "
+                              f"the headline metric ({', '.join(intervals)}) and the bias gaps. Gate on {metric!r} "
+                              "itself", **where)
+        if bound and resamples <= 0:
+            raise RecipeError(f"{written!r} reads the bootstrap interval, but `bootstrap: {resamples}` computes "
+                              "none; set `bootstrap:` to a number of resamples (e.g. 1000)", **where)
         try:
-            gate = parse(metric, expression)
+            gate = parse(str(written), expression)
         except ValueError as e:
             raise RecipeError(f"malformed gate: {e}", **where) from None
         if gate.baseline and has_baseline is False:
-            raise RecipeError(f"gate {metric}: {gate.expression!r} compares with a baseline, but the step has no "
+            raise RecipeError(f"gate {written}: {gate.expression!r} compares with a baseline, but the step has no "
                               f"`baseline` input; add one, e.g. `inputs: {{baseline: {{tag: prod-model}}}}`",
                               **where)
         parsed.append(gate)
@@ -113,12 +160,12 @@ def evaluate(gates: list[Gate], metrics: dict, baseline_metrics: dict | None) ->
     """One row per gate: metric, value, operator, threshold, the expression, the baseline's value, passed."""
     rows = []
     for gate in gates:
-        value, threshold = metrics.get(gate.metric), gate.threshold(baseline_metrics)
+        value, threshold = metrics.get(gate.key), gate.threshold(baseline_metrics)
         passed = _finite(value) and threshold is not None and OPERATORS[gate.op](value, threshold)
         row = {"metric": gate.metric, "value": value if _finite(value) else None, "operator": gate.op,
                "threshold": _round(threshold), "expression": gate.expression, "passed": bool(passed)}
         if gate.baseline:
-            row["baseline"] = (baseline_metrics or {}).get(gate.metric)
+            row["baseline"] = (baseline_metrics or {}).get(gate.key)
         rows.append(row)
     return rows
 

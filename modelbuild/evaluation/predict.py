@@ -22,6 +22,8 @@ META = ".meta.json"  # the artifact's lineage, as the store writes it
 class Scored:
     """What a model said about a table. Classification: `y_true` class indices, `proba` [n, k];
     regression: `y_true` and `y_pred` numbers; language: per-block `losses` (summed) and `tokens`.
+    A column scored as predictions (columns.py) has classification's `y_pred`, a `score` that ranks the rows
+    (roc_auc), and `proba` only when the column is a probability.
     `keep` marks the table rows scored (a row without a label, or with a class the model does not know, is
     not), so protected columns can be filtered alike."""
 
@@ -30,6 +32,7 @@ class Scored:
     y_true: object = None
     y_pred: object = None
     proba: object = None
+    score: object = None
     losses: list = field(default_factory=list)
     tokens: list = field(default_factory=list)
     keep: object = None

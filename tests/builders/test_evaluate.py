@@ -206,10 +206,14 @@ def test_plots_are_byte_identical(tmp_path):
 
     bins = M.expected_calibration_error(np.array([0.55, 0.7, 0.9, 0.95]), np.array([1, 0, 1, 1]), 10)[1]
     for name in ("a", "b"):
-        report.plot_confusion(tmp_path / f"{name}-cm.png", ["no", "yes"], [[3, 1], [2, 4]])
+        report.plot_confusion(tmp_path / f"{name}-cm.png", ["no", "yes"], [[3, 1], [2, 4]], [[.75, .25], [1 / 3, 2 / 3]])
         report.plot_calibration(tmp_path / f"{name}-cal.png", bins, 0.1)
+        report.plot_group_rates(tmp_path / name, {"race": [
+            {"group": "a", "count": 40, "in_gaps": True, "fpr": 0.1, "fnr": 0.3},
+            {"group": "b", "count": 3, "in_gaps": False, "fpr": 0.5, "fnr": 0.0}]}, 30)
     assert (tmp_path / "a-cm.png").read_bytes() == (tmp_path / "b-cm.png").read_bytes()
     assert (tmp_path / "a-cal.png").read_bytes() == (tmp_path / "b-cal.png").read_bytes()
+    assert (tmp_path / "a/groups/race.png").read_bytes() == (tmp_path / "b/groups/race.png").read_bytes()
     assert b"Software" not in (tmp_path / "a-cm.png").read_bytes()
 
 
