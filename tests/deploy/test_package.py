@@ -127,6 +127,13 @@ def test_server_without_base_is_a_recipe_error(cli):
     assert "server: true needs a `base` input" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_bad_batching_is_a_recipe_error(cli):
+    cli.project.write("recipe.yaml", model_recipe(1, "    params: {max_batch_size: 0}\n"))
+    proc = cli("plan", "recipe.yaml", check=2)
+    assert "step 'image'" in proc.stderr and "params.max_batch_size" in proc.stderr and "1 or more" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_base_that_is_not_an_image_fails_the_step(cli):
     cli.project.write("base/readme.txt", "not an image\n")
     cli.project.write("recipe.yaml", model_recipe(1).replace(
