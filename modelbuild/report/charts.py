@@ -15,8 +15,13 @@ RC = {"svg.hashsalt": "modelbuild-report", "svg.fonttype": "none", "font.size": 
 
 def _svg(draw, label: str, size=(5.2, 3.0)) -> str:
     """Run draw(ax) on a new figure and return the figure as an <svg> element labelled for screen readers."""
-    import matplotlib
-    from matplotlib.figure import Figure
+    try:
+        import matplotlib
+        from matplotlib.figure import Figure
+    except ModuleNotFoundError:
+        from ..errors import UsageError
+        raise UsageError("the report draws its charts with matplotlib, which is not installed: "
+                         "pip install 'modelbuild[report]'") from None
 
     with matplotlib.rc_context(RC):
         fig = Figure(figsize=size)

@@ -19,7 +19,7 @@ class StepFacts:
 
     name: str
     builder: str
-    status: str  # built | failed | not built
+    status: str  # built | failed | not built | searched (a tune target: built as the search's trials)
     path: Path | None = None
     key: str | None = None
     record: dict = field(default_factory=dict)
@@ -45,6 +45,7 @@ def from_recipe(store: Store, recipe) -> Facts:
     """Every step of the recipe, as its last build in this store left it (roots and attempts)."""
     from ..recipe import Source
     steps = []
+    searched = {t for step in recipe.steps.values() for t in step.builder.searched()}
     for name in recipe.order:
         step = recipe.steps[name]
         root = store.get_root(f"{recipe.name}:{name}") if store.exists() else None
@@ -56,6 +57,8 @@ def from_recipe(store: Store, recipe) -> Facts:
                 path, key = root
         elif root:
             status, (path, key) = "built", root
+        elif name in searched:  # a search's target trains once per trial, not as itself
+            status = "searched"
         rec = record(store, path, key) if path is not None else {}
         facts = StepFacts(name, step.builder_name, status, path, key, rec, step.description)
         recorded = rec.get("inputs") or {}
