@@ -103,9 +103,20 @@ def test_finetune_steps_are_cached_reproducible_and_rebuilt_on_a_param_change(ti
     assert config["base_model_name_or_path"] == base["path"]
     from modelbuild.training.pretrained import load_adapter_model
 
+    from peft import PeftConfig, PeftModel
+
+    import modelbuild
+
     ids = torch.tensor([[3, 4, 6, 8, 9, 10, 11, 12, 13, 20]])
     with torch.no_grad():
-        assert load_adapter_model("sft", adapter).eval()(input_ids=ids).logits.shape == (1, 10, len(WORDS))
+        expected = load_adapter_model("sft", adapter).eval()(input_ids=ids).logits
+        assert expected.shape == (1, 10, len(WORDS))
+        # docs/training.md's lines for peft alone: the base path is relative to the store root, two folders up
+        base_model = transformers.AutoModelForCausalLM.from_pretrained(
+            adapter.parents[1] / PeftConfig.from_pretrained(adapter).base_model_name_or_path)
+        peft_model = PeftModel.from_pretrained(base_model, adapter).eval()
+        assert torch.equal(peft_model(input_ids=ids).logits, expected)
+        assert torch.equal(modelbuild.load_model(adapter)(input_ids=ids).logits, expected)
 
     check = cli.build("recipe.yaml", "--check")
     assert all(s["reproducible"] for s in check["steps"]), check["steps"]
