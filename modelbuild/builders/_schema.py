@@ -162,33 +162,33 @@ def check_schema(schema, fail: Fail) -> None:
         fail("schema.coerce", f"coerce must be true or false, got {schema['coerce']!r}")
 
 
-def _check(pa, name: str, value):
-    """One Pandera check, named as the recipe writes it."""
-    if name in BOUNDS:
-        return getattr(pa.Check, name)(value, error=f"{name}({value!r})")
-    if name == "in_range":
-        return pa.Check.in_range(value["min"], value["max"], error=f"in_range({value['min']!r}, {value['max']!r})")
-    if name in ("isin", "notin"):
-        return getattr(pa.Check, name)(value, error=f"{name}({value!r})")
-    if name == "str_matches":
-        return pa.Check.str_matches(value, error=f"str_matches({value!r})")
-    low, high = value.get("min"), value.get("max")
-    return pa.Check.str_length(low, high, error=f"str_length({low!r}, {high!r})")
+def _pandera_check(name: str, value) -> dict:
+    """One check in Pandera's serialised form: its arguments, and an error text naming it as the recipe does."""
+    if name in ("in_range", "str_length"):
+        low, high = value.get("min"), value.get("max")
+        args, shown = {"min_value": low, "max_value": high}, f"{low!r}, {high!r}"
+    else:
+        args, shown = {"value": value}, repr(value)
+    return {**args, "options": {"check_name": name, "error": f"{name}({shown})"}}
 
 
 def to_pandera(schema: dict):
-    """The DataFrameSchema for a whole table. Uniqueness reports the second and later occurrences."""
-    import pandera.pandas as pa
+    """The DataFrameSchema for a whole table, through Pandera's own schema reader (`pandera.io`): this
+    format is Pandera's serialised one but for the spelling of two checks' bounds, the `error` names and
+    `rows` (no Pandera equivalent; validate.py counts rows itself). Uniqueness reports the second and later
+    occurrences."""
+    from pandera.io.pandas_io import deserialize_schema
 
-    columns = {}
-    for name, spec in schema["columns"].items():
-        spec = spec or {}
-        columns[name] = pa.Column(
-            spec.get("dtype"), [_check(pa, k, v) for k, v in (spec.get("checks") or {}).items()],
-            nullable=spec.get("nullable", False), unique=spec.get("unique", False),
-            required=spec.get("required", True), report_duplicates="exclude_first")
-    return pa.DataFrameSchema(columns, strict=schema.get("strict", False), unique=schema.get("unique"),
-                              report_duplicates="exclude_first", coerce=schema.get("coerce", False))
+    def column(spec: dict) -> dict:
+        return {"dtype": spec.get("dtype"), "nullable": spec.get("nullable", False),
+                "unique": spec.get("unique", False), "required": spec.get("required", True),
+                "report_duplicates": "exclude_first",
+                "checks": [_pandera_check(k, v) for k, v in (spec.get("checks") or {}).items()]}
+
+    return deserialize_schema({
+        "columns": {name: column(spec or {}) for name, spec in schema["columns"].items()},
+        "strict": schema.get("strict", False), "unique": schema.get("unique"),
+        "report_duplicates": "exclude_first", "coerce": schema.get("coerce", False)})
 
 
 # ---- the names failures are reported under ---------------------------------------------------------

@@ -92,6 +92,38 @@ def test_a_table_that_fits_passes_through_with_its_report(tmp_path):
     assert not (out / "quarantine").exists()
 
 
+def test_the_recipe_schema_is_read_as_pandera_reads_its_own_yaml():
+    """docs/data.md: the schema maps onto Pandera's serialised format but for in_range's and str_length's bound
+    names, the recipe's check names (errors) and `rows`, which Pandera's reader would drop without a word."""
+    import pandera.pandas as pandera
+
+    recipe = {"columns": {"age": {"dtype": "int64", "checks": {"ge": 0, "in_range": {"min": 0, "max": 120}}},
+                          "state": {"dtype": "str", "nullable": True, "checks": {"isin": ["CA", "NY"]}},
+                          "email": {"dtype": "str", "unique": True, "checks": {"str_length": {"min": 3}}}},
+              "strict": "filter", "unique": ["state", "email"], "coerce": True}
+    pandera_yaml = textwrap.dedent("""\
+        schema_type: dataframe
+        columns:
+          age: {dtype: int64, checks: {ge: 0, in_range: {min_value: 0, max_value: 120}},
+                report_duplicates: exclude_first}
+          state: {dtype: str, nullable: true, checks: {isin: [CA, NY]}, report_duplicates: exclude_first}
+          email: {dtype: str, unique: true, checks: {str_length: {min_value: 3, max_value: null}},
+                  report_duplicates: exclude_first}
+        strict: filter
+        unique: [state, email]
+        coerce: true
+        report_duplicates: exclude_first
+        rows: {min: 1}
+        """)
+    ours, theirs = _schema.to_pandera(recipe), pandera.DataFrameSchema.from_yaml(pandera_yaml)
+    assert [c.error for c in ours.columns["age"].checks] == ["ge(0)", "in_range(0, 120)"]  # as the recipe says
+    assert [c.error for c in theirs.columns["age"].checks] == ["greater_than_or_equal_to(0)", "in_range(0, 120)"]
+    for name, column in theirs.columns.items():
+        for mine, check in zip(ours.columns[name].checks, column.checks, strict=True):
+            check.error = mine.error
+    assert ours == theirs
+
+
 def test_an_empty_table_passes_a_schema_it_fits(tmp_path):
     out = run(tmp_path, PEOPLE.iloc[:0], schema=SCHEMA)
     assert pq.read_table(out / "data.parquet").num_rows == 0

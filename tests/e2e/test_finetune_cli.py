@@ -101,11 +101,10 @@ def test_finetune_steps_are_cached_reproducible_and_rebuilt_on_a_param_change(ti
     assert base["path"] == f"objects/{merged.name}"  # relative to the store root: the same in every store
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == base["path"]
-    from modelbuild.training.pretrained import load_adapter_model
-
     from peft import PeftConfig, PeftModel
 
     import modelbuild
+    from modelbuild.training.pretrained import load_adapter_model
 
     ids = torch.tensor([[3, 4, 6, 8, 9, 10, 11, 12, 13, 20]])
     with torch.no_grad():
