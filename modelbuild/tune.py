@@ -42,6 +42,8 @@ COMMON_NEVERGRAD = ("NGOpt", "NgIohTuned", "TwoPointsDE", "DE", "CMA", "Diagonal
                     "DiscreteOnePlusOne", "PortfolioDiscreteOnePlusOne", "RandomSearch", "ScrHammersleySearch",
                     "HammersleySearch", "LHSSearch", "TBPSA", "NelderMead", "Cobyla", "Powell")
 SEARCH_PARAMS_OUTSIDE_IDENTITY = ("budget", "num_workers", "max_failure_rate")
+RESOLUTION = 1e-3  # two points closer than this share of every range (log ranges on a log scale) are one trial
+MAX_REPEATS = 3  # repeats in a row before the search asks a seeded random point instead
 
 
 # ---- the space -----------------------------------------------------------------------------------------
@@ -100,6 +102,21 @@ def random_points(space: dict, seed: int, n: int) -> list[dict]:
                 point[path] = round12(rng.uniform(*spec["uniform"]))
         out.append(point)
     return out
+
+
+def same_point(space: dict, a: dict, b: dict) -> bool:
+    """The same trial: equal choices and whole numbers, floats within RESOLUTION of their range."""
+    for path, spec in space.items():
+        x, y = a.get(path), b.get(path)
+        if "log" in spec or "uniform" in spec:
+            lo, hi = spec.get("log") or spec["uniform"]
+            if "log" in spec:
+                x, y, lo, hi = (math.log(v) for v in (x, y, lo, hi))
+            if abs(x - y) > RESOLUTION * (hi - lo):
+                return False
+        elif x != y:
+            return False
+    return True
 
 
 def set_path(params: dict, path: str, value) -> dict:
@@ -169,6 +186,22 @@ def _plain(value):
     return value
 
 
+@contextlib.contextmanager
+def _quiet():
+    """Nevergrad warns about settings it finds inefficient and points it was told twice: not the user's to fix."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _ask_one(opt) -> tuple:
+    """A candidate and its point as JSON values."""
+    with _quiet():
+        c = opt.ask()
+    return c, {p: _plain(v) for p, v in c.value.items()}
+
+
 # ---- the trial index ----------------------------------------------------------------------------------------
 def search_identity(drv: dict) -> str:
     """A search's identity: its tune derivation without the params that do not change which point is
@@ -205,10 +238,13 @@ class Trial:
     value: float | None = None
     error: str | None = None
     interrupted: bool = False
+    asked: int | None = None  # how many points the optimizer had asked when it asked this one, repeats included
 
     def record(self, store) -> dict:
         out = {"number": self.number, "params": self.point, "status": self.status, "objective": self.value,
                "key": self.keys[0] if self.keys else None}
+        if self.asked is not None:
+            out["asked"] = self.asked
         if self.paths:
             out.update(digest=self.paths[0].name.split("-", 1)[0], path=store.rel(self.paths[0]))
             if len(self.paths) > 1:
@@ -237,6 +273,7 @@ class Search:
         self.started = time.time()
         self.counts = {"built": 0, "cached": 0, "failed": 0}
         self.steps = None
+        self.asks, self.repeats = 0, []  # Nevergrad's asks, and the repeats among them (answered, not built)
 
     # ---- what the realiser calls ---------------------------------------------------------------------------
     def advance(self) -> dict | None:
@@ -304,35 +341,75 @@ class Search:
         return self.step.params["seed"]
 
     def _nevergrad(self):
-        import warnings
-
         rows = self.store.trial_points(self.search_id)
         next_seq = max((seq for seq, _ in rows), default=0) + 1
-        self.trials = [Trial(i + 1, point, seq=seq) for i, (seq, point) in enumerate(rows[:self.budget])]
+        self.trials = [Trial(i + 1, point, seq=seq, asked=i + 1) for i, (seq, point) in enumerate(rows[:self.budget])]
         if self.trials:
             self._say(f"{len(self.trials)} earlier trials of this search found: evaluating and telling them first")
         yield from self._evaluate(self.trials)
         num_workers = self.step.params["num_workers"]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet():
             opt = make_optimizer(self.optimizer, self.space, self._seed(), self.budget, num_workers)
             for t in self.trials:
                 opt.suggest(t.point)
                 opt.tell(opt.ask(), self._loss(t))
+        self.asks = len(self.trials)
         while len(self.trials) < self.budget:
             k = min(num_workers, self.budget - len(self.trials))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                asked = [opt.ask() for _ in range(k)]
-            batch = [Trial(len(self.trials) + i + 1, {p: _plain(v) for p, v in c.value.items()}, seq=next_seq + i)
-                     for i, c in enumerate(asked)]
+            asked, later = self._ask(opt, k, next_seq)
             next_seq += k
+            batch = [t for _, t in asked]
             self.trials += batch
             yield from self._evaluate(batch)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                for c, t in zip(asked, batch, strict=True):
-                    opt.tell(c, self._loss(t))
+            for c, t in asked:
+                self._tell(opt, c, t)
+            for c, t in later:
+                self._tell(opt, c, t, repeat=True)
+
+    def _ask(self, opt, k: int, next_seq: int) -> tuple[list, list]:
+        """k new points, each one neither a trial of this search nor another point of the batch. A repeat (a
+        point within RESOLUTION of a trial's, in every dimension) is answered with that trial's result, not
+        built, and does not count against the budget; after MAX_REPEATS repeats in a row (an optimizer that has
+        settled on one point) the next point is the search's next seeded random point that is not a repeat."""
+        asked, later, run = [], [], 0
+        while len(asked) < k:
+            batch = [t for _, t in asked]
+            c, point = _ask_one(opt)
+            twin = self._twin(point, batch)
+            if twin is not None:
+                self.repeats.append({"asked": self.asks + 1, "params": point, "trial": twin.number})
+                self._say(f"point {json.dumps(point, sort_keys=True)} asked again: answered by trial {twin.number}, "
+                          "not built")
+                if twin.status == "pending":  # a twin in this batch: told once it is built
+                    later.append((c, twin))
+                else:
+                    self._tell(opt, c, twin, repeat=True)
+                self.asks, run = self.asks + 1, run + 1
+                if run < MAX_REPEATS:
+                    continue
+                with _quiet():
+                    opt.suggest(self._fresh(batch))
+                c, point = _ask_one(opt)
+            self.asks, run = self.asks + 1, 0
+            asked.append((c, Trial(len(self.trials) + len(batch) + 1, point, seq=next_seq + len(batch),
+                                   asked=self.asks)))
+        return asked, later
+
+    def _twin(self, point: dict, batch: list[Trial]) -> Trial | None:
+        return next((t for t in [*self.trials, *batch] if same_point(self.space, t.point, point)), None)
+
+    def _fresh(self, batch: list[Trial]) -> dict:
+        """The first of the search's seeded random points that repeats no trial (a far point, if all do)."""
+        draws = random_points(self.space, self._seed() + 7919 * self.asks, 200)
+        return next((d for d in draws if self._twin(d, batch) is None), draws[0])
+
+    def _tell(self, opt, candidate, t: Trial, repeat: bool = False) -> None:
+        try:
+            with _quiet():
+                opt.tell(candidate, self._loss(t))
+        except Exception:  # an optimizer may refuse a point it was told already (bayes_opt's NotUniqueError)
+            if not repeat:
+                raise
 
     def _loss(self, t: Trial) -> float:
         """What the optimizer minimises; a failed trial scores worse than any trial so far."""
@@ -472,11 +549,12 @@ class Search:
     def _submit_final(self) -> None:
         """Hand the trials to an ordinary job of the tune step itself, whose builder writes the artifact."""
         data = {"metric": self.objective["metric"], "mode": self.objective["mode"], "optimizer": self.optimizer,
-                "budget": self.budget, "paths": sorted(self.space),
+                "budget": self.budget, "paths": sorted(self.space), "space": self.space,
                 "trials": [t.record(self.store) for t in self.trials],
                 "errors": {t.number: t.error for t in self.trials if t.error},
+                "repeats": self.repeats,
                 "facts": {"trials_built": self.counts["built"], "trials_cached": self.counts["cached"],
-                          "trials_failed": self.counts["failed"]}}
+                          "trials_failed": self.counts["failed"], "points_repeated": len(self.repeats)}}
         jobs_dir = self.store.tmp / "jobs"
         jobs_dir.mkdir(parents=True, exist_ok=True)
         self.trials_file = jobs_dir / f"{uuid.uuid4().hex}.trials.json"

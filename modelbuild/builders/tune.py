@@ -156,12 +156,13 @@ class Tune(Builder):
         ok = [t for t in trials if t["status"] == "ok"]
         best = min(ok, key=lambda t: (t["objective"] if mode == "min" else -t["objective"], t["number"]))
         _write_json(ctx.out / "trials.json", {"metric": metric, "mode": mode, "optimizer": data["optimizer"],
-                                               "budget": data["budget"], "paths": data["paths"], "trials": trials})
+                                               "budget": data["budget"], "paths": data["paths"], "trials": trials,
+                                               "repeats": data.get("repeats", [])})
         _write_csv(ctx.out / "trials.csv", trials, data["paths"])
         _write_json(ctx.out / "best.json", {"metric": metric, "mode": mode, "objective": best["objective"],
                                              "params": best["params"], "trial": best["number"], "key": best["key"],
                                              "digest": best["digest"], "path": best["path"]})
-        _plot(ctx.out / "objective.png", trials, metric, mode)
+        _plot(ctx.out / "objective.png", trials, metric, mode, data["space"])
         ctx.write_metrics({"best_objective": best["objective"], "metric": metric, "trials": len(trials),
                            "failed": len(trials) - len(ok)})
         ctx.record_facts(data.get("facts", {}))
@@ -355,15 +356,29 @@ def _cell(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _plot(path, trials: list[dict], metric: str, mode: str) -> None:
-    """Objective per trial, and the best so far; Agg without the Software tag, so the bytes are reproducible."""
+def _plot(path, trials: list[dict], metric: str, mode: str, space: dict) -> None:
+    """The objective per trial with the best so far, then against each searched param (log ranges on a log
+    axis, choices as categories), so a sweep shows where along each range the good trials lie. Agg without
+    the Software tag, so the bytes are reproducible."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    xs = [t["number"] for t in trials if t["status"] == "ok"]
-    ys = [t["objective"] for t in trials if t["status"] == "ok"]
+    paths = sorted(space)
+    fig, axes = plt.subplots(1, 1 + len(paths), figsize=(4.5 * (1 + len(paths)), 3.5), dpi=100, squeeze=False,
+                             sharey=True)
+    ok = [t for t in trials if t["status"] == "ok"]
+    _plot_trials(axes[0][0], trials, ok, mode)
+    axes[0][0].set_ylabel(metric)
+    for ax, param in zip(axes[0][1:], paths, strict=True):
+        _plot_param(ax, ok, param, space[param], mode)
+    fig.tight_layout()
+    fig.savefig(path, format="png", metadata={"Software": None})
+    plt.close(fig)
+
+
+def _plot_trials(ax, trials: list[dict], ok: list[dict], mode: str) -> None:
+    xs, ys = [t["number"] for t in ok], [t["objective"] for t in ok]
     best, running = [], None
     for y in ys:
         running = y if running is None else (min if mode == "min" else max)(running, y)
@@ -375,8 +390,27 @@ def _plot(path, trials: list[dict], metric: str, mode: str) -> None:
         top = max(ys) if mode == "min" else min(ys)
         ax.scatter(failed, [top] * len(failed), marker="x", color="#c44e52", label="failed")
     ax.set_xlabel("trial")
-    ax.set_ylabel(metric)
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, format="png", metadata={"Software": None})
-    plt.close(fig)
+
+
+def _plot_param(ax, ok: list[dict], param: str, spec: dict, mode: str) -> None:
+    """One dot per trial at its value of `param`; the best trial ringed."""
+    values = [t["params"].get(param) for t in ok]
+    if "choice" in spec:
+        labels = [_cell(c) for c in spec["choice"]]
+        xs = [labels.index(_cell(v)) if _cell(v) in labels else -1 for v in values]
+        ax.set_xticks(range(len(labels)), labels, fontsize=8, rotation=20)
+        ax.set_xlim(-0.5, len(labels) - 0.5)
+    else:
+        xs = values
+        if "log" in spec:
+            from matplotlib.ticker import NullFormatter
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+    ys = [t["objective"] for t in ok]
+    ax.scatter(xs, ys, s=14, color="#4c72b0")
+    if ok:
+        i = (ys.index(min(ys)) if mode == "min" else ys.index(max(ys)))
+        ax.scatter([xs[i]], [ys[i]], s=80, facecolors="none", edgecolors="#dd8452", label="best")
+        ax.legend(loc="best", fontsize=8)
+    ax.set_xlabel(param)

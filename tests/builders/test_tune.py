@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from modelbuild.tune import COMMON_NEVERGRAD, grid_points, random_points
+from modelbuild.tune import COMMON_NEVERGRAD, grid_points, random_points, same_point
 
 STEPS = """
 import json, math, os, time
@@ -99,7 +99,8 @@ def test_grid_is_the_full_cartesian_product_and_downstream_gets_the_best(project
     assert (use["x"], use["opt"]["lr"], use["kind"]) == (0.5, 0.01, "a")
     shown = json.loads(cli("show", "t:use", "--json").stdout)
     assert shown["inputs"]["model"]["path"] == best["path"] and shown["inputs"]["model"]["tune"] == f"objects/{tuned.name}"
-    assert (tuned / "objective.png").read_bytes()[:4] == b"\x89PNG"
+    png = (tuned / "objective.png").read_bytes()
+    assert png[:4] == b"\x89PNG" and int.from_bytes(png[16:20], "big") == 450 * 4  # by trial, then x, opt.lr, kind
     assert facts(cli)["trials_built"] == 18
     # the plot and tables are byte-reproducible: --check rebuilds the tune artifact from the cached trials
     check = cli.build("recipe.yaml", "-t", "tuned", "--check")
@@ -271,3 +272,39 @@ def test_a_whole_recipe_build_trains_the_target_only_where_another_step_consumes
     result = cli.build("recipe.yaml", "steps.tuned.params.budget=2")
     assert cli.statuses(result)["f"] in ("built", "cached") and (cli.store / "roots" / "t" / "f").exists()
     assert cli.build("recipe.yaml", "-t", "f")["by_step"]["f"]["status"] == "cached"  # --target still builds it
+
+
+BO = """
+name: bo
+steps:
+  f:
+    builder: python
+    params: {function: "bo_steps:f", lr: 0.001}
+  tuned:
+    builder: tune
+    params:
+      target: f
+      space: {lr: {log: [3.0e-4, 3.0e-2]}}
+      objective: {metric: loss}
+      optimizer: BO
+      budget: 4
+"""
+
+
+def test_bo_repeats_are_answered_from_the_trials_and_do_not_spend_the_budget(project, cli):
+    """Issue 15's case: BO over one log range stalled on a point, and raising its budget asked for exact
+    repeats of trials 1 and 2 (bayes_opt's initial points, still queued after the trials were replayed)."""
+    project.write("bo_steps.py", "import json, math\n\n\ndef f(ctx):\n    loss = (math.log10(ctx.params['lr']) + 2.2) ** 2\n"
+                                 "    (ctx.out / 'metrics.json').write_text(json.dumps({'loss': loss}))\n")
+    project.write("recipe.yaml", BO)
+    cli.build("recipe.yaml", "-t", "tuned")
+    result = cli.build("recipe.yaml", "-t", "tuned", "steps.tuned.params.budget=8")
+    tuned = result["by_step"]["tuned"]["path"]
+    data = json.loads((Path(tuned) / "trials.json").read_text())
+    points, space = [t["params"] for t in data["trials"]], {"lr": {"log": [3e-4, 3e-2]}}
+    assert len(points) == 8 and all(t["status"] == "ok" for t in data["trials"])
+    assert not any(same_point(space, a, b) for i, a in enumerate(points) for b in points[:i])
+    assert (facts(cli, "bo:tuned")["trials_built"], facts(cli, "bo:tuned")["trials_cached"]) == (4, 4)
+    repeats = data["repeats"]
+    assert {r["trial"] for r in repeats} >= {1, 2} and facts(cli, "bo:tuned")["points_repeated"] == len(repeats)
+    assert [t["asked"] for t in data["trials"]][4:] == sorted(t["asked"] for t in data["trials"][4:])
