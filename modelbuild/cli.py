@@ -50,15 +50,21 @@ def _sandbox(args) -> None:
 def cmd_build(args) -> int:
     from .progress import reporter_for
     from .realise import Realiser, exit_code
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         raise UsageError(f"-j/--jobs must be at least 1, got {args.jobs}")
     _sandbox(args)
     recipe = _recipe_and_overrides(args)
     store = _store(args)
-    realiser = Realiser(store, recipe, jobs=args.jobs, keep_going=args.keep_going, check=args.check,
-                        reporter=reporter_for(args.json), substituter=_substituter(args, store),
-                        require_cached=args.require_cached)
-    states = realiser.build(args.target)
+    substituter = _substituter(args, store)
+    executor = _executor(args, store)
+    realiser = Realiser(store, recipe, jobs=args.jobs or 1, keep_going=args.keep_going, check=args.check,
+                        reporter=reporter_for(args.json), substituter=substituter,
+                        require_cached=args.require_cached, executor=executor)
+    try:
+        states = realiser.build(args.target)
+    finally:
+        if executor is not None:
+            executor.close()
     code = exit_code(states)
     if args.json:
         steps = [s.as_json(store) for s in states]
@@ -111,9 +117,39 @@ def _substituter(args, store):
     return Substituter(store, conf.substituters, conf.trusted_public_keys, conf.project_dir)
 
 
+def _executor(args, store):
+    """Where the jobs run: local worker processes (None: the realiser's default) or a Dask cluster, from
+    --executor, else $MODELBUILD_EXECUTOR, else `executor` in the project's config (docs/cluster.md)."""
+    from .cache.config import project_config
+    conf, where = project_config(Path.cwd().absolute())
+    url = getattr(args, "executor", None) or os.environ.get("MODELBUILD_EXECUTOR") or conf.get("executor") or "local"
+    if url == "local":
+        return None
+    mode = getattr(args, "cluster_store", None) or os.environ.get("MODELBUILD_CLUSTER_STORE") or conf.get(
+        "cluster-store") or "shared"
+    if mode not in ("shared", "cache"):
+        raise UsageError(f"cluster-store '{mode}' (in {where or 'the environment'}): it is 'shared' (every worker "
+                         "mounts the store at the same path) or 'cache' (workers build into stores of their own and "
+                         "share artifacts through the shared cache); docs/cluster.md")
+    try:
+        from .executors_dask import DaskExecutor
+    except ModuleNotFoundError as e:
+        raise UsageError(f"--executor {url} needs Dask's distributed, which is not installed ({e.name}): "
+                         "pip install 'modelbuild[cluster]'") from None
+    cache = None
+    if mode == "cache":
+        from .cache.config import settings
+        cache = settings(substituters=args.substituter, trusted=args.trusted_public_key)
+    import tempfile
+    worker_store = (os.environ.get("MODELBUILD_WORKER_STORE_TEMPLATE") or conf.get("worker-store")
+                    or str(Path(tempfile.gettempdir()) / "modelbuild-worker-stores" / "{worker}"))
+    return DaskExecutor(store, url, slots=args.jobs, mode=mode, worker_store=worker_store, cache=cache)
+
+
 def cmd_pull(args) -> int:
     """`pull RECIPE`: every step from the caches, nothing built (exit 8 for a step no cache has)."""
     args.require_cached, args.no_substitute, args.jobs, args.keep_going, args.check = True, False, 1, True, False
+    args.executor = "local"  # builds nothing: no cluster needed
     return cmd_build(args)
 
 
@@ -491,7 +527,14 @@ def parser() -> argparse.ArgumentParser:
         return sp
 
     b = recipe_verb("build", cmd_build, "build a recipe into the store")
-    b.add_argument("-j", "--jobs", type=int, default=1, help="steps to build in parallel")
+    b.add_argument("-j", "--jobs", type=int, default=None, help="steps to build in parallel (default 1; on a Dask "
+                   "cluster, one per worker thread)")
+    b.add_argument("--executor", metavar="URL", help="where jobs run: local (worker processes here, the default) or "
+                   "dask://HOST:PORT, a Dask scheduler (default: $MODELBUILD_EXECUTOR or `executor` in the project "
+                   "config; docs/cluster.md)")
+    b.add_argument("--cluster-store", choices=("shared", "cache"), help="how cluster workers reach the store: "
+                   "shared (the same path on every worker, the default) or cache (stores of their own, artifacts "
+                   "exchanged through the shared cache)")
     b.add_argument("-k", "--keep-going", action="store_true", help="after a failure, build what does not depend on it")
     b.add_argument("--check", action="store_true", help="rebuild cached steps and compare (reproducibility)")
     b.add_argument("--no-substitute", action="store_true", help="take nothing from shared caches: build it here")

@@ -74,6 +74,7 @@ class Job:
     inputs: dict[str, Input]
     files: dict[str, str] = field(default_factory=dict)  # more files for build() outside the key (tune's trials)
     extra_refs: tuple[str, ...] = ()
+    resources: dict[str, float] = field(default_factory=dict)  # what a cluster worker must offer (not in the key)
 
     @property
     def builder(self) -> str:
@@ -98,14 +99,15 @@ class Job:
                 "recipe_file": self.recipe_file, "recipe_dir": self.recipe_dir,
                 "inputs": {n: {"path": str(i.path), "kind": i.kind, "digest": i.digest, "lineage": i.lineage,
                                "stat": i.stat, "refs": list(i.refs)} for n, i in self.inputs.items()},
-                "files": self.files, "extra_refs": list(self.extra_refs)}
+                "files": self.files, "extra_refs": list(self.extra_refs), "resources": self.resources}
 
     @classmethod
     def from_json(cls, data: dict) -> Job:
         inputs = {n: Input(Path(i["path"]), i["kind"], i["digest"], i["lineage"], i.get("stat"), tuple(i["refs"]))
                   for n, i in data["inputs"].items()}
         return cls(data["key"], data["drv"], data["step"], data["recipe"], data["recipe_file"], data["recipe_dir"],
-                   inputs, dict(data.get("files", {})), tuple(data.get("extra_refs", ())))
+                   inputs, dict(data.get("files", {})), tuple(data.get("extra_refs", ())),
+                   dict(data.get("resources", {})))
 
 
 def resolve(step: Step, inputs: dict[str, Input], recipe: Recipe) -> Job:
@@ -113,7 +115,8 @@ def resolve(step: Step, inputs: dict[str, Input], recipe: Recipe) -> Job:
     so a trial is keyed exactly like the same step in a recipe."""
     drv = make_derivation(step, {n: {"kind": i.kind, "digest": i.digest} for n, i in inputs.items()},
                           recipe.dir, recipe.seed)
-    return Job(derivation_key(drv), drv, step.name, recipe.name, str(recipe.file), str(recipe.dir), dict(inputs))
+    return Job(derivation_key(drv), drv, step.name, recipe.name, str(recipe.file), str(recipe.dir), dict(inputs),
+               resources=dict(step.resources))
 
 
 def _flatten(value, prefix=""):

@@ -20,7 +20,7 @@ from .builders import Builder, load_builder
 from .errors import RecipeError, UsageError, did_you_mean
 
 RECIPE_KEYS = ("name", "description", "defaults", "seed", "steps", "vars")
-STEP_KEYS = ("builder", "params", "inputs", "description")
+STEP_KEYS = ("builder", "params", "inputs", "resources", "description")
 SOURCE_KINDS = ("path", "pypi", "dvc", "tag", "artifact", "log")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -106,6 +106,7 @@ class Step:
     params: dict
     inputs: dict[str, str | Source]  # input name -> upstream step name or Source
     description: str = ""
+    resources: dict[str, float] = field(default_factory=dict)  # where it may run (a cluster), not in the key
 
     @property
     def deps(self) -> list[str]:
@@ -544,7 +545,31 @@ def _check_step(name: str, spec, all_steps: dict, path: Path) -> Step:
         raise RecipeError(f"`params:` must be a mapping, got {params!r}", file=file, step=name, key="params")
     params = builder.normalise(params, file=file, step=name)
     builder.check_inputs(params, inputs, file=file, step=name)
-    return Step(name, builder_name, builder, params, inputs, str(spec.get("description") or ""))
+    return Step(name, builder_name, builder, params, inputs, str(spec.get("description") or ""),
+                _check_resources(spec.get("resources"), file, name))
+
+
+UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+QUANTITY_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]i?)?b?\s*$", re.IGNORECASE)
+
+
+def _check_resources(raw, file: str, step: str) -> dict[str, float]:
+    """`resources: {cpus: 4, memory: 16GB, gpus: 1}`: what a cluster worker must offer to run the step (Dask
+    worker resources of the same names). Scheduling only: it never enters the key, so moving a step to a
+    bigger machine rebuilds nothing. Memory may be written with a unit (16GB, 512MiB); it is kept in bytes."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"`resources:` must be a mapping such as {{cpus: 4, memory: 16GB, gpus: 1}}, got {raw!r}",
+                          file=file, step=step, key="resources")
+    out = {}
+    for name, value in raw.items():
+        found = QUANTITY_RE.match(str(value)) if not isinstance(value, bool) else None
+        if not NAME_RE.match(str(name)) or found is None:
+            raise RecipeError(f"a resource is a name and a non-negative amount (cpus: 4, memory: 16GB, gpus: 1), "
+                              f"got {name}: {value!r}", file=file, step=step, key=f"resources.{name}")
+        out[str(name)] = float(found.group(1)) * UNITS[(found.group(2) or "").lower()]
+    return out
 
 
 def _check_inputs(step: str, raw, all_steps: dict, path: Path) -> dict:

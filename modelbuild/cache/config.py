@@ -21,7 +21,8 @@ from pathlib import Path
 
 from ..errors import UsageError
 
-KEYS = ("substituters", "trusted-public-keys", "push-to", "secret-key-file")
+KEYS = ("substituters", "trusted-public-keys", "push-to", "secret-key-file",
+        "executor", "cluster-store", "worker-store")  # the last three: where jobs run (executors_dask.py)
 
 
 @dataclass
