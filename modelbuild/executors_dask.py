@@ -72,8 +72,13 @@ class DaskExecutor:
 
     def __init__(self, store: Store, url: str, *, slots: int | None = None, mode: str = "shared",
                  worker_store: str | None = None, cache=None, timeout: float = 10.0):
+        import logging
+
         from distributed import Client
 
+        # a lost scheduler is said once, as the failed steps' error, not in distributed's reconnect tracebacks
+        for name in ("distributed", "distributed.client", "distributed.comm", "distributed.core"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         self.store, self.url, self.mode, self.fixed_slots = store, url, mode, slots
         self.worker_store, self.cache = worker_store, cache
         self.live: set[DaskHandle] = set()

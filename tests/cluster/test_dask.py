@@ -187,6 +187,7 @@ def income(cluster, tmp_path_factory):
             on_cluster.build("recipes/income.yaml", *targets, "--executor", dask_url(cluster)), local, on_cluster)
 
 
+@pytest.mark.slow  # two builds of the income recipe's data steps
 def test_income_on_the_cluster_equals_the_local_build(income):
     local, on_cluster, local_cli, cluster_cli = income
     assert set(on_cluster["by_step"]) == set(local["by_step"]) and len(local["steps"]) >= 8
@@ -213,3 +214,24 @@ def wait_for_workers(cluster, n: int) -> None:
     deadline = time.time() + 60
     while len(workers(cluster)) < n and time.time() < deadline:
         time.sleep(0.2)
+
+
+@pytest.mark.slow  # a cluster of its own
+def test_a_scheduler_that_goes_away_fails_clearly_and_the_next_build_resumes(cli):
+    from distributed import LocalCluster
+
+    cli.project.write("recipe.yaml", two(sleep=60))
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as doomed:
+        build = cli.popen("build", "recipe.yaml", "--json", "--executor", dask_url(doomed), stdout=-1, stderr=-1,
+                          text=True)
+        job = running("train")
+    out, err = build.communicate(timeout=120)  # the cluster is gone
+    assert build.returncode == 1, err
+    failed = {s["step"]: s for s in json.loads(out)["steps"]}["train"]
+    assert "went away" in failed["error"] and "build again" in failed["error"] and "Traceback" not in err
+    psutil.wait_procs([job], timeout=20)
+    assert not job.is_running()
+    cli.project.write("recipe.yaml", two(sleep=0))  # the next build (local) keeps what was built
+    again = cli.build("recipe.yaml")
+    assert cli.statuses(again) == {"prepare": "cached", "train": "built"}
