@@ -186,6 +186,16 @@ def normalise(params, inputs=("model", "data")):
     ({"confidence": 1.5}, ("model", "data"), "between 0 and 1"),
     ({"bootstrapp": 10}, ("model", "data"), "did you mean 'bootstrap'"),
     ({}, ("model",), "needs a `data` input"),
+    ({"protected": ["race"], "gates": {"upper(race.fpr_gap)": "<= 0.2", "mid(accuracy)": ">= 0.8"}},
+     ("model", "data"), "unknown bound 'mid' in 'mid(accuracy)'; use lower(METRIC) or upper(METRIC)"),
+    ({"gates": {"upper(f1)": ">= 0.8"}}, ("model", "data"), "'f1' has no confidence interval"),
+    ({"gates": {"lower(acuracy)": ">= 0.8"}}, ("model", "data"), "(did you mean 'accuracy'?)"),
+    ({"bootstrap": 0, "gates": {"lower(accuracy)": ">= 0.8"}}, ("model", "data"), "`bootstrap: 0` computes none"),
+    ({"predictions": "x >= 1"}, ("data",), "set `target:`"),
+    ({"predictions": "x >= 1", "target": "y"}, ("model", "data"), "the `model` input is not used"),
+    ({"predictions": {"column": "x", "threshold": "high"}, "target": "y"}, ("data",), "threshold is a number"),
+    ({"predictions": "x >= 1", "target": "y", "task": "causal-lm"}, ("data",), "not causal-lm"),
+    ({"min_group_size": 0}, ("model", "data"), "min_group_size must be at least 1"),
     ({}, ("model", "data", "baseline", "extra"), "not 'extra'"),
 ])
 def test_recipe_time_checks(params, inputs, says):
@@ -199,6 +209,123 @@ def test_good_params_pass_and_fill_defaults():
                                                              "accuracy": ">= baseline - 0.01"}},
                     ("model", "data", "baseline"))
     assert out["bootstrap"] == 1000 and out["table"] == "test"
+
+
+def test_bound_gates_read_the_interval():
+    gates = [G.parse("upper(race.fpr_gap)", "<= 0.25"), G.parse("lower(accuracy)", ">= baseline - 0.05")]
+    assert [g.key for g in gates] == ["race.fpr_gap_ci_high", "accuracy_ci_low"]
+    values = {"race.fpr_gap": 0.1, "race.fpr_gap_ci_high": 0.3, "accuracy": 0.9, "accuracy_ci_low": 0.86}
+    rows = G.evaluate(gates, values, {"accuracy_ci_low": 0.8})
+    assert [(r["metric"], r["value"], r["passed"]) for r in rows] == [("upper(race.fpr_gap)", 0.3, False),
+                                                                       ("lower(accuracy)", 0.86, True)]
+
+
+def test_a_good_predictions_step_passes():
+    out = normalise({"predictions": "education_num >= 13", "target": "high_income", "protected": ["race"],
+                     "min_group_size": 30, "gates": {"upper(race.fpr_gap)": "<= 0.25"}}, ("data",))
+    assert out["min_group_size"] == 30
+    assert "min_group_size" not in normalise({})  # not set, not in the params: existing keys stay
+
+
+@pytest.mark.parametrize(("spec", "column", "op", "value"), [
+    ("education_num >= 13", "education_num", ">=", 13.0), ("age<30", "age", "<", 30.0),
+    ("sex == Female", "sex", "==", "Female"), ("race != 'Asian-Pac-Islander'", "race", "!=", "Asian-Pac-Islander"),
+    ({"column": "decile_score", "threshold": 5}, "decile_score", ">=", 5.0), ({"column": "last_year"}, "last_year", None, None),
+])
+def test_prediction_forms(spec, column, op, value):
+    from modelbuild.evaluation import columns
+
+    parsed = columns.parse(spec)
+    assert (parsed.column, parsed.op, parsed.value) == (column, op, value)
+
+
+@pytest.mark.parametrize(("spec", "says"), [
+    ("education_num => 13", "unknown operator '=>'"), ("education_num >= high", "is not a number"),
+    ("education_num", "is not a rule COLUMN OP VALUE"), ("x >=", "has nothing after '>='"),
+    ("x >= 1 and y < 2", "is not a number"), ("x == a b", "quote it"),
+    ({"column": "p", "threshold": 2, "probability": True}, "between 0 and 1"), ({"col": "x"}, "unknown key 'col'"),
+    (3, "predictions is a rule or a mapping"),
+])
+def test_bad_prediction_forms(spec, says):
+    from modelbuild.evaluation import columns
+
+    with pytest.raises(ValueError) as e:
+        columns.parse(spec)
+    assert says in str(e.value)
+
+
+def test_a_rule_and_a_score_are_scored_like_a_model():
+    pa = pytest.importorskip("pyarrow")
+    from modelbuild.evaluation import columns
+
+    table = pa.table({"edu": [9, 13, 16, None, 10, 14], "p": [0.1, 0.7, 0.9, 0.4, 0.6, 0.2],
+                      "y": [0, 1, 1, 0, 1, 0]})
+    rule = columns.parse("edu >= 13")
+    classes = columns.classes(table, "y", rule)
+    scored = columns.score("classification", table, rule, target="y", classes=classes, positive=1)
+    assert classes == [0, 1] and scored.skipped == 1 and scored.y_pred.tolist() == [0, 1, 1, 0, 1]
+    values, details = M.classification(scored.y_true, None, positive=1, bins=10, classes=2, y_pred=scored.y_pred,
+                                       score=scored.score)
+    assert values["accuracy"] == pytest.approx(3 / 5) and values["log_loss"] is None
+    assert values["roc_auc"] == pytest.approx(2 / 3 * 0.5 + 1 / 3 * 0.5 + 1 / 6)  # edu ranks the rows
+    assert details["rates"] == [[0.5, 0.5], [1 / 3, 2 / 3]]
+    prob = columns.parse({"column": "p", "threshold": 0.5, "probability": True})
+    scored = columns.score("classification", table, prob, target="y", classes=classes, positive=1)
+    values, details = M.classification(scored.y_true, scored.proba, positive=1, bins=10, classes=2,
+                                       y_pred=scored.y_pred, score=scored.score)
+    assert values["log_loss"] is not None and details["calibration"] is not None and scored.skipped == 0
+
+
+def test_gap_intervals_come_from_a_statistic_that_equals_fairlearn():
+    """The bootstrap's vectorised statistic, on the rows themselves, gives fairlearn's gaps: binary,
+    one-vs-rest multiclass and regression, with a small group left out."""
+    from modelbuild.evaluation import fairness as F
+
+    rng = np.random.default_rng(1)
+    n = 400
+    groups = {"g": list(rng.choice(["a", "b", "c", "d"], n, p=[0.5, 0.3, 0.18, 0.02])),
+              "h": list(rng.choice(["x", "y"], n))}
+    codes, sizes = zip(*(F._codes(v, 20) for v in groups.values()), strict=True)
+    for classes, positive in ((2, 1), (3, None), (3, 2)):
+        y = rng.integers(0, classes, n)
+        p = np.where(rng.random(n) < 0.7, y, rng.integers(0, classes, n))
+        flat, tables = F.classification(y, p, groups, positive=positive, classes=classes, min_group_size=20)
+        mine = F.gap_statistic("classification", sizes, positive, classes)(y, p, *codes)
+        names = [f"{c}.{m}" for c in groups for m in F.CLASSIFICATION_GAPS]
+        assert dict(zip(names, mine, strict=True)) == pytest.approx({k: flat[k] for k in names})
+        assert F.excluded(tables) == {"g": {"d": groups["g"].count("d")}}
+    y, p = rng.random(n), rng.random(n)
+    flat, _ = F.regression(y, p, groups, min_group_size=20)
+    mine = F.gap_statistic("regression", sizes, None, 0)(y, p, *codes)
+    names = [f"{c}.{m}" for c in groups for m in F.REGRESSION_GAPS]
+    assert dict(zip(names, mine, strict=True)) == pytest.approx({k: flat[k] for k in names})
+    ci = F.intervals("regression", y, p, groups, min_group_size=20, resamples=200, confidence=0.9, seed=3)
+    assert ci == F.intervals("regression", y, p, groups, min_group_size=20, resamples=200, confidence=0.9, seed=3)
+    assert ci["g.mae_gap_ci_low"] < ci["g.mae_gap_ci_high"]
+    assert ci["mae_gap_ci_high"] == max(ci["g.mae_gap_ci_high"], ci["h.mae_gap_ci_high"])
+
+
+def test_a_gap_needs_two_groups():
+    from modelbuild.evaluation import fairness as F
+
+    flat, tables = F.classification(np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0]), {"g": ["a", "a", "a", "b"]},
+                                    positive=1, classes=2, min_group_size=2)
+    assert flat["g.fpr_gap"] is None and flat["fpr_gap"] is None
+    assert [(r["group"], r["in_gaps"]) for r in tables["g"]] == [("a", True), ("b", False)]
+
+
+def test_ece_equals_torchmetrics():
+    """scikit-learn has no ECE, and torchmetrics' gives the number but not the bins that calibration.json
+    and the plot need: ours is checked against it."""
+    torch = pytest.importorskip("torch")
+    functional = pytest.importorskip("torchmetrics.functional.classification")
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(500, 3)) * 2
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    y = rng.integers(0, 3, 500)
+    values, _ = M.classification(y, proba, positive=None, bins=10)
+    theirs = functional.multiclass_calibration_error(torch.tensor(proba), torch.tensor(y), num_classes=3, n_bins=10)
+    assert values["ece"] == pytest.approx(float(theirs), abs=1e-6)
 
 
 def test_plots_are_byte_identical(tmp_path):

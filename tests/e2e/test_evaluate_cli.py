@@ -229,3 +229,82 @@ def test_a_committed_failure_keeps_its_artifact_and_fails_again_from_the_cache(p
         project.write("bad.yaml", f"name: bad\nsteps:\n  copy:\n    builder: command\n"
                       f"    inputs: {{r: {{artifact: {prefix}}}}}\n    params: {{cmd: 'true'}}\n")
         assert says in cli("build", "bad.yaml", check=2).stderr
+
+
+# ---- a rule scored as predictions, the baseline of the model; small groups; gates on interval bounds ------
+RULE_STEPS = """
+  rule:
+    builder: evaluate
+    description: the rule x1 >= 0.5 scored like a model
+    inputs: {data: splits}
+    params: {predictions: %(rule)s, target: label, protected: [sex, grp], min_group_size: 50, bootstrap: 200}
+"""
+
+
+def rule_recipe(rule: str = '"x1 >= 0.5"', gates: str = "") -> str:
+    gates = gates or ('{accuracy: ">= baseline", "upper(grp.fpr_gap)": "<= 0.9", "lower(accuracy)": ">= 0.5", '
+                      '"upper(fpr_gap)": "<= 0.9"}')
+    text = recipe(gates, "rule").replace("      bootstrap: 200\n", "      bootstrap: 200\n      min_group_size: 50\n")
+    return text.replace("\n  downstream:", RULE_STEPS % {"rule": rule} + "  downstream:")
+
+
+def test_a_rule_is_scored_like_a_model_and_is_the_baseline(first):
+    cli, _ = first
+    cli.project.write("rule.yaml", rule_recipe())
+    built = cli.build("rule.yaml")
+    rule, ev = (Path(built["by_step"][s]["path"]) for s in ("rule", "evaluate"))
+    info = json.loads((rule / "evaluation.json").read_text())
+    assert info["predictions"] == {"column": "x1", "rule": "x1 >= 0.5", "probability": False}
+    metrics = json.loads((rule / "metrics.json").read_text())
+    pq = pytest.importorskip("pyarrow.parquet")  # the rule by hand, on the test split's rows
+    test = pq.read_table(Path(built["by_step"]["splits"]["path"]) / "test" / "data.parquet").to_pylist()
+    right = [(r["x1"] >= 0.5) == (r["label"] == "yes") for r in test]
+    assert metrics["accuracy"] == pytest.approx(sum(right) / len(test))
+    assert metrics["roc_auc"] is not None and metrics["log_loss"] is None and metrics["ece"] is None
+    assert (rule / "confusion_matrix.png").is_file() and not (rule / "calibration.png").exists()
+    # the model's evaluation compares with the rule's metrics, and says which groups were too small
+    assert json.loads((ev / "baseline" / "metrics.json").read_text()) == metrics
+    gates = {g["metric"]: g for g in json.loads((ev / "gates.json").read_text())["gates"]}
+    values = json.loads((ev / "metrics.json").read_text())
+    assert gates["upper(grp.fpr_gap)"]["value"] == values["grp.fpr_gap_ci_high"] and gates["accuracy"]["passed"]
+    assert gates["lower(accuracy)"]["value"] == values["accuracy_ci_low"]
+    assert values["fpr_gap_ci_high"] == max(values["grp.fpr_gap_ci_high"], values["sex.fpr_gap_ci_high"])
+    assert values["grp.fpr_gap_ci_low"] <= values["grp.fpr_gap_ci_high"]
+
+
+def test_small_groups_are_reported_but_left_out_of_the_gaps(first):
+    cli, _ = first
+    cli.project.write("rule.yaml", rule_recipe())
+    ev = Path(cli.build("rule.yaml")["by_step"]["evaluate"]["path"])
+    rows = (ev / "groups" / "grp.csv").read_text().splitlines()
+    groups = {r.split(",")[0]: r.split(",") for r in rows[1:]}
+    header = rows[0].split(",")
+    small = {g: int(r[header.index("count")]) for g, r in groups.items() if r[header.index("in_gaps")] == "False"}
+    assert small and all(n < 50 for n in small.values()) and len(groups) - len(small) >= 2
+    info = json.loads((ev / "evaluation.json").read_text())
+    assert info["min_group_size"] == 50 and info["excluded_groups"] == {"grp": small}
+    fpr = {g: float(r[header.index("fpr")]) for g, r in groups.items() if g not in small}
+    values = json.loads((ev / "metrics.json").read_text())
+    assert values["grp.fpr_gap"] == pytest.approx(max(fpr.values()) - min(fpr.values()))
+    summary = (ev / "summary.md").read_text()
+    assert "below min_group_size 50: reported in groups/grp.csv, left out of the gaps" in summary
+    assert (ev / "groups" / "grp.png").is_file()
+    confusion = json.loads((ev / "confusion_matrix.json").read_text())
+    assert [sum(row) for row in confusion["rates"]] == pytest.approx([1.0, 1.0])
+
+
+@pytest.mark.parametrize(("rule", "gates", "says"), [
+    ('"x9 >= 0.5"', "", "key 'params.predictions': the predictions column 'x9' is not a column"),
+    ("{column: x1, threshold: high}", "", "predictions.threshold is a number"),
+    ('"x1 => 0.5"', "", "unknown operator '=>'"),
+    ('"colour >= 2"', "", "holds str values such as"),
+    ('"x1 >= 0.5"', '{"mid(accuracy)": ">= 0.5"}', "unknown bound 'mid'"),
+    ('"x1 >= 0.5"', '{"upper(f1)": ">= 0.5"}', "'f1' has no confidence interval"),
+])
+def test_bad_predictions_and_bounds_are_one_clear_paragraph_with_exit_2(first, rule, gates, says):
+    cli, _ = first
+    cli.project.write("bad_rule.yaml", rule_recipe(rule, gates))
+    proc = cli("build", "bad_rule.yaml", "-t", "rule", "-t", "evaluate", check=2)
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert error and says in error[0], proc.stderr
+    assert "Traceback" not in proc.stderr
