@@ -37,6 +37,9 @@ def step_section(s: StepFacts, store) -> str:
         parts.append(f"<p>{e(s.description)}</p>")
     if s.status == "not built":
         parts.append("<p>Not built in this store: <code>modelbuild build</code> the recipe to fill this in.</p>")
+    if s.status == "outdated":
+        parts.append("<p>Built from an older artifact of an upstream step than that step's last build: the "
+                     "upstream was rebuilt since, and this step was not (it was skipped, or not a target).</p>")
     if s.status == "searched":
         parts.append("<p>The target of a search: it is trained once per trial (see the search's section), "
                      "not as itself.</p>")

@@ -19,7 +19,7 @@ class StepFacts:
 
     name: str
     builder: str
-    status: str  # built | failed | not built | searched (a tune target: built as the search's trials)
+    status: str  # built | failed | not built | outdated (built from an older upstream) | searched
     path: Path | None = None
     key: str | None = None
     record: dict = field(default_factory=dict)
@@ -68,7 +68,19 @@ def from_recipe(store: Store, recipe) -> Facts:
         if step.builder_name == "tune" and isinstance(step.params.get("target"), str):
             facts.inputs.append(("target", step.params["target"], {"kind": "step", "step": step.params["target"]}))
         steps.append(facts)
+    _mark_outdated(store, steps)
     return Facts(recipe.name, str(recipe.file), steps)
+
+
+def _mark_outdated(store: Store, steps: list[StepFacts]) -> None:
+    """A step whose artifact was built from another artifact than its upstream step's last build (the
+    upstream was rebuilt since, and this step was skipped or not asked for) is `outdated`."""
+    paths = {s.name: store.rel(s.path) for s in steps if s.path is not None}
+    for s in steps:
+        recorded = s.record.get("inputs") or {}
+        if s.status == "built" and any(up in paths and (recorded.get(name) or {}).get("path") not in (None, paths[up])
+                                       for name, up, _ in s.inputs):
+            s.status = "outdated"
 
 
 def from_artifacts(store: Store, targets: list[tuple[Path, str | None]], title: str) -> Facts:

@@ -9,7 +9,7 @@ from .html import e
 
 W, H, GAP_X, GAP_Y, PAD = 160, 44, 56, 14, 10
 FILL = {"built": ("#dcf3e0", "#2e7d32"), "failed": ("#fde0e0", "#c62828"), "not built": ("#eceff1", "#78909c"),
-        "searched": ("#e3f2fd", "#1565c0")}
+        "searched": ("#e3f2fd", "#1565c0"), "outdated": ("#fff3e0", "#e65100")}
 
 
 def _layers(facts: Facts) -> dict[str, int]:

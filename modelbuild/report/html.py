@@ -20,7 +20,7 @@ pre{background:#f3f4f6;padding:.6rem;overflow-x:auto;white-space:pre-wrap;border
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.15rem 1rem;margin:.3rem 0}dt{color:#56606e}dd{margin:0}
 .badge{display:inline-block;border-radius:3px;padding:0 .4rem;font-size:12px;font-weight:600;vertical-align:middle}
 .built,.passed{background:#dcf3e0;color:#1b5e20}.failed{background:#fde0e0;color:#b71c1c}
-.not-built{background:#eceff1;color:#455a64}.searched{background:#e3f2fd;color:#0d47a1}
+.not-built{background:#eceff1;color:#455a64}.searched{background:#e3f2fd;color:#0d47a1}.outdated{background:#fff3e0;color:#bf360c}
 figure{margin:.5rem 0}figcaption{color:#56606e;font-size:12px}
 .charts{display:flex;flex-wrap:wrap;gap:1rem}.charts figure{flex:1 1 440px;max-width:540px}
 svg{max-width:100%;height:auto}nav ul{columns:3;padding-left:1.2rem}

@@ -10,6 +10,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ..errors import ModelbuildError
 from .charts import lines, trials_chart
 from .facts import StepFacts
 from .html import details, dl, e, figure, fmt, table
@@ -114,7 +115,7 @@ def log_tail(s: StepFacts, store) -> str:
     try:
         log = store.log_path(s.key) if s.key else store.log_of(s.path) if s.path else None
         lines = log.read_text(errors="replace").splitlines() if log and log.is_file() else []
-    except (OSError, ValueError, Exception):  # noqa: BLE001 - a refused or unreadable log is left out
+    except (OSError, ModelbuildError):  # an unreadable log, or a record naming one outside logs/: left out
         lines = []
     if not lines:
         return ""

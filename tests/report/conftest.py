@@ -71,7 +71,7 @@ def write_project(project: Project) -> None:
     project.write("recipe.yaml", RECIPE)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")  # one build for the page, card, builder and browser tests
 def built(tmp_path_factory):
     pytest.importorskip("lightning")
     pytest.importorskip("fairlearn")

@@ -102,3 +102,6 @@ def test_against_renders_the_diff_as_a_change_list(built):
     assert "Changes since" in changes and "splits: params.seed: 0 -&gt; 1" in changes
     assert re.search(r"splits/train: rows: \d+ added, \d+ removed", changes), changes
     assert Path(cli.store.parent / before).is_dir()
+    recipe_page = page(cli, "recipe.yaml")  # evaluate was built from the splits before: it is outdated now
+    assert re.search(r'id="step-evaluate-h">evaluate <span class="badge outdated"', recipe_page)
+    assert re.search(r'id="step-splits-h">splits <span class="badge built"', recipe_page)
