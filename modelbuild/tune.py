@@ -298,7 +298,12 @@ class Search:
             self._done(result)
 
     def progress(self) -> dict:
-        return self.status
+        """The search's own progress (trials done of the budget) and, for the build view to nest under it,
+        each running trial's: what its builder reports (a training's steps, rate and ETA)."""
+        now = time.time()
+        running = [{**(t.run.progress() or {}), "name": f"trial {t.number}", "status": "running",
+                    "seconds": f"{now - t.run.started:.1f}s"} for t in self.trials if t.run]
+        return {**self.status, "unit": "trials", "trials": running}
 
     def handles(self) -> list:
         """The jobs this search has running (trials, or its step's own build)."""

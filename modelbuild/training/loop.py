@@ -555,7 +555,7 @@ class _Recorder(pl.Callback):
         message = f"epoch {trainer.current_epoch} loss {loss:.4g}" if loss is not None else f"epoch {trainer.current_epoch}"
         if time.monotonic() - self._reported > 0.2:  # the build view redraws a few times a second
             self._reported = time.monotonic()
-            self.ctx.progress(step, total, message)
+            self.ctx.progress(step, total, message, unit="steps")
         if step % self.every == 0 and step != self._printed:
             self._printed = step
             self.ctx.log.info("step %d/%s %s", step, total or "?", message)
