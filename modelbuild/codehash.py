@@ -182,15 +182,52 @@ def project_code(path: Path, project: Path) -> dict:
     return {"source": _hash_files(files, project.resolve()), "packages": distribution_versions(external)}
 
 
+def _name(f: Path, base: Path) -> str:
+    """A file's name in the key: relative to the project (or to modelbuild's package root)."""
+    for root in (base, PACKAGE_ROOT):
+        try:
+            return str(f.relative_to(root))
+        except ValueError:
+            pass
+    return f.name
+
+
 def _hash_files(files: list[Path], base: Path) -> str:
-    def name(f: Path) -> str:
-        for root in (base, PACKAGE_ROOT):
-            try:
-                return str(f.relative_to(root))
-            except ValueError:
-                pass
-        return f.name
-    return hash_bytes("".join(f"{name(f)}\0{_file_facts(f)['digest']}\n" for f in sorted(files, key=name)))
+    return files_hash({_name(f, base): _file_facts(f)["digest"] for f in files})
+
+
+def files_hash(digests: dict[str, str]) -> str:
+    """The code hash the key holds, from {file name: digest}: a per-file record that hashes to the key's value
+    is the code the key saw."""
+    return hash_bytes("".join(f"{name}\0{digest}\n" for name, digest in sorted(digests.items())))
+
+
+SOURCE_LIMIT = 32 * 1024  # a project file up to this size is kept whole in the lineage record, for `diff`
+SOURCES_LIMIT = 256 * 1024  # and no more than this in all, per record
+
+
+def code_record(path: Path, project: Path | None = None) -> dict:
+    """Per-file digests of the code a key's code hash covers (a modelbuild module's closure without
+    `project`, else a project module's), named as the key names them, with the text of small project files:
+    `diff` says which files changed and shows how. modelbuild's own files are named, not kept (the installed
+    version has them)."""
+    path = Path(path).resolve()
+    if project is None:
+        files, _ = closure(path, (PACKAGE_ROOT,))
+        base = PACKAGE_ROOT
+    else:
+        base = project.resolve()
+        files, _ = closure(path, (base, PACKAGE_ROOT))
+    digests = {_name(f, base): _file_facts(f)["digest"] for f in files}
+    sources, room = {}, SOURCES_LIMIT
+    for f in files:
+        size = f.stat().st_size
+        if PACKAGE_ROOT not in f.parents and size <= min(SOURCE_LIMIT, room):
+            text = f.read_bytes()
+            if hash_bytes(text) == digests[_name(f, base)]:  # not edited since it was hashed
+                sources[_name(f, base)] = text.decode("utf-8", errors="replace")
+                room -= size
+    return {"files": digests, "sources": sources}
 
 
 def distribution_versions(top_level_names: set[str]) -> dict[str, str]:

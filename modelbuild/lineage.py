@@ -9,6 +9,7 @@ data.parquet: rows added and removed by a merge of the two sorted `rows.xxh` fin
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import sys
@@ -16,6 +17,7 @@ from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .codehash import files_hash
 from .derivation import UNSET, Change, changes, field_changes
 from .errors import UsageError
 from .store import Store
@@ -127,10 +129,11 @@ class Diff:
     causes: list[str] = field(default_factory=list)
     effects: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    code: list[dict] = field(default_factory=list)  # {where, file, change, diff}: the code files a cause names
 
     def as_json(self) -> dict:
         return {"identical": not (self.causes or self.effects), "causes": self.causes, "effects": self.effects,
-                "notes": self.notes}
+                "notes": self.notes, "code": self.code}
 
 
 def _change(what: str, old, new) -> str:
@@ -148,6 +151,42 @@ def _cause(c: Change) -> str:
     if c.what in words:
         return f"{words[c.what]} {c.old} -> {c.new}"
     return _change(c.what, c.old, c.new)
+
+
+CODE_WORDS = {"builder_code": "builder code", "extras.module": "module code"}
+DIFF_LINES = 80  # of one file's unified diff
+
+
+def _code_record(meta: dict, what: str, value) -> dict | None:
+    """The per-file record of a code hash, if the record is the code the key saw (it hashes to `value`)."""
+    rec = (meta.get("code") or {}).get(what)
+    if isinstance(rec, dict) and isinstance(rec.get("files"), dict) and files_hash(rec["files"]) == value:
+        return rec
+    return None
+
+
+def _code_cause(ma: dict, mb: dict, c: Change, label: str, out: Diff) -> str | None:
+    """'module code changed: steps.py edited, util.py added', with each file's unified diff into `out.code`
+    where both records keep its source; None where a record lacks the files (an older build)."""
+    if c.what not in CODE_WORDS:
+        return None
+    a, b = _code_record(ma, c.what, c.old), _code_record(mb, c.what, c.new)
+    if a is None or b is None:
+        return None
+    fa, fb = a["files"], b["files"]
+    changed = [(n, "removed" if n not in fb else "added" if n not in fa else "edited")
+               for n in sorted(set(fa) | set(fb)) if fa.get(n) != fb.get(n)]
+    for name, change in changed:
+        old, new = a.get("sources", {}).get(name), b.get("sources", {}).get(name)
+        text = None
+        if (old is not None or change == "added") and (new is not None or change == "removed"):
+            lines = list(difflib.unified_diff((old or "").splitlines(keepends=True), (new or "").splitlines(keepends=True),
+                                              f"a/{name}", f"b/{name}"))
+            more = len(lines) - DIFF_LINES
+            text = "".join(x if x.endswith("\n") else x + "\n" for x in lines[:DIFF_LINES]) + \
+                (f"... {more} more lines\n" if more > 0 else "")
+        out.code.append({"where": label, "file": name, "change": change, "diff": text})
+    return f"{CODE_WORDS[c.what]} changed: " + ", ".join(f"{n} {what}" for n, what in changed)
 
 
 def diff(store: Store, a: Path, b: Path, key_a: str | None = None, key_b: str | None = None) -> Diff:
@@ -194,7 +233,9 @@ def _diff(store: Store, a: tuple, b: tuple, trail: str, out: Diff, seen: set) ->
                               f"{mb.get('source_hash')}")
         return
     found = changes(ma.get("derivation") or {}, mb.get("derivation") or {})
-    out.causes += [f"{label}: {_cause(c)}" for c in found if c.section != "inputs"]  # inputs: by lineage below
+    for c in found:
+        if c.section != "inputs":  # inputs: by lineage below
+            out.causes.append(f"{label}: {_code_cause(ma, mb, c, label, out) or _cause(c)}")
     ia, ib = ma.get("inputs") or {}, mb.get("inputs") or {}
     for name in sorted(set(ia) | set(ib)):
         x, y = ia.get(name), ib.get(name)
@@ -407,6 +448,9 @@ def format_diff(d: Diff, a: str, b: str) -> str:
     lines = [f"why {b} differs from {a}:", "causes:"]
     lines += [f"  {c}" for c in d.causes] or ["  (none recorded: the same derivation built different bytes; "
                                               "run `modelbuild build --check`)"]
+    for f in d.code:
+        if f["diff"]:
+            lines += [f"  {f['where']}: {f['file']} ({f['change']}):"] + [f"    {x}" for x in f["diff"].splitlines()]
     if d.effects:
         lines += ["effects:"] + [f"  {e}" for e in d.effects]
     return "\n".join(lines + [f"note: {n}" for n in d.notes])

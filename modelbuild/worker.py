@@ -254,6 +254,7 @@ def _build(store: Store, run: Run, started: float) -> Path:
     out.mkdir()
     try:
         failure = None
+        code = _code(job)  # before the build: the files as the key saw them, not as they may be after
         try:
             facts = _run_builder(store, run, out)
         except ModelbuildError as e:
@@ -264,6 +265,7 @@ def _build(store: Store, run: Run, started: float) -> Path:
             print(f"error: {message}", file=sys.stderr, flush=True)
             facts, failure = {}, {"type": type(e).__name__, "message": message}
         meta = _lineage(job, started, out, facts)
+        meta["code"] = code
         if failure:
             meta["failure"] = failure
         path = store.commit(job.key, job.step, out, meta, refs=[Path(p) for p in job.refs])
@@ -329,6 +331,21 @@ def _git_rev(directory: str) -> str | None:
         return proc.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _code(job: Job) -> dict:
+    """Per-file digests (and small project sources) of the code the key's code hashes cover, by the field of
+    the derivation they explain: what `diff` names when code changed. Best effort: a build never fails here."""
+    from .builders import builder_code_record
+    from .codehash import code_record
+    try:
+        builder = _builder(job)
+        code = {"builder_code": builder_code_record(builder)}
+        for what, path in builder.key_code(job.drv["params"], Path(job.recipe_dir)).items():
+            code[what] = code_record(path, Path(job.recipe_dir))
+        return code
+    except (OSError, SyntaxError, ValueError, ModelbuildError):
+        return {}
 
 
 def _lineage(job: Job, started: float, out: Path, facts: dict | None = None) -> dict:

@@ -67,3 +67,10 @@ def builder_code_hash(builder: Builder) -> str:
     if PACKAGE_ROOT in path.parents:
         return package_code_hash(str(path))
     return project_code(path, path.parent)["source"]  # a recipe's own builder class
+
+
+def builder_code_record(builder: Builder) -> dict:
+    """The files builder_code_hash covers, each with its digest (see codehash.code_record)."""
+    from ..codehash import PACKAGE_ROOT, code_record
+    path = Path(inspect.getsourcefile(type(builder))).resolve()
+    return code_record(path, None if PACKAGE_ROOT in path.parents else path.parent)

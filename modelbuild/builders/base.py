@@ -137,6 +137,11 @@ class Builder:
         """Content outside params that the output depends on (e.g. a user module's source)."""
         return {}
 
+    def key_code(self, params: dict, recipe_dir: Path) -> dict[str, Path]:
+        """{dotted field of the derivation: module file} for each code hash key_extras holds (a user module's
+        closure): the lineage records its files one by one, so `diff` can say which changed."""
+        return {}
+
     def build(self, ctx: BuildContext) -> None:
         raise NotImplementedError
 
@@ -185,10 +190,12 @@ class BuildContext:
                              f"{did_you_mean(name, self.inputs)}; it has: {', '.join(self.inputs) or 'none'}. "
                              f"Add it under `inputs:` in the recipe") from None
 
-    def progress(self, done: float, total: float | None = None, message: str = "") -> None:
-        """Report progress for the live build view (cheap; safe to call often)."""
+    def progress(self, done: float, total: float | None = None, message: str = "", unit: str = "") -> None:
+        """Report progress for the live build view (cheap; safe to call often). `unit` ('steps', 'rows', 'B')
+        lets the view show a rate ('12.5 steps/s') beside the ETA."""
         if self.progress_file is not None:
-            self.progress_file.write_text(json.dumps({"done": done, "total": total, "message": message}))
+            self.progress_file.write_text(json.dumps({"done": done, "total": total, "message": message,
+                                                      "unit": unit}))
 
     def record_facts(self, facts: dict) -> None:
         """Facts of this run that are not results (wall time, throughput, peak memory, a resumed build):

@@ -71,6 +71,10 @@ class Python(Builder):
         declared = {p: package_version(p) for p in params.get("packages") or []}
         return {"module": code["source"], "packages": {**code["packages"], **declared}}
 
+    def key_code(self, params, recipe_dir):
+        path = _module_file(params["function"].partition(":")[0], Path(recipe_dir))
+        return {"extras.module": path} if path is not None else {}
+
     def build(self, ctx: BuildContext) -> None:
         function, env = ctx.params["function"], {k: str(v) for k, v in (ctx.params.get("env") or {}).items()}
         module = function.partition(":")[0]
