@@ -249,6 +249,17 @@ def data_file(artifact: str | Path) -> Path:
     return path / DATA if path.is_dir() else path
 
 
+def link_or_copy(source: Path, target: Path) -> None:
+    """Put a file an input artifact holds into the output unchanged: a hard link (no bytes written; the store
+    recognises its own copy), or a copy where links cannot reach (another file system, a sandbox's mount)."""
+    import shutil
+
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def read_table(artifact: str | Path, columns: list[str] | None = None):
     """The pyarrow Table of a table artifact (a directory with data.parquet, or the file itself)."""
     import pyarrow.parquet as pq

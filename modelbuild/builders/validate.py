@@ -40,7 +40,18 @@ import sys
 from pathlib import Path
 
 from ..errors import BuildError, DataValidationError, RecipeError, did_you_mean
-from ..table import TableWriter, data_file, input_table, iter_batches
+from ..table import (
+    DATA,
+    ROWS,
+    STATS,
+    SUMMARY,
+    TableWriter,
+    data_file,
+    input_table,
+    iter_batches,
+    link_or_copy,
+    table_json,
+)
 from . import _schema
 from ._schema import TABLE, canonical, declared, label, rows_label, show
 from .base import Builder, Param
@@ -122,6 +133,8 @@ class Validate(Builder):
         coerced = [c for c, col in schema.columns.items() if col.dtype is not None and (schema.coerce or col.coerce)]
         kept = set(schema.columns) if schema.strict == "filter" else None  # columns of the output; None: all
         quarantine, failures, total, bad_rows = p["on_fail"] == "quarantine", _Failures(ctx.log), _rows(source), 0
+        # nothing cast, no column dropped, no row set aside: what passes is the input, byte for byte
+        same = not coerced and kept is None and not quarantine
         with TableWriter(ctx.out) as out, TableWriter(ctx.out, "quarantine/data.parquet",
                                                       "quarantine/table.json") as aside:
             for batch, df in _frames(source, p["batch_rows"]):
@@ -131,7 +144,7 @@ class Validate(Builder):
                 records = _concat([uncast, records, *(u.duplicates(frame) for u in uniques)])
                 bad = failures.add(records)
                 bad_rows += len(bad)
-                if quarantine or not failures.entries:  # once the step is bound to fail, stop writing
+                if not same and (quarantine or not failures.entries):  # once bound to fail, stop writing
                     keep = ~df.index.isin(bad)
                     out.write(_passing(batch, keep, frame.loc[df.index[keep]], coerced, kept))
                 if quarantine and len(bad):
@@ -142,7 +155,7 @@ class Validate(Builder):
             if (failures.table_failures() or (bad_rows and not quarantine)
                     or bad_rows > p["max_bad_fraction"] * total):
                 raise DataValidationError(failures.message(ctx.step, bad_rows, total, p))
-            passed = out.close(_read_schema(source, kept))["rows"]
+            passed = _pass_through(source, ctx.out) if same else out.close(_read_schema(source, kept))["rows"]
             if quarantine:
                 aside.close(_quarantine_schema(_read_schema(source)))
         checks = [{"column": c, "check": k, "failures": failures.count(c, k)}
@@ -187,6 +200,16 @@ def _split_uniques(schema):
         batch = batch.update_columns({})  # a copy, so the next line leaves `schema` whole
         batch.unique = None
     return batch, [_Unique([c]) for c in columns] + [_Unique(list(cols)) for cols in combined if cols]
+
+
+def _pass_through(source: Path, out: Path) -> int:
+    """The input table as the output: its Parquet file, statistics and fingerprints linked (copied across file
+    systems) rather than decoded and encoded again; table.json as TableWriter writes it. Returns the rows."""
+    rows = _rows(source)
+    for name in (DATA, STATS, ROWS):
+        link_or_copy(source.parent / name, out / name)
+    (out / SUMMARY).write_text(json.dumps(table_json(_read_schema(source), rows), indent=2) + "\n")
+    return rows
 
 
 def _rows(source: Path) -> int:

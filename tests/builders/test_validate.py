@@ -92,6 +92,23 @@ def test_a_table_that_fits_passes_through_with_its_report(tmp_path):
     assert not (out / "quarantine").exists()
 
 
+def test_a_passing_table_is_its_input_file_not_a_rewrite(tmp_path):
+    """What validate passes on unchanged is linked, not decoded and encoded again (benchmarks/ingest.py); a cast
+    (coerce) or a dropped column (strict: filter) is a new table, written as such."""
+    import os
+
+    out = run(tmp_path, PEOPLE, schema=SCHEMA, batch_rows=4)
+    for name in ("data.parquet", "stats.json", "rows.xxh"):
+        assert os.path.samefile(out / name, tmp_path / "out-in" / name), name
+    assert json.loads((out / "table.json").read_text()) == {
+        "rows": 6, "columns": [{"name": f.name, "type": str(f.type)} for f in pa.Table.from_pandas(PEOPLE).schema
+                               if not f.name.startswith("__")]}
+    filtered = run(tmp_path, PEOPLE, out="filtered", schema={**SCHEMA, "strict": "filter"})
+    coerced = run(tmp_path, PEOPLE, out="coerced", schema={**SCHEMA, "coerce": True})
+    for folder in (filtered, coerced):
+        assert not os.path.samefile(folder / "data.parquet", tmp_path / f"{folder.name}-in" / "data.parquet")
+
+
 def test_the_recipe_schema_is_read_as_pandera_reads_its_own_yaml():
     """docs/data.md: the schema maps onto Pandera's serialised format but for in_range's and str_length's bound
     names, the recipe's check names (errors) and `rows`, which Pandera's reader would drop without a word."""
