@@ -1,35 +1,32 @@
-"""Bias: metrics per group of each protected column, and the gaps between groups, with fairlearn.
+"""Bias: metrics per group of each protected column (fairlearn's MetricFrame), and the gaps between groups.
 
 Classification, for each protected column C (group values as strings; a missing value is the group
 "(missing)"):
 
 - `C.demographic_parity_difference`, `C.demographic_parity_ratio`: the max-min difference and the min/max
-  ratio of the selection rate (share predicted positive) between groups (fairlearn's functions);
+  ratio of the selection rate (share predicted positive) between groups;
 - `C.equalized_odds_difference`: the larger of the true-positive-rate and false-positive-rate differences;
 - `C.accuracy_gap`, `C.fpr_gap`, `C.fnr_gap`: max-min between groups of accuracy, false positive rate and
-  false negative rate (MetricFrame.difference()).
+  false negative rate.
 
 "Positive" is the positive class: the second of two classes (the greater, as `train` orders them), or
 `positive_label`. With more classes and no `positive_label`, the binary-style metrics are computed one
 class against the rest for every class and the worst is reported (largest difference, smallest ratio);
-accuracy is always the multiclass accuracy.
-
-Regression: `C.mae_gap` and `C.rmse_gap`.
+accuracy is always the multiclass accuracy. Regression: `C.mae_gap` and `C.rmse_gap`.
 
 Groups with fewer than `min_group_size` scored rows are listed in the per-group tables (`in_gaps` false)
 but left out of the gaps: one defendant of a race would otherwise decide a gate. A gap needs two groups;
-with fewer it is None. Every gap has a percentile bootstrap interval (`C.<name>_ci_low`, `_ci_high`):
-scipy.stats.bootstrap resamples the rows, and a vectorised statistic recomputes every gap of every column
-from per-group confusion counts of each resample (fairlearn's MetricFrame, one call per resample and
-metric, would take minutes); it follows fairlearn's conventions, and on the rows themselves it gives
-fairlearn's numbers (tests/builders/test_evaluate.py checks it).
+with fewer it is None. Every gap has a percentile bootstrap interval (`C.<name>_ci_low`, `_ci_high`) from
+scipy.stats.bootstrap. Both the gaps and their resamples come from one vectorised statistic over per-group
+confusion counts: fairlearn's `demographic_parity_difference` & co. build a MetricFrame per call, 12 s for
+one column of 15,000 rows here, and 1000 resamples would take hours. The statistic follows fairlearn's
+conventions (a rate with nothing to count, the FPR of a group with no negatives, is 0; a ratio with a zero
+denominator is None) and gives fairlearn's numbers (tests/builders/test_evaluate.py checks it).
 
 Each metric is also written bare (`demographic_parity_difference`): the worst over the protected columns, so
 one gate covers them all; so are its interval's bounds (the worst bound over the columns, so that
-`upper(fpr_gap) <= 0.2` holds when it holds for every column). A rate with nothing to count (the FPR of a group with no negatives) follows
-fairlearn: 0; a ratio with a zero denominator is None. fairlearn, numpy and scikit-learn are imported by
-the functions.
-"""
+`upper(fpr_gap) <= 0.2` holds when it holds for every column). fairlearn, numpy and scikit-learn are
+imported by the functions."""
 
 from __future__ import annotations
 
@@ -52,14 +49,11 @@ def group_labels(values) -> list[str]:
 
 def classification(y_true, y_pred, groups: dict[str, list[str]], *, positive: int | None, classes: int,
                    min_group_size: int = 1) -> tuple[dict, dict[str, list[dict]]]:
-    """(flat metrics, one table per column: a row per group) for class indices y_true and y_pred."""
+    """(flat gaps, one table per column: a row per group) for class indices y_true and y_pred."""
     import numpy as np
     from fairlearn.metrics import (
         MetricFrame,
         count,
-        demographic_parity_difference,
-        demographic_parity_ratio,
-        equalized_odds_difference,
         false_negative_rate,
         false_positive_rate,
         selection_rate,
@@ -70,35 +64,17 @@ def classification(y_true, y_pred, groups: dict[str, list[str]], *, positive: in
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     rates = {"selection_rate": selection_rate, "tpr": true_positive_rate, "fpr": false_positive_rate,
              "fnr": false_negative_rate}
-    flat, tables = {}, {}
+    tables = {}
     for column, labels in groups.items():
         g = np.asarray(labels, dtype=object)
-        kept = large_groups(g, min_group_size)
-        yt_all, yp_all, gk = y_true[kept], y_pred[kept], g[kept]
         overall = MetricFrame(metrics={"count": count, "accuracy": accuracy_score}, y_true=y_true, y_pred=y_pred,
                               sensitive_features=g)
-        per_class, frames = [], []
-        for c in one_vs_rest(positive, classes):
-            frames.append(MetricFrame(metrics=rates, y_true=(y_true == c).astype(int),
-                                      y_pred=(y_pred == c).astype(int), sensitive_features=g))
-            yt, yp = (yt_all == c).astype(int), (yp_all == c).astype(int)
-            if len(set(gk.tolist())) < 2:
-                continue
-            gaps = MetricFrame(metrics=rates, y_true=yt, y_pred=yp, sensitive_features=gk).difference(
-                method="between_groups")
-            per_class.append({
-                "demographic_parity_difference": demographic_parity_difference(yt, yp, sensitive_features=gk),
-                "demographic_parity_ratio": demographic_parity_ratio(yt, yp, sensitive_features=gk),
-                "equalized_odds_difference": equalized_odds_difference(yt, yp, sensitive_features=gk),
-                "fpr_gap": gaps["fpr"], "fnr_gap": gaps["fnr"]})
-        values = {n: _worst(n, [p[n] for p in per_class]) for n in CLASSIFICATION_GAPS if n != "accuracy_gap"}
-        values["accuracy_gap"] = (MetricFrame(metrics=accuracy_score, y_true=yt_all, y_pred=yp_all,
-                                              sensitive_features=gk).difference(method="between_groups")
-                                  if per_class else None)
-        flat.update({f"{column}.{k}": v for k, v in values.items()})
-        tables[column] = _table(overall, frames[0] if len(frames) == 1 else None, min_group_size)
-    _add_worst(flat, groups)
-    return _clean(flat), tables
+        frame = None if positive is None else MetricFrame(
+            metrics=rates, y_true=(y_true == positive).astype(int), y_pred=(y_pred == positive).astype(int),
+            sensitive_features=g)
+        tables[column] = _table(overall, frame, min_group_size)
+    return gaps("classification", y_true, y_pred, groups, positive=positive, classes=classes,
+                min_group_size=min_group_size), tables
 
 
 def regression(y_true, y_pred, groups: dict[str, list[str]], *, min_group_size: int = 1):
@@ -108,20 +84,25 @@ def regression(y_true, y_pred, groups: dict[str, list[str]], *, min_group_size: 
 
     y_true, y_pred = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
     metrics = {"count": count, "mae": mean_absolute_error, "rmse": root_mean_squared_error}
-    flat, tables = {}, {}
-    for column, labels in groups.items():
-        g = np.asarray(labels, dtype=object)
-        kept = large_groups(g, min_group_size)
-        frame = MetricFrame(metrics=metrics, y_true=y_true, y_pred=y_pred, sensitive_features=g)
-        if len(set(g[kept].tolist())) >= 2:
-            gaps = MetricFrame(metrics=metrics, y_true=y_true[kept], y_pred=y_pred[kept],
-                               sensitive_features=g[kept]).difference(method="between_groups")
-        else:
-            gaps = {"mae": None, "rmse": None}
-        flat.update({f"{column}.mae_gap": gaps["mae"], f"{column}.rmse_gap": gaps["rmse"]})
-        tables[column] = _table(frame, None, min_group_size)
+    tables = {column: _table(MetricFrame(metrics=metrics, y_true=y_true, y_pred=y_pred,
+                                         sensitive_features=np.asarray(labels, dtype=object)), None, min_group_size)
+              for column, labels in groups.items()}
+    return gaps("regression", y_true, y_pred, groups, min_group_size=min_group_size), tables
+
+
+def gaps(kind: str, y_true, y_pred, groups: dict[str, list[str]], *, positive: int | None = None, classes: int = 0,
+         min_group_size: int = 1) -> dict:
+    """`C.<gap>` of every protected column, and bare: the worst over the columns."""
+    import numpy as np
+
+    codes, sizes = zip(*(_codes(labels, min_group_size) for labels in groups.values()), strict=True)
+    dtype = np.int64 if kind == "classification" else np.float64
+    values = gap_statistic(kind, sizes, positive, classes)(np.asarray(y_true, dtype=dtype),
+                                                           np.asarray(y_pred, dtype=dtype), *codes)
+    names = CLASSIFICATION_GAPS if kind == "classification" else REGRESSION_GAPS
+    flat = {f"{c}.{n}": float(v) for (c, n), v in zip(((c, n) for c in groups for n in names), values, strict=True)}
     _add_worst(flat, groups)
-    return _clean(flat), tables
+    return _clean(flat)
 
 
 CLASSIFICATION_GAPS = ("demographic_parity_difference", "demographic_parity_ratio", "equalized_odds_difference",
@@ -132,14 +113,6 @@ REGRESSION_GAPS = ("mae_gap", "rmse_gap")
 def one_vs_rest(positive: int | None, classes: int) -> list[int]:
     """The classes taken as positive in turn: the positive class, or every class when there is none."""
     return [positive] if positive is not None else list(range(classes))
-
-
-def large_groups(g, min_group_size: int):
-    """A mask of the rows whose group has at least `min_group_size` rows."""
-    import numpy as np
-
-    _, inverse, counts = np.unique(np.asarray(g, dtype=str), return_inverse=True, return_counts=True)
-    return counts[inverse] >= min_group_size
 
 
 def excluded(tables: dict[str, list[dict]]) -> dict[str, dict[str, int]]:

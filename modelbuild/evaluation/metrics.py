@@ -122,14 +122,15 @@ def bootstrap(numerator, denominator=None, *, transform=None, resamples: int, co
     without resamples or rows."""
     import numpy as np
 
-    num = np.asarray(numerator, dtype=np.float64)
-    den = np.ones_like(num) if denominator is None else np.asarray(denominator, dtype=np.float64)
+    data = (np.asarray(numerator, dtype=np.float64),)
+    if denominator is not None:
+        data += (np.asarray(denominator, dtype=np.float64),)
 
-    def ratio(num, den, axis=-1):
-        value = num.sum(axis=axis) / np.maximum(den.sum(axis=axis), 1e-300)
+    def ratio(num, den=None, axis=-1):
+        value = num.mean(axis=axis) if den is None else num.sum(axis=axis) / np.maximum(den.sum(axis=axis), 1e-300)
         return transform(value) if transform is not None else value
 
-    low, high = interval(ratio, (num, den), resamples=resamples, confidence=confidence, seed=seed)
+    low, high = interval(ratio, data, resamples=resamples, confidence=confidence, seed=seed)
     return (None, None) if low is None else (float(low), float(high))
 
 
