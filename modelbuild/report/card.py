@@ -66,7 +66,8 @@ def _sources(lineage: Facts) -> list[str]:
 
 def _metadata(name: str, config: dict, evals: list[StepFacts], datasets: list[str], recipe: str | None) -> dict:
     task = config.get("task") or next((read_json(Path(s.path) / "evaluation.json").get("task") for s in evals), None)
-    library = "transformers" if config.get("model_type") or config.get("architectures") else "pytorch"
+    own = str(config.get("model_type", "")).startswith("modelbuild-")  # a tabular MLP: plain torch
+    library = "transformers" if not own and (config.get("model_type") or config.get("architectures")) else "pytorch"
     meta = {"library_name": library, "tags": sorted({"modelbuild", *(t for t in (task, recipe) if t)})}
     if task in PIPELINE_TAGS:
         meta["pipeline_tag"] = task

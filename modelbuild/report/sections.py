@@ -139,10 +139,9 @@ def tables(path: Path) -> str:
         return ""
     out = []
     if len(found) > 1:
-        out.append(table(["table", "rows", "columns"], [[name or "(artifact)", (read_json(p / "table.json") or {})
-                                                         .get("rows"), len((read_json(p / "table.json") or {})
-                                                                           .get("columns") or [])]
-                                                        for name, p in found]))
+        infos = [(name or "(artifact)", read_json(p / "table.json") or {}) for name, p in found]
+        out.append(table(["table", "rows", "columns"], [[n, i.get("rows"), len(i.get("columns") or [])]
+                                                        for n, i in infos]))
     for name, p in found:
         out.append(_one_table(name, p, open_=len(found) == 1))
     return "<h3>Tables</h3>" + "".join(out)
