@@ -117,7 +117,7 @@ class DaskExecutor:
         cancel = f"modelbuild-cancel-{tag}"
         try:
             self._check_resources(job)
-            remote = self._remote(job) if self.mode == "cache" else None
+            remote = self._remote(job, expect) if self.mode == "cache" else None
             future = self.client.submit(run_task, run.to_json(), cancel, remote, pure=False,
                                         key=f"{job.step}-{job.key[:12]}-{tag[:8]}", resources=job.resources or None)
         except ModelbuildError as e:  # the step fails (and the build goes on as after any failed step)
@@ -221,13 +221,14 @@ class DaskExecutor:
                          f"`dask worker {scheduler_address(self.url)} --resources \"{want.replace(',', ' ')}\"`, "
                          "or change the step's `resources:`")
 
-    def _remote(self, job: Job) -> dict:
-        """What a worker with a store of its own needs: the cache settings, and every artifact of this store the
-        job reads or refers to (published first, so the worker can substitute them), and the job's extra files."""
+    def _remote(self, job: Job, expect: Path | None) -> dict:
+        """What a worker with a store of its own needs: the cache settings, every artifact of this store the job
+        reads or refers to, and under `--check` the artifact it is compared with (published first, so the worker
+        can substitute them), and the job's extra files."""
         from .cache.push import closure, push
 
         wanted = []
-        for p in {*(str(i.path) for i in job.inputs.values()), *job.refs}:
+        for p in {*(str(i.path) for i in job.inputs.values()), *job.refs, *([str(expect)] if expect else [])}:
             rel = self._rel(p)
             if rel is not None:
                 keys = self.store.keys_of(self.store.root / rel)
@@ -281,6 +282,8 @@ def _cache_client(store: Store, cache):
 
 
 def _offers(offered: dict) -> str:
+    if not offered:
+        return "the cluster has no worker now"
     named = sorted({f"{k}={v:g}" for have in offered.values() for k, v in have.items()})
     return ", ".join(named) or "no resources"
 
@@ -320,7 +323,8 @@ def run_task(run_data: dict, cancel: str, remote: dict | None) -> dict:
     run = Run(run.store, run.job, run.mode, run.expect, f"{base}.result.json", run.progress)
     run_file = Path(f"{base}.job.json")
     run_file.write_text(json.dumps(run.to_json()))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()), WORKER_ENV: str(worker.address)}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()), WORKER_ENV: str(worker.address),
+           f"{WORKER_ENV}_LABEL": str(worker.name)}
     proc = subprocess.Popen([sys.executable, "-m", "modelbuild.worker", str(run_file)], env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

@@ -104,7 +104,7 @@ def format_show(info: dict) -> str:
         lines.append(f"env        python {env.get('python')}" + (f"; {pkgs}" if pkgs else ""))
         lines.append(f"built      on {info.get('host')} ({info.get('platform')}) in {info.get('seconds')} s"
                      + (f", git {info['git_rev'][:12]}" if info.get("git_rev") else "")
-                     + (f", Dask worker {info['worker']}" if info.get("worker") else ""))
+                     + (f", Dask worker {info.get('worker_name')} ({info['worker']})" if info.get("worker") else ""))
         lines.append(f"log        {info.get('log')}")
     if info.get("table"):
         t = info["table"]

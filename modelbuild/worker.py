@@ -324,6 +324,12 @@ def _metric_differences(old: dict, new: dict) -> list[str]:
     return differ
 
 
+def _cluster_worker() -> dict:
+    """Which Dask worker built it (its address, and the name it was started with), when one did."""
+    address = os.environ.get("MODELBUILD_WORKER_NAME")
+    return {"worker": address, "worker_name": os.environ.get("MODELBUILD_WORKER_NAME_LABEL")} if address else {}
+
+
 def _git_rev(directory: str) -> str | None:
     try:
         proc = subprocess.run(["git", "-C", directory, "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -364,7 +370,7 @@ def _lineage(job: Job, started: float, out: Path, facts: dict | None = None) -> 
         "host": socket.gethostname(), "platform": platform.platform(), "python": sys.version.split()[0],
         "git_rev": _git_rev(job.recipe_dir), "started": started, "seconds": round(time.time() - started, 3),
         "log": f"logs/{job.key}.log", "metrics": metrics,
-        **({"worker": os.environ["MODELBUILD_WORKER_NAME"]} if os.environ.get("MODELBUILD_WORKER_NAME") else {}),
+        **_cluster_worker(),
     }
 
 
