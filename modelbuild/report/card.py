@@ -12,14 +12,13 @@ from pathlib import Path
 import yaml
 
 from ..errors import UsageError
-from .evaluation import CI_HIGH, CI_LOW, HEADLINE, cell_value
+from .evaluation import CI_HIGH, CI_LOW, HEADLINE, cell_value, gap_rows
 from .facts import Facts, StepFacts, from_artifacts
 from .html import fmt
 from .sections import flatten, read_csv, read_json
 
 WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
 PIPELINE_TAGS = ("tabular-classification", "tabular-regression", "text-classification", "text-generation")
-BIAS_MEASURES = ("demographic_parity_difference", "equalized_odds_difference", "accuracy_gap")
 
 
 def _is_model(path: Path | None) -> bool:
@@ -121,10 +120,9 @@ def _bias_md(s: StepFacts) -> list[str]:
         rows = read_csv(csv_path)
         if rows:
             out += [f"By `{csv_path.stem}` ({s.name}):", "", _md_table(list(rows[0]), [[cell_value(v) for v in r.values()] for r in rows]), ""]
-            summary = [[m, metrics[f"{csv_path.stem}.{m}"]] for m in BIAS_MEASURES
-                       if isinstance(metrics.get(f"{csv_path.stem}.{m}"), (int, float))]
+            summary = gap_rows(metrics, csv_path.stem)
             if summary:
-                out += [_md_table(["measure", "value"], summary), ""]
+                out += [_md_table(["measure", "value", "CI low", "CI high"], summary), ""]
     return out
 
 
@@ -136,12 +134,14 @@ def _limits_md(evals: list[StepFacts], small: int = 50) -> list[str]:
             if key.endswith(".demographic_parity_difference") and isinstance(metrics[key], (int, float)):
                 out.append(f"- Selection rates differ by {fmt(metrics[key])} between `{key.split('.')[0]}` groups "
                            f"({s.name}).")
+        left_out = (read_json(Path(s.path) / "evaluation.json") or {}).get("excluded_groups") or {}
         for csv_path in sorted((Path(s.path) / "groups").glob("*.csv")) if (Path(s.path) / "groups").is_dir() else []:
             for r in read_csv(csv_path):
-                count = r.get("count")
+                count, group = r.get("count"), next(iter(r.values()))
                 if count and count.isdigit() and int(count) < small:
-                    out.append(f"- Only {count} `{csv_path.stem}={next(iter(r.values()))}` rows were scored: its "
-                               "figures are uncertain.")
+                    out.append(f"- Only {count} `{csv_path.stem}={group}` rows were scored: its figures are uncertain"
+                               + (", and it is left out of the gaps." if group in (left_out.get(csv_path.stem) or {})
+                                  else "."))
         gates = read_json(Path(s.path) / "gates.json")
         for g in (gates.get("gates") if isinstance(gates, dict) else gates) or []:
             if isinstance(g, dict) and not g.get("passed"):

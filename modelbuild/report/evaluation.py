@@ -38,7 +38,7 @@ def headline(metrics: dict) -> str:
     """Overall metrics, with their confidence intervals where the evaluation computed them."""
     names = [m for m in HEADLINE if isinstance(metrics.get(m), (int, float))]
     names += sorted(m[: -len(CI_LOW)] for m in metrics if m.endswith(CI_LOW) and m[: -len(CI_LOW)] not in names
-                    and m[: -len(CI_LOW)] in metrics)
+                    and m[: -len(CI_LOW)] in metrics and "." not in m)  # ATTR.gap: under bias by group
     if not names:
         return ""
     rows = [[m, metrics[m], metrics.get(m + CI_LOW, ""), metrics.get(m + CI_HIGH, "")] for m in names]
@@ -53,11 +53,11 @@ def groups(path: Path, metrics: dict) -> str:
         if not rows:
             continue
         columns = list(rows[0])
-        summary = sorted((k.split(".", 1)[1], v) for k, v in metrics.items() if k.startswith(f"{attr}.")
-                         and isinstance(v, (int, float)))
+        summary = gap_rows(metrics, attr)
         out.append(f"<h4>By {e(attr)}</h4>")
         if summary:
-            out.append(table(["measure", "value"], summary, caption=f"Bias measures across {attr} groups"))
+            out.append(table(["measure", "value", "CI low", "CI high"], summary,
+                             caption=f"Bias measures across {attr} groups"))
         out.append(table(columns, [[cell_value(r.get(c)) for c in columns] for r in rows], caption=f"Metrics by {attr}"))
         rates = [c for c in ("selection_rate", "accuracy", "tpr", "fpr") if c in columns]
         if rates:
@@ -65,6 +65,14 @@ def groups(path: Path, metrics: dict) -> str:
             out.append(figure(bars(names, {c: [number(r.get(c)) for r in rows] for c in rates},
                                           f"By {attr}", "rate"), f"Selection rate and error rates by {attr}"))
     return "<h3>Bias by group</h3>" + "".join(out) if out else ""
+
+
+def gap_rows(metrics: dict, attr: str) -> list[list]:
+    """[measure, value, CI low, CI high] of every gap the evaluation computed across `attr`'s groups."""
+    prefix = f"{attr}."
+    names = sorted(k for k, v in metrics.items() if k.startswith(prefix) and isinstance(v, (int, float))
+                   and not k.endswith((CI_LOW, CI_HIGH)))
+    return [[k[len(prefix):], metrics[k], metrics.get(k + CI_LOW, ""), metrics.get(k + CI_HIGH, "")] for k in names]
 
 
 def cell_value(text):
@@ -78,15 +86,28 @@ def confusion(path: Path) -> str:
     if not isinstance(data, dict) or not isinstance(data.get("matrix"), list):
         return ""
     labels = [str(x) for x in data.get("labels") or range(len(data["matrix"]))]
-    peak = max((v for row in data["matrix"] for v in row if isinstance(v, (int, float))), default=1) or 1
+    rates = data.get("rates") if isinstance(data.get("rates"), list) else _row_shares(data["matrix"])
     head = "".join(f'<th scope="col">predicted {e(x)}</th>' for x in labels)
     body = ""
-    for label, row in zip(labels, data["matrix"], strict=False):
-        cells = "".join(f'<td class="num" style="background:rgba(11,87,208,{0.08 + 0.5 * v / peak:.3f})">'
-                        f"{e(fmt(v))}</td>" if isinstance(v, (int, float)) else f"<td>{e(fmt(v))}</td>" for v in row)
+    for label, row, shares in zip(labels, data["matrix"], rates, strict=False):
+        cells = "".join(_confusion_cell(v, r) for v, r in zip(row, shares, strict=False))
         body += f'<tr><th scope="row">actual {e(label)}</th>{cells}</tr>'
-    return (f"<h3>Confusion matrix</h3><table><caption>Rows: actual class; columns: predicted class"
-            f"</caption><thead><tr><td></td>{head}</tr></thead><tbody>{body}</tbody></table>")
+    return (f"<h3>Confusion matrix</h3><table><caption>Rows: actual class; columns: predicted class; each cell "
+            f"its count and its share of the actual class</caption><thead><tr><td></td>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table>")
+
+
+def _row_shares(matrix: list) -> list[list]:
+    return [[v / sum(row) if sum(row) else 0.0 for v in row] for row in matrix
+            if all(isinstance(v, (int, float)) for v in row)]
+
+
+def _confusion_cell(count, share) -> str:
+    """Shaded by the share of the actual class, so a rare class reads as clearly as a common one."""
+    if not isinstance(share, (int, float)):
+        return f'<td class="num">{e(fmt(count))}</td>'
+    return (f'<td class="num" style="background:rgba(11,87,208,{0.06 + 0.6 * share:.3f})">{e(fmt(count))} '
+            f"({100 * share:.1f}%)</td>")
 
 
 def calibration(path: Path) -> str:
@@ -103,9 +124,31 @@ def evaluation(path: Path) -> str:
     metrics = read_json(path / "metrics.json")
     if not (isinstance(info, dict) and isinstance(metrics, dict)):
         return ""
-    what = ", ".join(f"{k} {fmt(info[k])}" for k in ("task", "table", "rows", "label_column") if info.get(k) is not None)
-    return ("<h3>Evaluation</h3>" + f"<p>{e(what)}</p>" + headline(metrics) + gates(path)
-            + groups(path, metrics) + confusion(path) + calibration(path))
+    what = ", ".join(f"{k} {fmt(info[k])}" for k in ("task", "table", "rows", "skipped", "label_column",
+                                                     "min_group_size") if info.get(k) is not None)
+    return ("<h3>Evaluation</h3>" + f"<p>{e(what)}</p>" + headline(metrics) + baseline(path, metrics) + gates(path)
+            + groups(path, metrics) + excluded(info) + confusion(path) + calibration(path))
+
+
+def baseline(path: Path, metrics: dict) -> str:
+    """The headline metrics beside the baseline's the evaluation compared with (baseline/metrics.json)."""
+    base = read_json(path / "baseline" / "metrics.json")
+    if not isinstance(base, dict):
+        return ""
+    rows = [[m, metrics[m], base[m], metrics[m] - base[m]] for m in HEADLINE
+            if isinstance(metrics.get(m), (int, float)) and isinstance(base.get(m), (int, float))]
+    return table(["metric", "this model", "baseline", "change"], rows, caption="Against the baseline") if rows else ""
+
+
+def excluded(info: dict) -> str:
+    """Groups too small to judge (below min_group_size): in the tables, left out of the gaps."""
+    small = info.get("excluded_groups")
+    if not isinstance(small, dict) or not small:
+        return ""
+    items = "".join(f"<li>{e(col)}: " + ", ".join(f"{e(g)} ({e(n)} rows)" for g, n in sorted(groups.items()))
+                    + "</li>" for col, groups in sorted(small.items()) if isinstance(groups, dict))
+    return (f"<p>Left out of the gaps, below min_group_size {e(info.get('min_group_size'))} rows (their rows are "
+            f"in the tables above):</p><ul>{items}</ul>")
 
 
 def drift(path: Path) -> str:
