@@ -15,8 +15,9 @@ The image is the `server` image of the `image` input (a package step with `serve
 the manifests name the image by digest and the digest follows from the model, a retrained model gives new
 manifests, and `modelbuild diff` of two deploy artifacts walks down to what changed in the model.
 
-A package step without a server image (the modelcar alone) is deployed with `server_image`, a modelbuild server
-image pinned by digest: the pods copy the modelcar's /models into an emptyDir in an init container and serve it;
+A package step without a server image (the modelcar alone) is deployed with a `server` input (a package step
+with `server: true` and no model: the runtime, pinned by the digest it was built with) or `server_image`, a
+modelbuild server image pinned by digest: the pods copy the modelcar's /models into an emptyDir in an init container and serve it;
 KServe mounts the modelcar itself (`STORAGE_URI=oci://<repository>@sha256:...`).
 """
 
@@ -66,6 +67,8 @@ class Deploy(Builder):
                         help="thresholds: p95_seconds, error_rate (0-1), no_traffic_minutes"),
         "server_image": Param("str", help="for a modelcar-only image: the server image that serves its /models, "
                                           "pinned by digest (repo@sha256:<64 hex>)"),
+        "server_repository": Param("str", omit=True, help="where the `server` input's image is pushed (default "
+                                                           "<repository>-server)"),
         "max_batch_size": Param("int", omit=True, help="the server's --max-batch-size in the pods (default: the "
                                                         "package step's)"),
         "batch_timeout": Param("float", omit=True, help="the server's --batch-timeout in the pods (default: the "
@@ -104,9 +107,14 @@ class Deploy(Builder):
             _check_schedule(params["schedule"], fail)
 
     def check_inputs(self, params: dict, inputs: dict, *, file: str | None, step: str) -> None:
-        if set(inputs) != {"image"}:
-            raise RecipeError("deploy takes one input, `image`: a package step with `server: true`",
+        if "image" not in inputs or set(inputs) - {"image", "server"}:
+            raise RecipeError("deploy takes an `image` input (a package step with `server: true`, or a modelcar) "
+                              "and, for a modelcar, a `server` input (a package step with `server: true`, its "
+                              f"server image serving the modelcar); got {', '.join(sorted(inputs)) or 'none'}",
                               file=file, step=step, key="inputs")
+        if "server" in inputs and params["server_image"] is not None:
+            raise RecipeError("set `server_image` or a `server` input, not both: each names the image that serves "
+                              "the modelcar", file=file, step=step, key="params.server_image")
 
     def build(self, ctx) -> None:
         import yaml
@@ -117,15 +125,20 @@ class Deploy(Builder):
         info_path = image / "image.json"
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         server, modelcar = info.get("images", {}).get("server"), info.get("images", {}).get("modelcar")
-        if modelcar is not None and p["server_image"]:  # server_image given: serve the modelcar with it
-            image_ref, model_image = p["server_image"], f"{p['repository']}@{modelcar['manifest']}"
+        if not info.get("model_digest"):
+            raise BuildError(f"step '{ctx.step}': its `image` input holds no model (a server image alone); name it "
+                             f"as the `server` input, and a package step with a model as `image`")
+        runtime = _runtime(ctx, p)
+        if modelcar is not None and (p["server_image"] or runtime):  # a server image serves the modelcar
+            image_ref, model_image = p["server_image"] or runtime, f"{p['repository']}@{modelcar['manifest']}"
         elif server is not None:
             image_ref, model_image = f"{p['repository']}@{server['manifest']}", None
         else:
             raise BuildError(f"step '{ctx.step}': its `image` input has no server image"
                              f"{' (only ' + ', '.join(info['images']) + ')' if info.get('images') else ''}; "
                              f"set `server: true` and a `base` input on the package step it names, or "
-                             f"`server_image` (a server image pinned by digest) to serve the modelcar")
+                             f"`server_image` (a server image pinned by digest) or a `server` input (a package step with "
+                             f"`server: true`) to serve the modelcar")
         title = info["labels"].get("org.opencontainers.image.title", ctx.step)
         name = p["name"] or _dns_label(title)
         alerts = {"p95_seconds": 0.5, "error_rate": 0.05, "no_traffic_minutes": 10, **p["alerts"]}
@@ -162,6 +175,10 @@ class Deploy(Builder):
                            f"docker://{p['repository']}:{tag}"}
         if model_image:
             summary["model_image"] = model_image
+        if runtime:  # tagged with its digest's first 12 hex digits: it holds no model
+            repository, _, digest = runtime.partition("@sha256:")
+            summary["push_server"] = (f"skopeo copy oci:$(modelbuild path {ctx.input('server').name.split('-')[0]})"
+                                      f"/oci:server docker://{repository}:{digest[:12]}")
         if image_ref.endswith(PLACEHOLDER):
             summary["server_image_placeholder"] = True
             ctx.log.warning("step '%s': server_image %s is a placeholder: the manifests validate, but no pod starts "
@@ -173,6 +190,18 @@ class Deploy(Builder):
                                    "fail_job_on": k8s.FINAL_EXIT_CODES}
         (ctx.out / "deploy.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
         ctx.log.info("deploy %s: %s", name, spec.image)
+
+
+def _runtime(ctx, p: dict) -> str | None:
+    """The `server` input's server image, as `<server_repository>@sha256:...`; None without the input."""
+    if "server" not in ctx.inputs:
+        return None
+    path = ctx.input("server") / "image.json"
+    server = (json.loads(path.read_text()) if path.is_file() else {}).get("images", {}).get("server")
+    if server is None:
+        raise BuildError(f"step '{ctx.step}': its `server` input has no server image; set `server: true` (and a "
+                         f"`base` input) on the package step it names")
+    return f"{p.get('server_repository') or p['repository'] + '-server'}@{server['manifest']}"
 
 
 def _serve_args(p: dict, info: dict, *, in_image: bool) -> list[str]:

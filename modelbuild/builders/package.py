@@ -13,6 +13,9 @@ Output layout::
 Every byte follows from the inputs: tar entries sorted, owned by 0:0, dated 1970; gzip without a date; JSON
 canonical. So two stores that build the same recipe get the same manifest digests (`build --check` holds).
 
+With `server: true` and no `model`, the server image alone: a runtime with no model inside, built once and
+shared by every modelcar (a deploy step's `server` input), so a new model is a new modelcar and nothing else.
+
 Inputs: `model` (any artifact: its files become /models, and its lineage record /models/.meta.json with only
 the fields that are the same in every store: digest, derivation, recipe, step, git revision; `modelbuild serve
 /models` checks the files against that digest before serving); `base` (optional: an OCI layout, as a Source
@@ -75,8 +78,9 @@ class Package(Builder):
 
     def check_inputs(self, params: dict, inputs: dict, *, file: str | None, step: str) -> None:
         check_input_names("package", inputs, INPUTS, file=file, step=step)
-        if "model" not in inputs:
-            raise RecipeError("package needs a `model` input: the artifact to put under /models",
+        if "model" not in inputs and not params["server"]:
+            raise RecipeError("package needs a `model` input: the artifact to put under /models (or `server: "
+                              "true` alone, for a server image that serves a modelcar mounted at /models)",
                               file=file, step=step, key="inputs")
         if params["server"] and "base" not in inputs:
             raise RecipeError("server: true needs a `base` input: an OCI layout with Python 3.11 to run "
@@ -91,10 +95,11 @@ class Package(Builder):
     def build(self, ctx) -> None:
         from .. import oci
 
-        p, model = ctx.params, ctx.input("model")
+        p, model = ctx.params, ctx.inputs.get("model")
         blobs = ctx.out / "oci" / "blobs" / "sha256"
-        lineage = _lineage(model)
-        labels = _labels(lineage, p["image"] or lineage.get("step") or model.name, p["labels"])
+        lineage = _lineage(model) if model else {}
+        labels = _labels(lineage, p["image"] or lineage.get("step") or (model.name if model else ctx.step),
+                         p["labels"])
         base = []
         platform = {"architecture": "amd64", "os": "linux"}
         base_config = {}
@@ -107,15 +112,16 @@ class Package(Builder):
                                  f"with `skopeo copy docker://python:3.11-slim oci:DIR:3.11`") from None
             platform = {k: config[k] for k in ("architecture", "os") if k in config}
             base_config = config.get("config") or {}
-        models = oci.tree_files(model, "models", exclude=(META_FILE,))
-        models[f"models/{META_FILE}"] = json.dumps(lineage, sort_keys=True, indent=2).encode()
-        model_layer = oci.write_layer(blobs, models, dirs=("models",))
-        images = [oci.Image(base + [model_layer], {**base_config, "Labels": {**base_config.get("Labels", {}),
-                                                                              **labels}},
-                            "modelcar", labels, platform)]
-        if p["server"]:
+        images, model_layers = [], []
+        if model:
+            models = oci.tree_files(model, "models", exclude=(META_FILE,))
+            models[f"models/{META_FILE}"] = json.dumps(lineage, sort_keys=True, indent=2).encode()
+            model_layers = [oci.write_layer(blobs, models, dirs=("models",))]
+            images.append(oci.Image(base + model_layers, {**base_config, "Labels": {
+                **base_config.get("Labels", {}), **labels}}, "modelcar", labels, platform))
+        if p["server"]:  # without a model: the runtime that serves a modelcar mounted at /models
             app = oci.write_layer(blobs, _app_files(ctx.inputs.get("wheels")))
-            images.append(oci.Image(base + [app, model_layer], _server_config(base_config, labels, p),
+            images.append(oci.Image(base + [app, *model_layers], _server_config(base_config, labels, p),
                                     "server", labels, platform))
         manifests = oci.write_layout(ctx.out / "oci", images)
         info = {"model_digest": lineage.get("digest"), "labels": labels, "port": p["port"], **_batching(p),

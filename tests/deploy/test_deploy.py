@@ -17,6 +17,7 @@ from tests.conftest import Cli, Project
 from .conftest import DEPLOY, model_recipe, need
 
 KUBERNETES = ("1.30.0", "1.33.0", "1.37.0")
+PINNED = "registry.example.com/modelbuild-serve@sha256:" + "ab" * 32
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +193,58 @@ def test_why_depends_and_diff_reach_the_data_under_the_model(cli):
     assert "rows: 100" in proc.stdout and "rows: 200" in proc.stdout
 
 
+RUNTIME = """
+  runtime:
+    builder: package
+    description: the server image without a model, shared by every modelcar
+    inputs: {base: {path: base}}
+    params: {server: true, image: modelbuild-serve}
+  deploy:
+    builder: deploy
+    inputs: {image: image, server: runtime}
+    params: {repository: registry.example.com/demo}
+"""
+
+
+def test_a_server_image_built_by_the_recipe_serves_the_modelcar_pinned_by_its_digest(cli, tiny_base):
+    """`server: true` without a model is the runtime alone; the deploy step pins the digest it was built with,
+    and a new model changes the modelcar and the manifests, not the runtime."""
+    shutil.copytree(tiny_base, cli.project / "base")
+    digests, runtimes = [], []
+    for weight in (1, 2):
+        cli.project.write("recipe.yaml", model_recipe(weight, RUNTIME))
+        steps = cli.build()["by_step"]
+        runtime = json.loads((Path(steps["runtime"]["path"]) / "image.json").read_text())
+        assert list(runtime["images"]) == ["server"] and runtime["model_digest"] is None
+        assert len(runtime["images"]["server"]["layers"]) == 2  # the base and the app: no model layer
+        deployed = Path(steps["deploy"]["path"])
+        info = json.loads((deployed / "deploy.json").read_text())
+        assert info["image"] == "registry.example.com/demo-server@" + runtime["images"]["server"]["manifest"]
+        assert "server_image_placeholder" not in info
+        assert info["push_server"].endswith("/oci:server docker://registry.example.com/demo-server:"
+                                            + runtime["images"]["server"]["manifest"][7:19])
+        server = yaml.safe_load((deployed / "kubernetes/deployment.yaml").read_text())["spec"]["template"]["spec"]
+        assert server["containers"][0]["image"] == info["image"]
+        assert server["initContainers"][0]["image"] == info["model_image"]
+        digests.append(info["model_image"])
+        runtimes.append((steps["runtime"]["status"], info["image"]))
+    assert digests[0] != digests[1] and runtimes[1] == ("cached", runtimes[0][1])
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"inputs": {"image": "runtime"}}, "holds no model"),
+    ({"params": {"server_image": PINNED}}, "not both"),
+])
+def test_a_runtime_in_the_wrong_place_is_refused(cli, tiny_base, change, says):
+    shutil.copytree(tiny_base, cli.project / "base")
+    recipe = yaml.safe_load(model_recipe(1, RUNTIME))
+    for key, value in change.items():
+        recipe["steps"]["deploy"][key] = {**recipe["steps"]["deploy"][key], **value}
+    cli.project.write("recipe.yaml", yaml.safe_dump(recipe))
+    proc = cli("build", "recipe.yaml", check=None)
+    assert proc.returncode in (1, 2) and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_batching_params_reach_the_server_image_and_the_pods(cli, tiny_base):
     """The package step's batching is in the image's command; the deploy step's own values override it in the pods'
     args (the image's entrypoint stays), and a modelcar's pods get them in their `modelbuild serve` command."""
@@ -299,7 +352,6 @@ def test_bad_deploy_params_are_recipe_errors(cli, tiny_base, params, key):
 
 
 REPO = Path(__file__).resolve().parents[2]
-PINNED = "registry.example.com/modelbuild-serve@sha256:" + "ab" * 32
 
 
 def _quickstart_deploy(extra: dict | None = None, recipe: str = "quickstart") -> str:
