@@ -583,6 +583,8 @@ class Store:
                 os.chmod(tmp, st.st_mode & 0o777)
                 os.replace(tmp, p)
             os.chmod(p, 0o555 if entry.executable else 0o444)
+            if _same_file(link, st):  # already the shared copy (a builder linked an input's file): renaming
+                continue  # one link over another of the same inode would do nothing and leave the temporary
             try:
                 os.link(p, link)
             except FileExistsError:
