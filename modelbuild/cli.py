@@ -57,14 +57,17 @@ def cmd_build(args) -> int:
     store = _store(args)
     substituter = _substituter(args, store)
     executor = _executor(args, store)
+    reporter = reporter_for(args.json)
     realiser = Realiser(store, recipe, jobs=args.jobs or 1, keep_going=args.keep_going, check=args.check,
-                        reporter=reporter_for(args.json), substituter=substituter,
+                        reporter=reporter, substituter=substituter,
                         require_cached=args.require_cached, executor=executor)
     try:
         states = realiser.build(args.target)
     finally:
         if executor is not None:
             executor.close()
+        if reporter is not None:
+            reporter.close()  # an interrupted build, too, gives the terminal back (cursor shown)
     code = exit_code(states)
     if args.json:
         steps = [s.as_json(store) for s in states]

@@ -123,9 +123,9 @@ class LiveReporter:
         class Nested(Progress):
             def get_renderables(self):  # a trial's row right under its search's, whatever order they came in
                 by_id = {t.id: t for t in self.tasks}
-                order = [by_id[i] for key, i in tasks.items() if len(key) == 1]
-                yield self.make_tasks_table([t for parent in order for t in [parent, *(
-                    by_id[i] for key, i in tasks.items() if len(key) == 2 and key[0] == parent.description)]])
+                rows = [(key, by_id[i]) for key, i in list(tasks.items()) if i in by_id]  # a copy: refreshes run
+                yield self.make_tasks_table([t for key, parent in rows if len(key) == 1 for t in [  # in a thread
+                    parent, *(trial for k, trial in rows if len(k) == 2 and k[0] == key[0])]])
 
         width = max([len(st.name) for st in states] + [4])
         self.progress = Nested(*_columns(min(width + 4, 20)), console=self.console, refresh_per_second=8,
@@ -148,6 +148,11 @@ class LiveReporter:
         self._update(states)
         if self.live:
             self.progress.refresh()
+            self.progress.stop()
+
+    def close(self) -> None:
+        """Stop drawing (again, after finish, does nothing): an interrupted build leaves no hidden cursor."""
+        if self.live and self.progress is not None:
             self.progress.stop()
 
     def note(self, text: str) -> None:
@@ -218,6 +223,9 @@ class PlainReporter:
 
     def finish(self, states):
         self.update(states)
+
+    def close(self) -> None:
+        pass
 
     def note(self, text: str) -> None:
         """A line of its own between the steps' lines (a search's trials, say)."""
