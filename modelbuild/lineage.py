@@ -94,6 +94,9 @@ def format_show(info: dict) -> str:
             lines.append(f"param      {k} = {json.dumps(v)}")
         for k, v in sorted((drv.get("extras") or {}).items()):
             lines.append(f"extra      {k} = {json.dumps(v)}")
+        for what, rec in sorted((info.get("code") or {}).items()):
+            if what != "builder_code" and isinstance(rec, dict) and isinstance(rec.get("files"), dict):
+                lines.append(f"code       {what}: {', '.join(sorted(rec['files']))}")
         for name, i in sorted((info.get("inputs") or {}).items()):
             where = i.get("path") if i.get("kind") == "step" else json.dumps(
                 {k: v for k, v in i.items() if k not in ("kind", "hash")})

@@ -24,6 +24,7 @@ def test_diff_names_the_changed_file_and_shows_its_changed_lines(project, cli):
     project.write("extra.py", "UNUSED = 1\n")  # not imported: not part of the step's code
     second = cli.build()["by_step"]["made"]["path"]
 
+    assert "code       extras.module: helpers.py, steps.py" in cli("show", second).stdout
     out = cli("diff", first, second).stdout
     assert "made: module code changed: helpers.py edited" in out, out
     assert "-    return x * 2" in out and "+    return x * 3" in out, out
