@@ -118,7 +118,7 @@ def test_a_search_spreads_over_the_workers(cli, cluster):
     built_by = {meta(cli.store, str(cli.store / t["path"]))["worker"] for t in trials}
     assert built_by == workers(cluster)  # both workers built trials
     again = cli.build("recipe.yaml", "--executor", dask_url(cluster))
-    assert cli.statuses(again) == {"f": "cached", "tuned": "cached"}
+    assert set(cli.statuses(again).values()) == {"cached"}  # every trial built exactly once
 
 
 def test_a_killed_worker_is_rescheduled_and_commits_once(cli, cluster, tmp_path):
