@@ -156,9 +156,11 @@ def drift(path: Path) -> str:
     if not isinstance(data, dict) or not isinstance(data.get("columns"), dict):
         return ""
     cols = data["columns"]
-    keys = ("kind", "psi", "p_value", "missing_rate", "reference_missing_rate", "drifted")
-    rows = [[name] + [v.get(k, "") for k in keys] + ["; ".join(map(str, v.get("reasons") or []))]
+    rows = [[name, v.get("kind", ""), v.get("psi", ""), *_test(v), v.get("missing_rate", ""),
+             v.get("reference_missing_rate", ""), v.get("drifted", ""), "; ".join(map(str, v.get("reasons") or []))]
             for name, v in sorted(cols.items()) if isinstance(v, dict)]
+    header = ["column", "kind", "PSI", "test", "statistic", "p-value", "missing rate", "reference missing rate",
+              "drifted", "reasons"]
     psi = {n: v.get("psi") for n, v in sorted(cols.items()) if isinstance(v, dict) and isinstance(v.get("psi"), (int, float))}
     threshold = ((data.get("thresholds") or {}).get("psi"))
     chart = figure(bars(list(psi), {"PSI": list(psi.values())}, "Population stability index", "PSI",
@@ -167,7 +169,23 @@ def drift(path: Path) -> str:
     drifted = data.get("drifted_columns") or []
     return ("<h3>Drift</h3>" + f"<p>{e(len(drifted))} of {e(len(cols))} columns drifted"
             + (f": {e(', '.join(map(str, drifted)))}" if drifted else "") + ".</p>" + gates(path) + chart
-            + table(["column", *keys, "reasons"], rows, caption="Per-column drift"))
+            + _prediction(data.get("prediction")) + table(header, rows, caption="Per-column drift"))
+
+
+def _test(values: dict) -> list:
+    """[test, statistic, p-value] of the column's two-sample test (KS for numbers, chi-squared for categories)."""
+    for test in ("ks", "chi2"):
+        if test in values:
+            return [test, values[test], values.get(f"{test}_pvalue", "")]
+    return ["", "", ""]
+
+
+def _prediction(pred) -> str:
+    if not isinstance(pred, dict):
+        return ""
+    return table(["model output", "PSI", "test", "statistic", "p-value", "reference mean", "current mean", "drifted"],
+                 [["prediction", pred.get("psi", ""), *_test(pred), pred.get("reference_mean", ""),
+                   pred.get("current_mean", ""), pred.get("drifted", "")]], caption="Drift of the model's predictions")
 
 
 def decay(path: Path) -> str:

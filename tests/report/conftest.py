@@ -1,5 +1,6 @@
 """One small recipe built once for the report tests: ingest, validate (quarantine), split, a tuned tabular
-model, its evaluation with a gate, and a report step that writes the page and the model card."""
+model, its evaluation with a gate, drift between two splits, and a report step that writes the page and the
+model card."""
 
 from __future__ import annotations
 
@@ -51,13 +52,18 @@ steps:
       protected: [sex]
       bootstrap: 100
       gates: {accuracy: ">= 0.6"}
+  drift:
+    builder: drift
+    description: the test split against the train split, reported only
+    inputs: {reference: splits, current: splits}
+    params: {ignore: [label], alert: false}
   audit:
     builder: report
     inputs: {evaluate: evaluate}
     params: {model_card: true}
 """
 
-STEPS = ["raw", "checked", "splits", "model", "tuned", "evaluate", "audit"]
+STEPS = ["raw", "checked", "splits", "model", "tuned", "evaluate", "drift", "audit"]
 
 
 def write_project(project: Project) -> None:
