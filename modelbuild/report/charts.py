@@ -59,6 +59,8 @@ def trials_chart(numbers: list, objectives: list, best: int | None, metric: str,
         if best is not None and best in numbers:
             i = numbers.index(best)
             ax.plot([best], [objectives[i]], "*", markersize=14, label=f"best: trial {best}")
+        from matplotlib.ticker import MaxNLocator
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(xlabel="trial", ylabel=metric, title=f"{metric} by trial")
         ax.legend()
     return _svg(draw, f"{metric} of each trial; the best is trial {best}")

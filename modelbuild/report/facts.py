@@ -102,6 +102,10 @@ def from_artifacts(store: Store, targets: list[tuple[Path, str | None]], title: 
         for input_name, info in sorted((rec.get("inputs") or {}).items()):
             sub = input_path(store, info, f"input {input_name} in the record of {store.rel(path)}")
             facts.inputs.append((input_name, visit(sub, info.get("key")) if sub is not None else None, info))
+            if info.get("tune"):  # the input is a search's best trial: the search is part of the lineage too
+                search = store.object_path(info["tune"], f"the search of input {input_name} of {store.rel(path)}")
+                facts.inputs.append((f"{input_name} (search)", visit(search, None),
+                                     {"kind": "step", "path": info["tune"]}))
         order.append(facts)
         return name
 
