@@ -122,27 +122,32 @@ def plot_calibration(path: Path, bins: list[dict], ece: float | None) -> None:
 def plot_group_rates(out: Path, tables: dict[str, list[dict]], min_group_size: int) -> None:
     """groups/<column>.png: the false positive and false negative rate of each group, the plot a bias audit
     reads first. A group left out of the gaps (fewer than min_group_size rows) is hatched."""
+    from matplotlib.patches import Patch
+
+    colours = {"fpr": "tab:orange", "fnr": "tab:blue"}
     for column, rows in tables.items():
         if not rows or "fpr" not in rows[0]:
             continue
-        fig = _figure((max(5.0, 1.5 + 0.9 * len(rows)), 4.2))
+        tilt = len(rows) > 5 or max(len(r["group"]) for r in rows) > 10
+        fig = _figure((max(5.0, 1.5 + 1.0 * len(rows)), 4.6 if tilt else 4.2))
         ax = fig.add_subplot()
         x = range(len(rows))
-        for offset, key, colour in ((-0.2, "fpr", "tab:orange"), (0.2, "fnr", "tab:blue")):
-            bars = ax.bar([i + offset for i in x], [r[key] for r in rows], width=0.4, color=colour,
-                          label=key.upper(), edgecolor="black")
+        for offset, key in ((-0.2, "fpr"), (0.2, "fnr")):
+            bars = ax.bar([i + offset for i in x], [r[key] for r in rows], width=0.4, color=colours[key],
+                          edgecolor="black")
             for bar, r in zip(bars, rows, strict=True):
                 if not r["in_gaps"]:
                     bar.set_hatch("//")
                     bar.set_alpha(0.4)
         ax.set_xticks(list(x), [f"{r['group']}\nn={r['count']}" + ("" if r["in_gaps"] else "*") for r in rows],
-                      fontsize=8, rotation=30 if len(rows) > 5 else 0)
+                      fontsize=8, rotation=25 if tilt else 0, ha="right" if tilt else "center")
         ax.set_ylim(0, 1)
         ax.set_ylabel("rate")
         small = any(not r["in_gaps"] for r in rows)
         ax.set_title(f"false positive and false negative rate by {column}"
                      + (f"\n* fewer than {min_group_size} rows: not in the gaps" if small else ""), fontsize=10)
-        ax.legend(loc="upper right")
+        ax.legend(handles=[Patch(facecolor=c, edgecolor="black", label=k.upper()) for k, c in colours.items()],
+                  loc="upper right")
         fig.tight_layout()
         path = out / "groups" / f"{_safe(column)}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
