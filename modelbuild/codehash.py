@@ -193,12 +193,14 @@ def _name(f: Path, base: Path) -> str:
 
 
 def _hash_files(files: list[Path], base: Path) -> str:
-    return files_hash({_name(f, base): _file_facts(f)["digest"] for f in files})
+    def name(f: Path) -> str:
+        return _name(f, base)
+    return hash_bytes("".join(f"{name(f)}\0{_file_facts(f)['digest']}\n" for f in sorted(files, key=name)))
 
 
 def files_hash(digests: dict[str, str]) -> str:
-    """The code hash the key holds, from {file name: digest}: a per-file record that hashes to the key's value
-    is the code the key saw."""
+    """The code hash the key holds (as _hash_files makes it), from {file name: digest}: a per-file record that
+    hashes to the key's value is the code the key saw."""
     return hash_bytes("".join(f"{name}\0{digest}\n" for name, digest in sorted(digests.items())))
 
 
