@@ -296,7 +296,7 @@ def _measure(scored, kind: str, positive, table, p: dict) -> tuple[dict, dict, d
         interval = M.bootstrap(y_pred == scored.y_true, **boot)
         if groups:
             bias, tables = fairness.classification(scored.y_true, y_pred, groups, positive=positive, classes=k,
-                                                   min_group_size=size)
+                                                   min_group_size=size, confidence=p["confidence"])
             values.update(bias)
             values.update(fairness.intervals(kind, scored.y_true, y_pred, groups, positive=positive, classes=k,
                                              min_group_size=size, **boot))

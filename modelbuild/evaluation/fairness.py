@@ -48,8 +48,9 @@ def group_labels(values) -> list[str]:
 
 
 def classification(y_true, y_pred, groups: dict[str, list[str]], *, positive: int | None, classes: int,
-                   min_group_size: int = 1) -> tuple[dict, dict[str, list[dict]]]:
-    """(flat gaps, one table per column: a row per group) for class indices y_true and y_pred."""
+                   min_group_size: int = 1, confidence: float = 0.95) -> tuple[dict, dict[str, list[dict]]]:
+    """(flat gaps, one table per column: a row per group) for class indices y_true and y_pred. With a
+    positive class, each group's FPR and FNR have a Wilson interval (scipy's binomtest) at `confidence`."""
     import numpy as np
     from fairlearn.metrics import (
         MetricFrame,
@@ -73,8 +74,28 @@ def classification(y_true, y_pred, groups: dict[str, list[str]], *, positive: in
             metrics=rates, y_true=(y_true == positive).astype(int), y_pred=(y_pred == positive).astype(int),
             sensitive_features=g)
         tables[column] = _table(overall, frame, min_group_size)
+        if positive is not None:
+            _rate_intervals(tables[column], y_true == positive, y_pred == positive, g, confidence)
     return gaps("classification", y_true, y_pred, groups, positive=positive, classes=classes,
                 min_group_size=min_group_size), tables
+
+
+def _rate_intervals(rows: list[dict], actual, predicted, g, confidence: float) -> None:
+    """Add fpr_ci_low/high and fnr_ci_low/high to each group's row: Wilson score intervals of FP / negatives
+    and FN / positives, so that a small group's rate shows how little it says (None without rows to count)."""
+    from scipy.stats import binomtest
+
+    def wilson(k: int, n: int):
+        if n == 0:
+            return None, None
+        ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+        return float(ci.low), float(ci.high)
+
+    for row in rows:
+        inside = g == row["group"]
+        a, p = actual[inside], predicted[inside]
+        row["fpr_ci_low"], row["fpr_ci_high"] = wilson(int((p & ~a).sum()), int((~a).sum()))
+        row["fnr_ci_low"], row["fnr_ci_high"] = wilson(int((~p & a).sum()), int(a.sum()))
 
 
 def regression(y_true, y_pred, groups: dict[str, list[str]], *, min_group_size: int = 1):

@@ -120,8 +120,9 @@ def plot_calibration(path: Path, bins: list[dict], ece: float | None) -> None:
 
 
 def plot_group_rates(out: Path, tables: dict[str, list[dict]], min_group_size: int) -> None:
-    """groups/<column>.png: the false positive and false negative rate of each group, the plot a bias audit
-    reads first. A group left out of the gaps (fewer than min_group_size rows) is hatched."""
+    """groups/<column>.png: the false positive and false negative rate of each group with its Wilson
+    interval, the plot a bias audit reads first. A group left out of the gaps (fewer than min_group_size
+    rows) is hatched."""
     from matplotlib.patches import Patch
 
     colours = {"fpr": "tab:orange", "fnr": "tab:blue"}
@@ -133,8 +134,10 @@ def plot_group_rates(out: Path, tables: dict[str, list[dict]], min_group_size: i
         ax = fig.add_subplot()
         x = range(len(rows))
         for offset, key in ((-0.2, "fpr"), (0.2, "fnr")):
+            low = [r[key] - r[f"{key}_ci_low"] if r.get(f"{key}_ci_low") is not None else 0.0 for r in rows]
+            high = [r[f"{key}_ci_high"] - r[key] if r.get(f"{key}_ci_high") is not None else 0.0 for r in rows]
             bars = ax.bar([i + offset for i in x], [r[key] for r in rows], width=0.4, color=colours[key],
-                          edgecolor="black")
+                          edgecolor="black", yerr=[low, high], capsize=3, error_kw={"linewidth": 1})
             for bar, r in zip(bars, rows, strict=True):
                 if not r["in_gaps"]:
                     bar.set_hatch("//")

@@ -343,6 +343,9 @@ def test_a_gap_needs_two_groups():
                                     positive=1, classes=2, min_group_size=2)
     assert flat["g.fpr_gap"] is None and flat["fpr_gap"] is None
     assert [(r["group"], r["in_gaps"]) for r in tables["g"]] == [("a", True), ("b", False)]
+    b = tables["g"][1]  # one negative, no false positive: the Wilson interval of 0/1 is 0 .. z^2 / (1 + z^2)
+    assert (b["fpr"], b["fpr_ci_low"], b["fnr_ci_low"]) == (0.0, 0.0, None)
+    assert b["fpr_ci_high"] == pytest.approx(1.959964 ** 2 / (1 + 1.959964 ** 2))
 
 
 def test_ece_equals_torchmetrics():
