@@ -156,7 +156,7 @@ def _cause(c: Change) -> str:
     return _change(c.what, c.old, c.new)
 
 
-CODE_WORDS = {"builder_code": "builder code", "extras.module": "module code"}
+CODE_WORDS = {"builder_code": "builder code", "extras.module": "module code", "extras.model": "schema model code"}
 DIFF_LINES = 80  # of one file's unified diff
 
 

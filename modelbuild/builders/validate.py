@@ -124,6 +124,10 @@ class Validate(Builder):
         code = project_code(_module_file(params["model"].partition(":")[0], Path(recipe_dir)), Path(recipe_dir))
         return {"model": code["source"], "packages": code["packages"]}
 
+    def key_code(self, params: dict, recipe_dir: Path) -> dict:
+        path = _module_file(params["model"].partition(":")[0], Path(recipe_dir)) if params.get("model") else None
+        return {"extras.model": path} if path is not None else {}
+
     def build(self, ctx) -> None:
         p = ctx.params
         source = data_file(input_table(ctx))

@@ -514,3 +514,15 @@ def test_checking_a_schema_imports_neither_pandas_nor_pandera():
             "print(sorted(m for m in ('pandas', 'pandera', 'pyarrow', 'numpy') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"
+
+
+def test_a_models_per_file_code_record_hashes_to_its_key(tmp_path):
+    """`diff` names the schema model's changed files from this record only where it hashes to the key's value."""
+    from modelbuild.codehash import code_record, files_hash
+
+    (tmp_path / "people_schema.py").write_text(textwrap.dedent(MODEL))
+    params = Validate().normalise({"model": "people_schema:People"}, file=None, step="s")
+    path = Validate().key_code(params, tmp_path)["extras.model"]
+    record = code_record(path, tmp_path)
+    assert list(record["files"]) == ["people_schema.py"] and "class People" in record["sources"]["people_schema.py"]
+    assert files_hash(record["files"]) == Validate().key_extras(params, tmp_path)["model"]
