@@ -521,7 +521,7 @@ def test_a_models_per_file_code_record_hashes_to_its_key(tmp_path):
     from modelbuild.codehash import code_record, files_hash
 
     (tmp_path / "people_schema.py").write_text(textwrap.dedent(MODEL))
-    params = Validate().normalise({"model": "people_schema:People"}, file=None, step="s")
+    params = Validate().normalise({"model": "people_schema:People"}, file=str(tmp_path / "r.yaml"), step="s")
     path = Validate().key_code(params, tmp_path)["extras.model"]
     record = code_record(path, tmp_path)
     assert list(record["files"]) == ["people_schema.py"] and "class People" in record["sources"]["people_schema.py"]
