@@ -9,10 +9,9 @@ def load_model(path):
     - a tabular model (config.json's model_type `modelbuild-tabular-mlp`): a
       `modelbuild.training.tabular.TabularModel`, with `predict(table)` and `predict_proba(table)`;
     - a LoRA adapter (`lora.merge: false`): a `peft.PeftModel` on its base model, found in the store that holds
-      the adapter (adapter_config.json's `base_model_name_or_path` is relative to that store's root).
-
-    A full transformers model (a `save_pretrained` folder) loads with transformers itself:
-    `AutoModelForCausalLM.from_pretrained(path)` or `AutoModelForSequenceClassification.from_pretrained(path)`.
+      the adapter (adapter_config.json's `base_model_name_or_path` is relative to that store's root);
+    - a causal LM or a sequence classifier (a `save_pretrained` folder): transformers' model, as
+      `AutoModelForCausalLM` / `AutoModelForSequenceClassification.from_pretrained(path)` give it, offline.
     """
     import json
     from pathlib import Path
@@ -26,14 +25,15 @@ def load_model(path):
         from .training.tabular import TabularModel
 
         return TabularModel.load(path)
-    if (path / "adapter_config.json").is_file():
-        from .training.pretrained import BASE_FILE, load_adapter_model
+    from .evaluation.predict import detect_task  # json only
 
-        task = json.loads((path / "adapter_config.json").read_text()).get("task_type")
-        kinds = {"CAUSAL_LM": "causal-lm", "SEQ_CLS": "sequence-classification"}
-        if task in kinds and (path / BASE_FILE).is_file():
-            return load_adapter_model(kinds[task], path).eval()
-    kind = config.get("model_type")
-    raise ValueError(f"{path} is not a tabular model or a LoRA adapter built by modelbuild" + (
-        f"; it is a transformers {kind} model: load it with transformers' AutoModelFor<task>.from_pretrained"
-        if kind else "; give the folder `modelbuild path RECIPE:STEP` prints for a train or finetune step"))
+    task = detect_task(path)
+    if task in ("causal-lm", "sequence-classification"):
+        from .training import pretrained
+
+        if (path / "adapter_config.json").is_file() and (path / pretrained.BASE_FILE).is_file():
+            return pretrained.load_adapter_model(task, path).eval()
+        return pretrained.load_model(task, path).eval()
+    raise ValueError(f"{path} holds no model modelbuild can load (a tabular model, a causal LM, a sequence "
+                     f"classifier or a LoRA adapter); give the folder `modelbuild path RECIPE:STEP` prints for a "
+                     f"train or finetune step")

@@ -137,7 +137,7 @@ def test_the_public_loader_predicts_labels_and_probabilities(trained, splits):
     assert np.array_equal(model.predict_proba(table), expected)
     assert model.predict(table) == [["no", "yes"][i] for i in expected.argmax(1)]
     assert model.predict({"x1": [3.0], "x2": [1.0], "colour": ["red"], "size": [1]}) == ["yes"]
-    with pytest.raises(ValueError, match="not a tabular model or a LoRA adapter"):
+    with pytest.raises(ValueError, match="holds no model modelbuild can load"):
         modelbuild.load_model(splits)
 
 
