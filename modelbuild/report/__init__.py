@@ -46,7 +46,7 @@ def step_section(s: StepFacts, store) -> str:
     parts += [sec.header(s, store), sec.inputs(s, store), sec.params(s)]
     if s.path is not None and Path(s.path).is_dir():
         p = Path(s.path)
-        parts += [sec.tables(p), sec.validation(p), sec.clean_report(p), sec.training(s), sec.search(p),
+        parts += [sec.tables(p), sec.profile(p), sec.validation(p), sec.clean_report(p), sec.training(s), sec.search(p),
                   best_training(p, store), ev.evaluation(p), ev.drift(p), ev.decay(p)]
         if not any((p / f).is_file() for f in ("evaluation.json", "drift.json", "decay.json")):
             parts.append(ev.gates(p))

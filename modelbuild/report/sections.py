@@ -160,6 +160,21 @@ def _one_table(name: str, path: Path, open_: bool) -> str:
     return details(f"{name}: {info.get('rows')} rows, {len(rows)} columns", body)
 
 
+def profile(path: Path) -> str:
+    """A profile's reference statistics: per column its kind, missing rate, moments and most common values."""
+    data = read_json(path / "profile.json")
+    if not isinstance(data, dict) or not isinstance(data.get("columns"), dict):
+        return ""
+    cols = data["columns"]
+    order = [c for c in data.get("column_order") or sorted(cols) if isinstance(cols.get(c), dict)]
+    keys = ("kind", "type", "count", "missing_rate", "distinct", "mean", "std", "min", "max")
+    rows = [[c, *(cols[c].get(k, "") for k in keys), ", ".join(
+        f"{f.get('value')} ({100 * f['rate']:.0f}%)" for f in (cols[c].get("frequencies") or [])[:3]
+        if isinstance(f, dict) and isinstance(f.get("rate"), (int, float)))] for c in order]
+    return ("<h3>Profile</h3>" + table(["column", *keys, "most common"], rows,
+                                       caption=f"Reference statistics of {data.get('rows')} rows"))
+
+
 def validation(path: Path) -> str:
     v = read_json(path / "validation.json")
     if not isinstance(v, dict):

@@ -1,6 +1,6 @@
 """One small recipe built once for the report tests: ingest, validate (quarantine), split, a tuned tabular
-model, its evaluation with a gate, drift between two splits, and a report step that writes the page and the
-model card."""
+model, its evaluation with a gate, a profile, drift between two splits, and a report step that writes the page
+and the model card."""
 
 from __future__ import annotations
 
@@ -52,6 +52,10 @@ steps:
       protected: [sex]
       bootstrap: 100
       gates: {accuracy: ">= 0.6"}
+  profile:
+    builder: profile
+    inputs: {data: splits}
+    params: {table: train}
   drift:
     builder: drift
     description: the test split against the train split, reported only
@@ -63,7 +67,7 @@ steps:
     params: {model_card: true}
 """
 
-STEPS = ["raw", "checked", "splits", "model", "tuned", "evaluate", "drift", "audit"]
+STEPS = ["raw", "checked", "splits", "model", "tuned", "evaluate", "profile", "drift", "audit"]
 
 
 def write_project(project: Project) -> None:

@@ -32,6 +32,7 @@ def test_recipe_page_has_every_step_the_graph_the_gates_and_no_outside_reference
     assert "quarantined rows" in html and "2 trials" in html and "Confusion matrix" in html
     assert "searched" in html  # the tune target, trained only as the search's trials
     assert "<caption>Per-column drift</caption>" in html and ">x1</td><td>numeric</td>" in html
+    assert "<h3>Profile</h3>" in html and "red (" in html  # the profile's most common values
     assert "<script" not in html and not re.search(r'(src|href)="(?!#)', html)  # nothing to fetch
     assert page(cli, "recipe.yaml") == html  # byte-identical from the same store
 
