@@ -519,6 +519,8 @@ def check_recipe(data: dict, path: Path) -> Recipe:
         inputs = step.builder.check_steps(step, steps, file=file)
         if inputs is not None:  # a step that takes other steps' inputs (tune takes its target's)
             step.inputs = inputs
+    for step in list(steps.values()):  # steps a step stands for (benchmark: one per task)
+        steps.update(step.builder.expand(step, steps, file=file))
     recipe = Recipe(name=name, file=path.absolute(), steps=steps, seed=seed)
     recipe.order = _topological_order(steps, file)
     return recipe

@@ -26,6 +26,8 @@ BUILTIN = {
     "train": "modelbuild.builders.train:Train",
     "finetune": "modelbuild.builders.finetune:Finetune",
     "evaluate": "modelbuild.builders.evaluate:Evaluate",
+    "benchmark": "modelbuild.builders.benchmark:Benchmark",
+    "benchmark-task": "modelbuild.builders.benchmark:BenchmarkTask",
     "tune": "modelbuild.builders.tune:Tune",
     "drift": "modelbuild.builders.drift:Drift",
     "decay": "modelbuild.builders.decay:Decay",

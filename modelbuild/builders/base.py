@@ -84,6 +84,8 @@ class Builder:
     params: ClassVar[dict[str, Param]] = {}
     env: ClassVar[tuple[str, ...]] = ()  # distributions whose versions enter the key
     open_params: ClassVar[bool] = False  # accept params beyond the declared ones (e.g. `python`)
+    # names users reach for that live inside a nested param: name -> its path (learning_rate -> optimizer.lr)
+    param_hints: ClassVar[dict[str, str]] = {}
     uses_seed: ClassVar[bool] = False  # the recipe's seed reaches build() and so enters the key
     # the step runs jobs of its own before build() (tune's trials): the realiser calls start() instead of
     # submitting the step's job, and a step that takes this one as input receives stand_in()'s artifact
@@ -96,6 +98,11 @@ class Builder:
         """Check names and types, fill defaults. Cheap: no heavy imports."""
         out = {}
         for key in params:
+            if key in self.param_hints and key not in self.params:
+                parent, _, child = self.param_hints[key].partition(".")
+                raise RecipeError(f"unknown param for builder '{self.name}' (did you mean "
+                                  f"'{self.param_hints[key]}'?); write it as `{parent}: {{{child}: "
+                                  f"{params[key]!r}}}`", file=file, step=step, key=f"params.{key}")
             if key not in self.params and not self.open_params:
                 raise RecipeError(f"unknown param for builder '{self.name}'{did_you_mean(key, self.params)}; "
                                   f"it takes: {', '.join(sorted(self.params)) or 'no params'}",
@@ -127,6 +134,11 @@ class Builder:
         the build order is fixed; raise RecipeError. Returns the step's inputs where they come from other
         steps (tune takes its target's), else None."""
         return None
+
+    def expand(self, step, steps: dict, *, file: str | None) -> dict:
+        """Steps this step stands for beside itself (name -> Step), added to the recipe once every step is
+        checked; the step may rewire its inputs to them (benchmark: one step per task). Raise RecipeError."""
+        return {}
 
     def metric_names(self, params: dict) -> set[str] | None:
         """The names this builder may write into metrics.json for these params (a tune objective is checked

@@ -36,6 +36,8 @@ Artifact (same layout as `train`), with `metrics.json` and `logs/` from the loop
 
 from __future__ import annotations
 
+import difflib
+
 from ..errors import RecipeError, did_you_mean
 from ..training.lm import DATA_KEYS, check_model_params
 from ..training.params import (
@@ -58,8 +60,16 @@ DATA_DEFAULTS = {
 }
 
 
+# top-level names a Hugging Face Trainer user writes, and where they live here
+HINTS = {"learning_rate": "optimizer.lr", "lr": "optimizer.lr", "weight_decay": "optimizer.weight_decay",
+         "max_steps": "trainer.max_steps", "max_epochs": "trainer.max_epochs", "num_train_epochs": "trainer.max_epochs",
+         "epochs": "trainer.max_epochs", "warmup_steps": "scheduler.warmup_steps", "rank": "lora.r", "r": "lora.r"}
+
+
 class Finetune(Builder):
     """Fine-tune a pretrained model (full or LoRA) with Lightning; writes a save_pretrained folder."""
+
+    param_hints = HINTS
 
     name = "finetune"
     env = ("torch", "lightning", "numpy", "safetensors", "transformers", "tokenizers", "peft", "gguf", "pyarrow",
@@ -128,8 +138,7 @@ def _check_lora(params: dict, fail) -> None:
         fail("lora", f"lora must be a mapping, got {lora!r}")
     for key in lora:
         if key not in LORA_DEFAULT:
-            fail(f"lora.{key}", f"unknown key {key!r} in lora{did_you_mean(key, LORA_DEFAULT)}; it takes: "
-                                f"{', '.join(LORA_DEFAULT)}")
+            fail(f"lora.{key}", f"unknown key {key!r} in lora{_lora_hint(key)}; it takes: {', '.join(LORA_DEFAULT)}")
     r, alpha, dropout = lora["r"], lora["alpha"], lora["dropout"]
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         fail("lora.r", f"r (the adapters' rank) must be a whole number above 0, got {r!r}")
@@ -144,6 +153,17 @@ def _check_lora(params: dict, fail) -> None:
                                     f"null for the architecture's default, got {targets!r}")
     if not isinstance(lora["merge"], bool):
         fail("lora.merge", f"merge must be true or false, got {lora['merge']!r}")
+
+
+# peft's and other tools' names for the lora keys, so that a misspelling of either finds ours
+LORA_ALIASES = {"rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "targets": "target_modules",
+                "merge_weights": "merge"}
+
+
+def _lora_hint(key: str) -> str:
+    names = {**{k: k for k in LORA_DEFAULT}, **LORA_ALIASES}
+    close = difflib.get_close_matches(str(key), list(names), n=1, cutoff=0.5)
+    return f" (did you mean '{names[close[0]]}'?)" if close else ""
 
 
 def _check_data(task: str, data, fail, *, file: str | None, step: str) -> None:

@@ -355,3 +355,15 @@ def test_smollm_gguf_lora_sft_exports_a_model_that_answers(tmp_path, smollm):
     with torch.no_grad():
         reply = model.generate(**ids, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(reply[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("params, key, hint", [
+    ({"task": "sft", "learning_rate": 1e-3}, "params.learning_rate", "did you mean 'optimizer.lr'?"),
+    ({"task": "sft", "max_steps": 10}, "params.max_steps", "did you mean 'trainer.max_steps'?"),
+    ({"task": "sft", "method": "lora", "lora": {"rnak": 4}}, "params.lora.rnak", "did you mean 'r'?"),
+    ({"task": "sft", "method": "lora", "lora": {"lora_alpha": 4}}, "params.lora.lora_alpha", "did you mean 'alpha'?"),
+])
+def test_misplaced_or_misspelt_names_point_at_the_right_key(params, key, hint):
+    with pytest.raises(RecipeError) as e:
+        Finetune().normalise(params, file="r.yaml", step="ft")
+    assert e.value.key == key and hint in str(e.value), str(e.value)
