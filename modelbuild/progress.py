@@ -127,8 +127,8 @@ class LiveReporter:
                 yield self.make_tasks_table([t for key, parent in rows if len(key) == 1 for t in [  # in a thread
                     parent, *(trial for k, trial in rows if len(k) == 2 and k[0] == key[0])]])
 
-        width = max([len(st.name) for st in states] + [4])
-        self.progress = Nested(*_columns(min(width + 4, 20)), console=self.console, refresh_per_second=8,
+        width = max([len(st.name) for st in states] + [len("  └ trial 100")])  # a trial's row fits
+        self.progress = Nested(*_columns(min(width + 2, 22)), console=self.console, refresh_per_second=8,
                                transient=False, expand=True,
                                **({"get_time": self.get_time} if self.get_time else {}))
 
