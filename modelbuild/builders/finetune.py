@@ -44,6 +44,7 @@ from ..training.params import (
     LOOP_PARAMS,
     LORA_DEFAULT,
     SFT_DATA_DEFAULT,
+    SFT_DATA_OPTIONAL,
     check_loop_params,
     complete_loop_params,
     loop_metric_names,
@@ -169,7 +170,7 @@ def _lora_hint(key: str) -> str:
 def _check_data(task: str, data, fail, *, file: str | None, step: str) -> None:
     if not isinstance(data, dict):
         fail("data", f"data must be a mapping, got {data!r}")
-    known = DATA_DEFAULTS[task]
+    known = {**DATA_DEFAULTS[task], **(SFT_DATA_OPTIONAL if task == "sft" else {})}
     for key in data:
         if key == LENGTH_KEYS.get(task):
             fail(f"data.{key}", f"set the step's `max_length` instead of data.{key}")
@@ -179,6 +180,8 @@ def _check_data(task: str, data, fail, *, file: str | None, step: str) -> None:
     if task != "sft":
         check_model_params(task, None, {**data, LENGTH_KEYS[task]: 2}, file=file, step=step)
         return
+    if not isinstance(data.get("drop_incomplete", False), bool):
+        fail("data.drop_incomplete", f"drop_incomplete must be true or false, got {data['drop_incomplete']!r}")
     for key in ("prompt", "response"):
         if not isinstance(data[key], str) or not data[key]:
             fail(f"data.{key}", f"data.{key} must name a column, got {data[key]!r}")

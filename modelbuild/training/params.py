@@ -51,6 +51,8 @@ TABULAR_DATA_KEYS = ("target", "features", "categorical", "drop")
 # finetune's options (modelbuild/training/pretrained.py)
 LORA_DEFAULT = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": None, "merge": True}
 SFT_DATA_DEFAULT = {"prompt": "instruction", "response": "response", "template": None}
+# sft data keys that enter params (and the key) only when a recipe sets them, so existing keys stay
+SFT_DATA_OPTIONAL = {"drop_incomplete": False}
 
 # The params `loop.fit` reads; a builder that trains (train, finetune) includes them in its own params.
 LOOP_PARAMS = {

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..errors import BuildError
 from . import lm
-from .params import LORA_DEFAULT, SFT_DATA_DEFAULT
+from .params import LORA_DEFAULT, SFT_DATA_DEFAULT, SFT_DATA_OPTIONAL
 from .task import Task, check_keys, train_validation_tables
 
 # lm.py's model kind (the head to train) per finetune task
@@ -259,7 +259,7 @@ class SFT(_FromPretrained, Task):
 
     def __init__(self, ctx, params: dict):
         super().__init__(ctx, params)
-        check_keys(ctx.step, "data", params.get("data") or {}, SFT_DATA_DEFAULT)
+        check_keys(ctx.step, "data", params.get("data") or {}, {**SFT_DATA_DEFAULT, **SFT_DATA_OPTIONAL})
         self.data = {**SFT_DATA_DEFAULT, **(params.get("data") or {})}
         self.tokenizer = self.model = None
         self.train_data = self.val_data = []
@@ -273,6 +273,8 @@ class SFT(_FromPretrained, Task):
         train_table, val_table = train_validation_tables(self.ctx)
         self.train_data = self._encode(train_table, max_length)
         self.val_data = self._encode(val_table, max_length) if val_table is not None else []
+        if getattr(self, "incomplete", 0):
+            self.ctx.write_metrics({"incomplete_pairs": self.incomplete})
         if not self.train_data:
             raise BuildError(f"step '{step}': no training pair has a response within max_length={max_length} "
                              f"tokens; raise max_length or shorten the prompts")
@@ -295,12 +297,15 @@ class SFT(_FromPretrained, Task):
         d = self.data
         require_columns({"data.prompt": d["prompt"], "data.response": d["response"]}, read_schema(table),
                         self.ctx.step)
-        pairs = [(p or "", r or "") for batch in iter_batches(table, columns=[d["prompt"], d["response"]])
+        pairs = [(p, r) for batch in iter_batches(table, columns=[d["prompt"], d["response"]])
                  for p, r in zip(*(c.to_pylist() for c in batch.columns), strict=True)]
+        pairs, incomplete = complete_pairs(pairs, d, table, self.ctx.step)
         rows, dropped = sft_examples(self.tokenizer, pairs, template=d["template"], max_length=max_length)
-        self.ctx.log.info("sft: %s: %d pairs, %d response tokens%s", Path(table).name, len(rows),
+        self.ctx.log.info("sft: %s: %d pairs, %d response tokens%s%s", Path(table).name, len(rows),
                           sum(sum(t != IGNORE for t in r["labels"]) for r in rows),
-                          f", {dropped} dropped (prompt longer than max_length)" if dropped else "")
+                          f", {dropped} dropped (prompt longer than max_length)" if dropped else "",
+                          f", {incomplete} dropped (no prompt or no response: drop_incomplete)" if incomplete else "")
+        self.incomplete = getattr(self, "incomplete", 0) + incomplete
         return rows
 
     def train_dataloader(self):
@@ -334,6 +339,24 @@ def finetune_task(ctx, params: dict) -> Task:
 
 
 # ---- sft data ---------------------------------------------------------------------------------------------
+def complete_pairs(pairs: list, data: dict, table, step: str) -> tuple[list[tuple[str, str]], int]:
+    """The pairs with both a prompt and a response, and how many lacked one. A pair without one would train
+    on an empty answer: refused (exit 3, naming the table and row) unless `data.drop_incomplete: true`."""
+    from ..errors import DataValidationError
+
+    kept = [(p, r) for p, r in pairs if p and r]
+    if len(kept) == len(pairs) or data.get("drop_incomplete"):
+        return kept, len(pairs) - len(kept)
+    row, (prompt, response) = next((i, pr) for i, pr in enumerate(pairs) if not (pr[0] and pr[1]))
+    column = data["response"] if not response else data["prompt"]
+    shown = f"prompt {str(prompt)[:60]!r}" if prompt else f"response {str(response)[:60]!r}"
+    raise DataValidationError(
+        f"step '{step}': row {row} of the table {Path(table).name}/ ({shown}) has no {column!r} "
+        f"({len(pairs) - len(kept)} of {len(pairs)} rows lack a prompt or a response); training on it would "
+        f"teach an empty answer. Fix the data, or set `data: {{drop_incomplete: true}}` to drop such rows "
+        f"(counted in the log and in metrics.json as incomplete_pairs)")
+
+
 def sft_examples(tokenizer, pairs, *, template: str | None, max_length: int) -> tuple[list[dict], int]:
     """(input_ids and labels per pair, pairs dropped because the prompt alone fills max_length).
 

@@ -367,3 +367,18 @@ def test_misplaced_or_misspelt_names_point_at_the_right_key(params, key, hint):
     with pytest.raises(RecipeError) as e:
         Finetune().normalise(params, file="r.yaml", step="ft")
     assert e.value.key == key and hint in str(e.value), str(e.value)
+
+
+def test_a_pair_without_a_response_is_refused_or_dropped_when_asked(tmp_path, tiny_llama):
+    """A null response used to train on an empty answer, silently; now exit 3 naming the row, or with
+    `drop_incomplete: true` dropped and counted."""
+    from modelbuild.errors import DataValidationError
+
+    rows = PAIRS * 4 + [("what is two plus four?", None)]
+    write_table(pa.table({"instruction": [p for p, _ in rows], "response": [r for _, r in rows]}), tmp_path / "t")
+    inputs = {"model": tiny_llama, "data": tmp_path / "t"}
+    with pytest.raises(DataValidationError, match=r"row 12 .*'what is two plus four\?'.* has no 'response'"):
+        finetune(tmp_path, inputs, task="sft", trainer={"max_steps": 1})
+    _, out, _ = finetune(tmp_path, inputs, name="kept", task="sft", data={"drop_incomplete": True},
+                         trainer={"max_steps": 1})
+    assert json.loads((out / "metrics.json").read_text())["incomplete_pairs"] == 1
