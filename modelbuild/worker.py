@@ -221,7 +221,14 @@ def _context(store: Store, run: Run, out: Path, work: Path | None = None) -> Bui
     return BuildContext(step=job.step, inputs=inputs, out=out, params=job.drv["params"],
                         recipe_dir=Path(job.recipe_dir), seed=job.drv.get("seed") or 0,
                         work=work, log=logging.getLogger(f"modelbuild.{job.step}"),
-                        progress_file=Path(run.progress) if run.progress else None)
+                        progress_file=Path(run.progress) if run.progress else None,
+                        live_logs=None if run.mode == "check" else live_logs(store, job.recipe, job.step, job.key))
+
+
+def live_logs(store: Store, recipe: str, step: str, key: str) -> Path:
+    """Where a build's live logs go: one folder per recipe step, so a search's trials (builds of its target
+    step) sit side by side under one TensorBoard log root."""
+    return store.logs / "tensorboard" / recipe / step / key[:16]
 
 
 def _builder(job: Job):

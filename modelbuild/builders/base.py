@@ -192,6 +192,7 @@ class BuildContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("modelbuild.build"))
     progress_file: Path | None = None
     facts: dict = field(default_factory=dict)  # facts of this run for the lineage only: see record_facts
+    live_logs: Path | None = None  # outside the artifact: live logs with real times (TensorBoard events)
 
     def input(self, name: str) -> Path:
         try:

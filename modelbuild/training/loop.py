@@ -28,10 +28,10 @@ What `fit(ctx, task, params)` does, in order:
    its beginning: a resume there is exact only from a checkpoint at an epoch boundary.)
 4. Logs, written into the artifact after training from the history kept in memory (and in checkpoints):
    `logs/metrics.csv` (like Lightning's CSVLogger: a `step` and `epoch` column, then one column per logged
-   name, one row per logging call) and, when tensorboard is installed, `logs/tensorboard/
-   events.out.tfevents.modelbuild`, written record by record with wall_time 0 and no host name, so it is
-   byte-reproducible (TensorBoard's own writer stamps times and the host; live curves are in the step log
-   and the build view instead).
+   name, one row per logging call; the learning rate from Lightning's LearningRateMonitor) and, when
+   tensorboard is installed, `logs/tensorboard/events.out.tfevents.modelbuild` with the params as hparams,
+   written with wall_time 0 and no host name, so it is byte-reproducible; the same events with real times go
+   live to `ctx.live_logs`, outside the artifact (training/events.py).
 5. After fit, on global rank 0: `task.export(ctx.out)`, then `metrics.json` with results only (train_loss,
    val_loss, val_* metrics, steps, epochs, samples, seed, num_threads, device, precision, world_size,
    deterministic, reproducibility: "bit-identical" on CPU with deterministic algorithms, else "tolerance"
@@ -78,11 +78,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from ..builders.base import RANK_OF_ENV
 from ..errors import BuildError
 from ..table import rounded
+from . import events
 
 CHECKPOINTS, LAST = "checkpoints", "last.ckpt"
 CHECKPOINT_SECONDS_ENV = "MODELBUILD_CHECKPOINT_SECONDS"  # least training seconds between two checkpoints
 _RANKS_ENV = "MODELBUILD_TRAIN_RANKS"  # {"work": ..., "ckpt": ...} of rank 0, for the ranks it launches
-TENSORBOARD_FILE = "events.out.tfevents.modelbuild"
 
 
 def fit(ctx, task, params: dict) -> dict:
@@ -107,9 +107,16 @@ def fit(ctx, task, params: dict) -> dict:
     _install_optimizer(task.module, p)
     if trainer.is_global_zero:
         _log_start(ctx, trainer, p, seed, ckpt)
+        hparams = {k: v for k, v in p.items() if k != "checkpoint_every_n_steps"}  # it never changes the model
+        recorder.history.start_live(ctx.live_logs, events.flat_params({**hparams, "seed": seed}))
     fit_started = time.perf_counter()
-    with _ranks_launched_from(work, ckpt):
-        _run(ctx, trainer, task.module, train_loader, val_loader, ckpt)
+    ok = False
+    try:
+        with _ranks_launched_from(work, ckpt):
+            _run(ctx, trainer, task.module, train_loader, val_loader, ckpt)
+        ok = True
+    finally:
+        recorder.history.close_live(ok)
     fit_seconds = time.perf_counter() - fit_started
     if not trainer.is_global_zero:
         return {}
@@ -208,9 +215,9 @@ class _AtomicCheckpointIO(TorchCheckpointIO):
 
 # ---- the Trainer ----------------------------------------------------------------------------------------
 def _trainer(p: dict, work: Path, recorder) -> pl.Trainer:
-    from lightning.pytorch.callbacks import EarlyStopping
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 
-    callbacks = [recorder]
+    callbacks = [recorder, LearningRateMonitor()]
     every = p["checkpoint_every_n_steps"]
     recorder.checkpoint_every, recorder.checkpoint = every, work / CHECKPOINTS / LAST
     if p["early_stopping"]:
@@ -271,8 +278,9 @@ def _log_start(ctx, trainer, p, seed, ckpt) -> None:
                  trainer.precision, seed, p["num_threads"], p["deterministic"])
     if ckpt:
         ctx.log.info("resuming from %s", ckpt)
-    ctx.log.info("metric history goes to logs/metrics.csv%s in the artifact",
-                 " and logs/tensorboard/" if _tensorboard() else "")
+    ctx.log.info("metric history goes to logs/metrics.csv%s in the artifact%s",
+                 " and logs/tensorboard/" if events.available() else "",
+                 f"; live TensorBoard events to {ctx.live_logs}" if ctx.live_logs and events.available() else "")
 
 
 # ---- optimizer and scheduler ----------------------------------------------------------------------------
@@ -378,6 +386,8 @@ class _History(Logger):
     def __init__(self):
         super().__init__()
         self.rows: list[dict] = []
+        self.hparams: dict = {}
+        self.live: events.Live | None = None  # the live event file outside the artifact (training/events.py)
 
     @property
     def name(self) -> str:
@@ -398,6 +408,18 @@ class _History(Logger):
             value = value.item() if isinstance(value, torch.Tensor) else value
             row[key] = value if isinstance(value, int) else float(value)
         self.rows.append(row)
+        if self.live is not None:
+            self.live.log(row)
+
+    def start_live(self, folder: Path | None, hparams: dict) -> None:
+        self.hparams = hparams
+        if folder is not None and events.available():
+            self.live = events.Live(folder, hparams)
+
+    def close_live(self, ok: bool) -> None:
+        if self.live is not None:
+            self.live.close(ok)
+            self.live = None
 
     def write(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -407,36 +429,12 @@ class _History(Logger):
             writer.writerow(["step", "epoch", *names])
             for row in self.rows:
                 writer.writerow([_cell(row.get(k)) for k in ("step", "epoch", *names)])
-        if _tensorboard():
-            _write_tensorboard(self.rows, folder / "tensorboard")
+        if events.available():
+            events.write_reproducible(self.rows, folder / "tensorboard", self.hparams)
 
 
 def _cell(value) -> str:
     return "" if value is None else repr(value)
-
-
-def _tensorboard() -> bool:
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _write_tensorboard(rows: list[dict], folder: Path) -> None:
-    """TensorBoard's event file format (TFRecord framing of Event protos), with wall_time 0."""
-    from tensorboard.compat.proto.event_pb2 import Event
-    from tensorboard.compat.proto.summary_pb2 import Summary
-    from tensorboard.summary.writer.record_writer import RecordWriter
-
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / TENSORBOARD_FILE, "wb") as f:
-        writer = RecordWriter(f)
-        writer.write(Event(wall_time=0.0, step=0, file_version="brain.Event:2").SerializeToString())
-        for row in rows:
-            values = [Summary.Value(tag=k, simple_value=v) for k, v in sorted(row.items()) if k != "step"]
-            writer.write(Event(wall_time=0.0, step=row["step"] or 0, summary=Summary(value=values)).SerializeToString())
-        writer.flush()
 
 
 class _Recorder(pl.Callback):

@@ -5,6 +5,7 @@ fails with a clear error."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -56,7 +57,7 @@ def fit(tmp_path, data, p, name="out", seed=0, work=None):
     out = tmp_path / name
     out.mkdir()
     ctx = BuildContext(step="model", inputs={"data": data}, out=out, params=p, recipe_dir=tmp_path, seed=seed,
-                       work=work or tmp_path / f"{name}-work")
+                       work=work or tmp_path / f"{name}-work", live_logs=tmp_path / f"{name}-live")
     task = load_task(p["task"], ctx, p)
     loop.fit(ctx, task, p)
     return task, ctx
@@ -96,12 +97,27 @@ def test_it_learns_and_writes_the_artifact(trained):
 def test_tensorboard_events_are_readable(trained):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
 
     _, ctx = trained
     events = EventAccumulator(str(ctx.out / "logs/tensorboard"))
     events.Reload()
-    assert {"val_accuracy", "train_loss_epoch"} <= set(events.Tags()["scalars"])
+    assert {"val_accuracy", "train_loss_epoch", "lr-AdamW"} <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("val_accuracy")] == [15, 31, 47]
+    assert [e.value for e in events.Scalars("lr-AdamW")] == pytest.approx([0.01] * 3)  # an epoch each
+    assert {e.wall_time for e in events.Scalars("val_accuracy")} == {0.0}  # the artifact stays byte-identical
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["optimizer.lr"].number_value == pytest.approx(0.01)
+    assert json.loads(start.hparams["data.drop"].string_value) == ["score"]
+    assert start.hparams["optimizer.name"].string_value == "adamw" and "checkpoint_every_n_steps" not in start.hparams
+    # the live events, outside the artifact: the same values, with the times they were logged
+    live = EventAccumulator(str(ctx.live_logs))
+    live.Reload()
+    assert [e.value for e in live.Scalars("val_accuracy")] == [e.value for e in events.Scalars("val_accuracy")]
+    times = [e.wall_time for e in live.Scalars("train_loss_epoch") + live.Scalars("val_loss")]
+    assert all(time.time() - 3600 < t <= time.time() for t in times)
+    assert "_hparams_/session_end_info" in live.PluginTagToContent("hparams")
 
 
 def test_the_exported_model_reloads_to_the_same_predictions(trained, splits):

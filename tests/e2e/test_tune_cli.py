@@ -48,6 +48,22 @@ def files(ctx):
 """
 
 
+def lrs_under(root: Path) -> list[float]:
+    """The optimizer.lr hparam of each TensorBoard run under a log root (real wall times: live events)."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    runs = EventMultiplexer().AddRunsFromDirectory(str(root))
+    runs.Reload()
+    out = []
+    for run in runs.Runs():
+        content = runs.PluginRunToTagToContent("hparams")[run]["_hparams_/session_start_info"]
+        out.append(plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams["optimizer.lr"]
+                   .number_value)
+        assert min(e.wall_time for e in runs.Scalars(run, "val_accuracy")) > 1e9
+    return out
+
+
 def test_tune_a_train_step(project, cli):
     write_tabular_csv(project, rows=400)
     project.write("recipe.yaml", RECIPE)
@@ -71,6 +87,7 @@ def test_tune_a_train_step(project, cli):
         p.name for p in tuned.iterdir()}
     again = cli.build()
     assert set(cli.statuses(again).values()) == {"cached"}
+    assert sorted(lrs_under(cli.store / "logs/tensorboard/demo/model")) == [0.003, 0.03]  # one log root
     check = cli.build("recipe.yaml", "-t", "tuned", "--check")
     assert check["by_step"]["tuned"]["reproducible"] is True
     # a flipped byte in the best trial's model: the trial is rebuilt before anything reads it again
