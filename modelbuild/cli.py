@@ -475,6 +475,14 @@ def cmd_promote(args) -> int:
     return 0
 
 
+def cmd_runs(args) -> int:
+    from .runs import show
+    split = lambda text: text.split(",") if text is not None else None  # noqa: E731
+    print(show(_store(args), args.recipe, step=args.step, sort=args.sort, reverse=args.reverse,
+               params=split(args.params), metrics=split(args.metrics), as_json=args.json))
+    return 0
+
+
 def cmd_roots(args) -> int:
     store = _store(args)
     roots = store.roots() if store.exists() else []
@@ -582,6 +590,15 @@ def parser() -> argparse.ArgumentParser:
                     "for the model the artifact is or was evaluated on")
     rp.add_argument("-o", "--output", metavar="FILE", help="where to write it (default: stdout)")
     rp.set_defaults(fn=cmd_report)
+    ru = sub.add_parser("runs", help="every build and search trial of a recipe: params, metrics, status, time")
+    ru.add_argument("recipe", metavar="RECIPE", help="a recipe YAML, or a recipe's name")
+    ru.add_argument("--step", help="only this step's builds (a search's trials are builds of its target)")
+    ru.add_argument("--sort", metavar="NAME", help="sort by a metric, param or column (default: started)")
+    ru.add_argument("--reverse", action="store_true", help="largest first")
+    ru.add_argument("--params", metavar="A,B", help="the params to show (default: those that differ within a step)")
+    ru.add_argument("--metrics", metavar="A,B", help="the metrics to show (default: every numeric one)")
+    ru.add_argument("--json", action="store_true", help="every row with all its params and metrics")
+    ru.set_defaults(fn=cmd_runs)
     pa = sub.add_parser("path", help="store paths of artifacts")
     pa.add_argument("artifacts", nargs="+")
     pa.set_defaults(fn=cmd_path)

@@ -858,6 +858,18 @@ class Store:
         return [(n, self.object_path(p, f"the root {n}"), k) for n, p, k in
                 self.db.execute("SELECT name, path, key FROM roots ORDER BY name")]
 
+    def builds(self) -> list[tuple[str, Path, dict]]:
+        """Every trace entry: key, artifact and lineage record, oldest first (`modelbuild runs`)."""
+        out = []
+        for key, rel, meta in self.db.execute("SELECT key, path, meta FROM trace ORDER BY created"):
+            try:
+                record = json.loads(meta)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                out.append((key, self.object_path(rel, f"the trace's path of key {key}"), record))
+        return out
+
     def artifacts(self) -> list[Path]:
         return [self.object_path(r[0], "an artifact's path in the trace")
                 for r in self.db.execute("SELECT path FROM artifacts ORDER BY path")]

@@ -308,3 +308,23 @@ def test_bo_repeats_are_answered_from_the_trials_and_do_not_spend_the_budget(pro
     repeats = data["repeats"]
     assert {r["trial"] for r in repeats} >= {1, 2} and facts(cli, "bo:tuned")["points_repeated"] == len(repeats)
     assert [t["asked"] for t in data["trials"]][4:] == sorted(t["asked"] for t in data["trials"][4:])
+
+
+def test_runs_lists_builds_and_trials_with_params_metrics_and_status(project, cli):
+    make(project, optimizer="random", budget=3)
+    cli.build("recipe.yaml", "-t", "tuned")
+    cli.build("recipe.yaml", "-t", "f", "steps.f.params.x=0.3")
+    rows = json.loads(cli("runs", "recipe.yaml", "--sort", "loss", "--json").stdout)
+    f_rows = [r for r in rows if r["step"] == "f"]
+    assert [r["trial"] for r in f_rows].count(None) == 1 and len(f_rows) == 4  # its own build and 3 trials
+    assert {r["trial"] for r in f_rows} - {None} == {"tuned#1", "tuned#2", "tuned#3"}
+    losses = [r["metrics"]["loss"] for r in f_rows]
+    assert losses == sorted(losses) and rows[-1]["step"] == "tuned"  # no loss: sorted last
+    assert all(r["status"] == "ok" and r["seconds"] > 0 and r["started"] > 0 for r in rows)
+    own = next(r for r in f_rows if r["trial"] is None)
+    assert own["params"]["x"] == 0.3 and own["params"]["opt.lr"] == 0.1
+    text = cli("runs", "t", "--step", "f", "--sort", "loss", "--reverse", "--metrics", "loss").stdout.splitlines()
+    assert text[0].split() == ["step", "trial", "status", "started", "seconds", "kind", "opt.lr", "x", "loss"]
+    assert [float(line.split()[-1]) for line in text[1:]] == pytest.approx(sorted(losses, reverse=True), rel=1e-5)
+    missing = cli("runs", "nothing", check=2)
+    assert "no builds of recipe 'nothing'" in missing.stderr and "Traceback" not in missing.stderr

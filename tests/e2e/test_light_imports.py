@@ -1,4 +1,5 @@
-"""The lineage verbs stay light: show, diff, why-depends, graph, log, path, gc, verify and report import no ML library.
+"""The lineage verbs stay light: show, diff, why-depends, graph, log, path, gc, verify, report and runs import no
+ML library.
 
 Each verb runs `modelbuild.cli.main([...])` in a fresh interpreter against a small built store, then prints
 which heavy modules got imported. The python step's module imports pandas at its top, so a verb that
@@ -53,6 +54,7 @@ VERBS = {
     "verify": ["verify"],
     "report-artifact": ["report", "light:upper"],
     "report-recipe": ["report", "recipe.yaml"],
+    "runs": ["runs", "recipe.yaml", "--sort", "seconds"],
 }
 
 PROBE = """
