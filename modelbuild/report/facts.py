@@ -78,7 +78,8 @@ def _mark_outdated(store: Store, steps: list[StepFacts]) -> None:
     paths = {s.name: store.rel(s.path) for s in steps if s.path is not None}
     for s in steps:
         recorded = s.record.get("inputs") or {}
-        if s.status == "built" and any(up in paths and (recorded.get(name) or {}).get("path") not in (None, paths[up])
+        used = {name: info.get("tune") or info.get("path") for name, info in recorded.items()}  # a search: itself
+        if s.status == "built" and any(up in paths and used.get(name) not in (None, paths[up])
                                        for name, up, _ in s.inputs):
             s.status = "outdated"
 

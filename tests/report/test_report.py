@@ -31,6 +31,7 @@ def test_recipe_page_has_every_step_the_graph_the_gates_and_no_outside_reference
     assert html.count("<svg") >= 5  # the graph, loss and metric curves, trials, bias bars, calibration
     assert "quarantined rows" in html and "2 trials" in html and "Confusion matrix" in html
     assert "searched" in html  # the tune target, trained only as the search's trials
+    assert all(re.search(rf'id="step-{s}-h">{s} <span class="badge built"', html) for s in STEPS if s != "model")
     assert "<caption>Per-column drift</caption>" in html and ">x1</td><td>numeric</td>" in html
     assert "<h3>Profile</h3>" in html and "red (" in html  # the profile's most common values
     assert "<script" not in html and not re.search(r'(src|href)="(?!#)', html)  # nothing to fetch
