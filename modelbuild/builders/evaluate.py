@@ -59,7 +59,7 @@ class Evaluate(Builder):
                                                     "{column: COL, threshold: T} or {column: COL} (the labels)"),
         "min_group_size": Param("int", omit=True, help="groups with fewer scored rows are reported but left out "
                                                        "of the bias gaps (default 1: none)"),
-        "bootstrap": Param("int", default=1000, help="resamples for the headline metric's interval (0: none)"),
+        "bootstrap": Param("int", default=1000, help="resamples for the intervals: the headline metric, every gap (0: none)"),
         "confidence": Param("float", default=0.95, help="the bootstrap interval's confidence level"),
         "seed": Param("int", default=0, help="the bootstrap's seed"),
         "calibration_bins": Param("int", default=10, help="equal-width confidence bins for ece and the plot"),

@@ -296,10 +296,8 @@ def test_small_groups_are_reported_but_left_out_of_the_gaps(first):
 @pytest.mark.parametrize(("rule", "gates", "says"), [
     ('"x9 >= 0.5"', "", "key 'params.predictions': the predictions column 'x9' is not a column"),
     ("{column: x1, threshold: high}", "", "predictions.threshold is a number"),
-    ('"x1 => 0.5"', "", "unknown operator '=>'"),
     ('"colour >= 2"', "", "holds str values such as"),
     ('"x1 >= 0.5"', '{"mid(accuracy)": ">= 0.5"}', "unknown bound 'mid'"),
-    ('"x1 >= 0.5"', '{"upper(f1)": ">= 0.5"}', "'f1' has no confidence interval"),
 ])
 def test_bad_predictions_and_bounds_are_one_clear_paragraph_with_exit_2(first, rule, gates, says):
     cli, _ = first
