@@ -2,8 +2,9 @@
 
 The realiser plans, keys and collects exactly as with local workers (modelbuild/executors.py); only where a
 job runs changes. Each job becomes one Dask task, which starts the ordinary build worker
-(`python -m modelbuild.worker RUN.json`) as a child process on a cluster worker, so the key's lock, the tmp
-build and the atomic commit are the worker's as ever; the child dies with its Dask worker (PR_SET_PDEATHSIG).
+(`python -m modelbuild.worker RUN.json`, forked from a warm zygote on the cluster worker, as local jobs are),
+so the key's lock, the tmp build and the atomic commit are the worker's as ever; a job dies with its Dask
+worker (the zygote kills its jobs when its client goes).
 
 How a cluster worker reaches the store (docs/cluster.md):
 
@@ -25,8 +26,7 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -41,8 +41,8 @@ from .worker import Run
 SCHEME = "dask://"
 STORE_MODES = ("shared", "cache")
 GRACE = 10.0  # seconds between SIGINT and SIGKILL when a job is interrupted
-PARENT_ENV = "MODELBUILD_DIE_WITH_PARENT"  # the worker process dies with the Dask worker that started it
 WORKER_ENV = "MODELBUILD_WORKER_NAME"  # recorded in the artifact's lineage (which cluster worker built it)
+_ZYGOTE_LOCK = threading.Lock()
 
 
 def scheduler_address(url: str) -> str:
@@ -323,16 +323,13 @@ def run_task(run_data: dict, cancel: str, remote: dict | None) -> dict:
     run = Run(run.store, run.job, run.mode, run.expect, f"{base}.result.json", run.progress)
     run_file = Path(f"{base}.job.json")
     run_file.write_text(json.dumps(run.to_json()))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid()), WORKER_ENV: str(worker.address),
-           f"{WORKER_ENV}_LABEL": str(worker.name)}
-    proc = subprocess.Popen([sys.executable, "-m", "modelbuild.worker", str(run_file)], env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", WORKER_ENV: str(worker.address), f"{WORKER_ENV}_LABEL": str(worker.name)}
+    proc = _start(run_file, run.job, env)
     try:
         _watch(proc, Event(cancel))
         result = _read_result(Path(run.result), proc.returncode, run.job)
     finally:
-        _kill_group(proc, signal.SIGKILL)
+        _signal(proc, signal.SIGKILL)  # whatever the job left running in its group
         for f in (run_file, Path(run.result)):
             f.unlink(missing_ok=True)
     if remote is not None and "path" in result:
@@ -341,27 +338,49 @@ def run_task(run_data: dict, cancel: str, remote: dict | None) -> dict:
     return result
 
 
-def _watch(proc: subprocess.Popen, cancel) -> None:
-    """Wait for the job; when the client sets the cancel event: SIGINT to its group, SIGKILL after GRACE."""
-    while proc.poll() is None:
+def _start(run_file: Path, job: Job, env: dict):
+    """The build worker, forked from this Dask worker's warm zygote for the builder's imports (as the local
+    executor's are: a plain `python -m modelbuild.worker` pays its imports for every job). The zygote kills
+    its jobs' process groups when this Dask worker dies, so a killed worker leaves no build running."""
+    from . import zygote
+
+    with _ZYGOTE_LOCK:  # the zygote's client side serves one thread at a time
+        return zygote.start("modelbuild.worker", [str(run_file)], env=env,
+                            preload=zygote.import_set(job.drv.get("env", {}).get("packages", ())))
+
+
+def _poll(proc) -> int | None:
+    with _ZYGOTE_LOCK:
+        return proc.poll()
+
+
+def _signal(proc, sig: int) -> None:
+    with _ZYGOTE_LOCK:
+        proc.send_signal(sig)  # to the job's whole process group
+
+
+def _watch(proc, cancel) -> None:
+    """Wait for the job (polled every 10 ms, so a finished job is answered at once); the cancel event is
+    asked twice a second. Once it is set: SIGINT to the job's group, SIGKILL after GRACE seconds."""
+    asked = time.monotonic()
+    while _poll(proc) is None:
+        time.sleep(0.01)
+        if time.monotonic() - asked < 0.5:
+            continue
+        asked = time.monotonic()
         try:
-            stop = cancel.wait(0.5)
+            stop = cancel.is_set()
         except Exception:  # noqa: BLE001 - the scheduler is gone: no client waits for this job any more
             stop = True
-        if stop and proc.poll() is None:
-            _kill_group(proc, signal.SIGINT)
-            try:
-                proc.wait(timeout=GRACE)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc, signal.SIGKILL)
-                proc.wait()
-
-
-def _kill_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+        if stop:
+            _signal(proc, signal.SIGINT)
+            deadline = time.monotonic() + GRACE
+            while _poll(proc) is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            _signal(proc, signal.SIGKILL)
+            while _poll(proc) is None:
+                time.sleep(0.05)
+            return
 
 
 def _read_result(path: Path, code: int | None, job: Job) -> dict:

@@ -49,7 +49,6 @@ class Run:
 
 
 def main(job_file: str) -> int:
-    _die_with_parent()
     run = Run.from_json(json.loads(Path(job_file).read_text()))
     if os.environ.get(RANK_OF_ENV) == str(os.getppid()):
         return _run_rank(store=Store(run.store), run=run)
@@ -58,18 +57,6 @@ def main(job_file: str) -> int:
     tmp.write_text(json.dumps(result))
     os.replace(tmp, run.result)
     return 0 if "error" not in result else 1
-
-
-def _die_with_parent() -> None:
-    """Started by a cluster worker (executors_dask.py): die with it, so a killed Dask worker leaves no build
-    running on its machine (its lock is released, its tmp dir is cleaned by the next build)."""
-    parent = os.environ.pop("MODELBUILD_DIE_WITH_PARENT", None)
-    if parent is None:
-        return
-    from .zygote import die_with_parent
-    die_with_parent()
-    if os.getppid() != int(parent):  # it died before the request was made
-        os._exit(1)
 
 
 def run_job(run: Run) -> dict:

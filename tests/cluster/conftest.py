@@ -58,13 +58,16 @@ def dask_url(cluster) -> str:
     return cluster.scheduler_address.replace("tcp://", "dask://")
 
 
-def job_processes() -> list[psutil.Process]:
-    """The build worker processes the cluster's workers (spawned processes of this one) run now."""
+def on_cluster(marker: str) -> list[tuple[psutil.Process, psutil.Process]]:
+    """The processes whose command line holds `marker` (a step's command) that a cluster worker (a spawned
+    process of this one) runs, each with that Dask worker."""
     out = []
     for p in psutil.Process().children(recursive=True):
         try:
-            if "modelbuild.worker" in p.cmdline() and any("spawn" in a for a in p.parent().cmdline()):
-                out.append(p)
+            if marker in " ".join(p.cmdline()):
+                worker = next((a for a in p.parents() if any("spawn_main" in c for c in a.cmdline())), None)
+                if worker is not None:
+                    out.append((p, worker))
         except psutil.Error:
             pass
     return out

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.cluster.conftest import dask_url, job_processes, workers
+from tests.cluster.conftest import dask_url, on_cluster, workers
 from tests.conftest import REPO, Cli
 
 pytest.importorskip("distributed")
@@ -124,8 +124,8 @@ def test_a_search_spreads_over_the_workers(cli, cluster):
 def test_a_killed_worker_is_rescheduled_and_commits_once(cli, cluster, tmp_path):
     cli.project.write("recipe.yaml", two(sleep=4))
     build = cli.popen("build", "recipe.yaml", "--json", "--executor", dask_url(cluster), stdout=-1, stderr=-1, text=True)
-    job = running("train")
-    job.parent().kill()  # the Dask worker running the step, mid-step
+    job, worker = running("sleep 4;")
+    worker.kill()  # the Dask worker running the step, mid-step
     out, err = build.communicate(timeout=120)
     assert build.returncode == 0, err
     result = {s["step"]: s for s in json.loads(out)["steps"]}
@@ -142,11 +142,7 @@ def test_a_killed_worker_is_rescheduled_and_commits_once(cli, cluster, tmp_path)
 def test_ctrl_c_stops_the_cluster_jobs(cli, cluster):
     cli.project.write("recipe.yaml", two(sleep=60))
     build = cli.popen("build", "recipe.yaml", "--executor", dask_url(cluster), stdout=-1, stderr=-1, text=True)
-    deadline = time.time() + 60
-    while not job_processes() and time.time() < deadline:
-        time.sleep(0.2)
-    jobs = job_processes()
-    assert jobs
+    jobs = [running("sleep 60;")[0]]
     build.send_signal(signal.SIGINT)
     build.communicate(timeout=60)
     assert build.returncode == 130
@@ -195,18 +191,15 @@ def test_income_on_the_cluster_equals_the_local_build(income):
     assert artifacts(cluster_cli.store) == artifacts(local_cli.store)
 
 
-def running(step: str) -> psutil.Process:
-    """The build worker process of `step`, once a cluster worker has started it."""
-    deadline = time.time() + 60
+def running(marker: str) -> tuple[psutil.Process, psutil.Process]:
+    """A process of a step (its command holds `marker`) once a cluster worker runs it, and that worker."""
+    deadline = time.time() + 90
     while time.time() < deadline:
-        for p in job_processes():
-            try:
-                if json.loads(Path(p.cmdline()[-1]).read_text())["job"]["step"] == step:
-                    return p
-            except (OSError, ValueError, psutil.Error):
-                pass
+        found = on_cluster(marker)
+        if found:
+            return found[0]
         time.sleep(0.1)
-    raise AssertionError(f"no cluster worker started step {step}")
+    raise AssertionError(f"no cluster worker runs a process with {marker!r}")
 
 
 def wait_for_workers(cluster, n: int) -> None:
@@ -225,7 +218,7 @@ def test_a_scheduler_that_goes_away_fails_clearly_and_the_next_build_resumes(cli
                       dashboard_address="127.0.0.1:0") as doomed:
         build = cli.popen("build", "recipe.yaml", "--json", "--executor", dask_url(doomed), stdout=-1, stderr=-1,
                           text=True)
-        job = running("train")
+        job, _ = running("sleep 60;")
     out, err = build.communicate(timeout=120)  # the cluster is gone
     assert build.returncode == 1, err
     failed = {s["step"]: s for s in json.loads(out)["steps"]}["train"]
