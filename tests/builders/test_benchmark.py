@@ -132,6 +132,7 @@ def test_gate_against_a_baseline_model_scored_on_the_same_tasks(env, first):
     assert [g["passed"] for g in gates["gates"]] == [False, True]
 
 
+@pytest.mark.slow  # lm-eval's own process: imports, its task index and the model again (~1.5 min on two cores)
 def test_our_accuracy_equals_the_lm_eval_command_line(env, first, tmp_path):
     """lm_eval run directly on the same model folder and task, same samples and seed: the same acc."""
     root, _ = env
