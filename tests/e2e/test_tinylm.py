@@ -99,10 +99,11 @@ def test_tinylm_recipe_as_written(cli):
     assert metrics["val_loss"] < 6.0, metrics  # log(2048) = 7.6 for a uniform guess
     again = build(cli)
     assert set(cli.statuses(again).values()) == {"cached"}
-    deployed = json.loads((artifact(cli, first, "deploy") / "deploy.json").read_text())
-    assert deployed["model_digest"] == artifact(cli, first, "model").name.split("-")[0]
     lines = generate(artifact(cli, first, "model"))
     assert lines[0] == "12" and lines[1].startswith("ROMEO:")
     evaluation = json.loads((artifact(cli, first, "evaluate") / "metrics.json").read_text())
     assert evaluation["perplexity_ci_low"] <= evaluation["perplexity"] <= evaluation["perplexity_ci_high"] < 400
     assert abs(evaluation["loss"] - metrics["val_loss"]) < 0.5, (evaluation, metrics)  # all vs 25 batches
+    bench = json.loads((artifact(cli, first, "bench") / "metrics.json").read_text())
+    assert bench["mc.samples"] == 20 and bench["mc.acc_norm_ci_low"] < bench["mc.acc_norm"] < bench["mc.acc_norm_ci_high"]
+    assert cli.statuses(first)["bench.mc"] == "built"
