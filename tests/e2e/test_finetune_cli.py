@@ -93,6 +93,11 @@ def test_finetune_steps_are_cached_reproducible_and_rebuilt_on_a_param_change(ti
     merged = Path(first["by_step"]["merged"]["path"])
     model = transformers.AutoModelForCausalLM.from_pretrained(merged, local_files_only=True)
     assert not any("lora" in name for name in model.state_dict())
+    import modelbuild
+
+    ids = torch.tensor([[3, 4, 6, 8, 9, 10, 11, 12, 13, 20]])
+    with torch.no_grad():
+        assert torch.equal(modelbuild.load_model(merged)(input_ids=ids).logits, model.eval()(input_ids=ids).logits)
     metrics = json.loads((merged / "metrics.json").read_text())
     assert metrics["steps"] == 4 and metrics["reproducibility"] == "bit-identical" and "val_loss" in metrics
 
@@ -101,11 +106,19 @@ def test_finetune_steps_are_cached_reproducible_and_rebuilt_on_a_param_change(ti
     assert base["path"] == f"objects/{merged.name}"  # relative to the store root: the same in every store
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == base["path"]
+    from peft import PeftConfig, PeftModel
+
     from modelbuild.training.pretrained import load_adapter_model
 
-    ids = torch.tensor([[3, 4, 6, 8, 9, 10, 11, 12, 13, 20]])
     with torch.no_grad():
-        assert load_adapter_model("sft", adapter).eval()(input_ids=ids).logits.shape == (1, 10, len(WORDS))
+        expected = load_adapter_model("sft", adapter).eval()(input_ids=ids).logits
+        assert expected.shape == (1, 10, len(WORDS))
+        # docs/training.md's lines for peft alone: the base path is relative to the store root, two folders up
+        base_model = transformers.AutoModelForCausalLM.from_pretrained(
+            adapter.parents[1] / PeftConfig.from_pretrained(adapter).base_model_name_or_path)
+        peft_model = PeftModel.from_pretrained(base_model, adapter).eval()
+        assert torch.equal(peft_model(input_ids=ids).logits, expected)
+        assert torch.equal(modelbuild.load_model(adapter)(input_ids=ids).logits, expected)
 
     check = cli.build("recipe.yaml", "--check")
     assert all(s["reproducible"] for s in check["steps"]), check["steps"]

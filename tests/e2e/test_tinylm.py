@@ -99,6 +99,8 @@ def test_tinylm_recipe_as_written(cli):
     assert metrics["val_loss"] < 6.0, metrics  # log(2048) = 7.6 for a uniform guess
     again = build(cli)
     assert set(cli.statuses(again).values()) == {"cached"}
+    deployed = json.loads((artifact(cli, first, "deploy") / "deploy.json").read_text())
+    assert deployed["model_digest"] == artifact(cli, first, "model").name.split("-")[0]
     lines = generate(artifact(cli, first, "model"))
     assert lines[0] == "12" and lines[1].startswith("ROMEO:")
     evaluation = json.loads((artifact(cli, first, "evaluate") / "metrics.json").read_text())
