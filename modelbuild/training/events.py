@@ -1,13 +1,13 @@
 """TensorBoard events of a training run, written twice for two readers.
 
-- In the artifact, `logs/tensorboard/events.out.tfevents.modelbuild`: every logged value with wall time 0 and
+- In the artifact, `logs/tensorboard/events.out.tfevents.modelbuild`: every logged value (no hparams) with wall time 0 and
   no host name, so a rebuild is byte-identical (TensorBoard's own writers stamp both).
 - Outside it, in the store's `logs/tensorboard/<recipe>/<step>/<key>/` (BuildContext.live_logs): the same
   values as they are logged, with real wall times, so TensorBoard shows live curves and relative times.
   Every trial of a search is a build of its target step, so a search's trials share that log root and
   TensorBoard (its HParams tab included) compares them.
 
-Both carry the step's params as TensorBoard hparams (a session start; the session end says ok or failed).
+The live copy carries the step's params as TensorBoard hparams (a session start; the session end says ok or failed).
 Only tensorboard itself is used: its record writer for the reproducible file, its EventFileWriter for the live
 one, its hparams summaries.
 """

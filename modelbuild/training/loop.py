@@ -430,7 +430,8 @@ class _History(Logger):
             for row in self.rows:
                 writer.writerow([_cell(row.get(k)) for k in ("step", "epoch", *names)])
         if events.available():
-            events.write_reproducible(self.rows, folder / "tensorboard", self.hparams)
+            # the params go to the live copy only: the artifact's file holds what the rebuild compares, the values
+            events.write_reproducible(self.rows, folder / "tensorboard", {})
 
 
 def _cell(value) -> str:

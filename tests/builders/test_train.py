@@ -106,14 +106,14 @@ def test_tensorboard_events_are_readable(trained):
     assert [e.step for e in events.Scalars("val_accuracy")] == [15, 31, 47]
     assert [e.value for e in events.Scalars("lr-AdamW")] == pytest.approx([0.01] * 3)  # an epoch each
     assert {e.wall_time for e in events.Scalars("val_accuracy")} == {0.0}  # the artifact stays byte-identical
+    # the live events, outside the artifact: the params as hparams, the same values, with the times they were logged
+    live = EventAccumulator(str(ctx.live_logs))
+    live.Reload()
     start = plugin_data_pb2.HParamsPluginData.FromString(
-        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+        live.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
     assert start.hparams["optimizer.lr"].number_value == pytest.approx(0.01)
     assert json.loads(start.hparams["data.drop"].string_value) == ["score"]
     assert start.hparams["optimizer.name"].string_value == "adamw" and "checkpoint_every_n_steps" not in start.hparams
-    # the live events, outside the artifact: the same values, with the times they were logged
-    live = EventAccumulator(str(ctx.live_logs))
-    live.Reload()
     assert [e.value for e in live.Scalars("val_accuracy")] == [e.value for e in events.Scalars("val_accuracy")]
     times = [e.wall_time for e in live.Scalars("train_loss_epoch") + live.Scalars("val_loss")]
     assert all(time.time() - 3600 < t <= time.time() for t in times)
