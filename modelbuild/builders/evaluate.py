@@ -50,7 +50,11 @@ class Evaluate(Builder):
         "table": Param("str", default="test", help="which table of a split input to score (a table input: itself)"),
         "task": Param("str", choices=M.TASKS, help="override the task read from the model artifact"),
         "target": Param("str", help="the label column (default: the one the model was trained on)"),
-        "text": Param("str", help="the text column of language models (default: as trained)"),
+        "text": Param("str", help="the text column of language models (default: as trained); a causal LM "
+                                  "trained on pairs (sft) is then scored on this column as plain text"),
+        "pairs": Param("dict", omit=True, help="causal LMs: score prompt/response pairs as `finetune`'s sft frames "
+                                               "them, `{prompt: instruction, response: response, template: null}` "
+                                               "(default: as trained, for a model trained with task sft)"),
         "protected": Param("list", default=[], help="columns to measure bias over, e.g. [sex, race]"),
         "positive_label": Param("any", help="the positive class for binary-style metrics (default: the second "
                                             "of two classes; with more classes: one-vs-rest for every class)"),
@@ -90,6 +94,8 @@ class Evaluate(Builder):
         if params.get("predictions") is not None:
             _check_predictions(params, fail)
             kind = kind or "classification"
+        if params.get("pairs") is not None:
+            _check_pairs(params, fail)
         G.check_gates(params["gates"] or {}, metrics=M.names(kind) if kind else M.ALL,
                       fairness=M.FAIRNESS[kind] if kind else M.ALL_FAIRNESS, protected=protected,
                       has_baseline=None, file=file, step=step, **_intervals(kind, params))
@@ -129,14 +135,20 @@ class Evaluate(Builder):
         task = p["task"] or ("tabular-classification" if spec else predict.detect_task(model))
         if task is None:
             raise RecipeError(f"cannot tell what task the model input ({model}) was trained for: it has no "
-                              "tabular config.json, transformers architecture or adapter task type. Set "
+                              "tabular config.json, transformers architecture, adapter task type or .gguf file. Set "
                               f"`task:` ({', '.join(M.TASKS)})", step=step, key="params.task")
         kind = M.KINDS[task]
+        if p.get("pairs") is not None and kind != "language":
+            raise RecipeError(f"`pairs:` frames prompt/response pairs for a causal LM; this model is {task}",
+                              step=step, key="params.pairs")
         target = p["target"] if spec else predict.label_column(task, model, p["target"])
-        text = None if spec else predict.text_column(task, model, p["text"])
+        pairs = None if spec else predict.framing(task, model, p)
+        text = None if spec or pairs else predict.text_column(task, model, p["text"])
         columns = list(read_schema(data).names)
         predict.require_columns(columns, [("params.target", "label column", target),
                                           ("params.text", "text column", text),
+                                          ("params.pairs.prompt", "prompt column", pairs and pairs.prompt),
+                                          ("params.pairs.response", "response column", pairs and pairs.response),
                                           ("params.predictions", "predictions column", spec and spec.column)]
                                 + [("params.protected", "protected column", c) for c in p["protected"]], step)
         if kind == "language" and p["protected"]:
@@ -157,18 +169,20 @@ class Evaluate(Builder):
         if spec:
             scored = _score_column(kind, table, spec, target, classes, positive, step)
         else:
-            scored = predict.score(task, model, table, target=target, text=text, params=p, log=ctx.log)
+            scored = predict.score(task, model, table, target=target, text=text, params=p, log=ctx.log, pairs=pairs)
         values, details, groups = _measure(scored, kind, positive, table, p)
         values = report.stable(values)
         if scored.skipped:
-            ctx.log.warning("%d rows have no label, or a class the model does not know%s: not scored", scored.skipped,
-                            ", or no prediction" if spec else "")
+            ctx.log.warning("%d rows %s: not scored", scored.skipped,
+                            "lack a prompt or a response, or have a prompt that fills max_length" if pairs else
+                            "have no label, or a class the model does not know" + (", or no prediction" if spec else ""))
         excluded = _excluded_groups(groups, p, ctx.log)
+        warnings = _interval_warnings(scored, kind, _unit(kind, pairs), p, ctx.log)
 
-        baseline_metrics = None
+        baseline_metrics = baseline_framing = None
         if "baseline" in ctx.inputs:
             ctx.progress(1, 2, "scoring the baseline")
-            baseline_metrics = _baseline(ctx, kind, table, target, text, p)
+            baseline_metrics, baseline_framing = _baseline(ctx, kind, table, target, text, p, pairs, warnings)
         rows = G.evaluate(gates, values, baseline_metrics)
 
         out = ctx.out
@@ -180,7 +194,13 @@ class Evaluate(Builder):
                 "predictions": spec.as_json() if spec else None,
                 "min_group_size": p.get("min_group_size") or 1, "excluded_groups": excluded,
                 "bootstrap": {"resamples": p["bootstrap"], "confidence": p["confidence"], "seed": p["seed"],
-                              "method": "percentile"}}
+                              "method": "percentile", "units": _units(scored, kind),
+                              "unit": _unit(kind, pairs)},
+                "warnings": warnings}
+        if kind == "language":
+            info.update(framing=scored.framing, pairs=pairs.as_json() if pairs else None)
+            if baseline_framing is not None:
+                info["baseline_framing"] = baseline_framing
         report.write_json(out / "metrics.json", values)
         report.write_json(out / "evaluation.json", info)
         report.write_json(out / "gates.json", {"passed": all(r["passed"] for r in rows), "gates": rows})
@@ -222,6 +242,53 @@ def _check_predictions(params: dict, fail) -> None:
     if params.get("task") == "tabular-regression" and C.parse(params["predictions"]).op is not None:
         fail("predictions", "a regression is scored from a column of predicted values: {column: COLUMN}, not a "
                             "rule or a threshold")
+
+
+def _check_pairs(params: dict, fail) -> None:
+    """`pairs:` names the prompt and response columns (and optionally a template) of a causal LM's data."""
+    from ..training.params import SFT_DATA_DEFAULT
+
+    pairs = params["pairs"]
+    if not isinstance(pairs, dict):
+        fail("pairs", f"pairs is a mapping such as {{prompt: instruction, response: response}}, got {pairs!r}")
+    for key, value in pairs.items():
+        if key not in SFT_DATA_DEFAULT:
+            fail(f"pairs.{key}", f"unknown key {key!r} in pairs{did_you_mean(key, SFT_DATA_DEFAULT)}; it takes: "
+                                 f"{', '.join(SFT_DATA_DEFAULT)}")
+        if key != "template" and (not isinstance(value, str) or not value):
+            fail(f"pairs.{key}", f"pairs.{key} must name a column, got {value!r}")
+    template = pairs.get("template")
+    if template is not None and (not isinstance(template, str) or "{prompt}" not in template
+                                 or "{response}" not in template
+                                 or template.index("{prompt}") > template.index("{response}")):
+        fail("pairs.template", f"template is a string with {{prompt}} before {{response}} (null: the tokenizer's "
+                               f"chat template), got {template!r}")
+    if params.get("text"):
+        fail("pairs", "`text:` scores a column as plain text and `pairs:` scores prompt/response pairs; give one")
+    if params.get("task") not in (None, "causal-lm"):
+        fail("pairs", f"`pairs:` frames prompt/response pairs for a causal LM, not {params['task']}")
+
+
+def _units(scored, kind: str) -> int:
+    """How many independent units (rows, blocks or pairs) the bootstrap resamples."""
+    return len(scored.losses) if kind == "language" else scored.rows - scored.skipped
+
+
+def _unit(kind: str, pairs) -> str:
+    return "row" if kind != "language" else "pair" if pairs else "block"
+
+
+def _interval_warnings(scored, kind: str, unit: str, p: dict, log, who: str = "") -> list[str]:
+    """A warning when the headline's interval rests on one unit: resampling one value gives low = high = the
+    value, an interval that says nothing of the uncertainty."""
+    units = _units(scored, kind)
+    if not p["bootstrap"] or units != 1:
+        return []
+    fix = "score more rows" + (", or a smaller max_length for more blocks" if unit == "block" else "")
+    message = (f"{who}the {M.HEADLINE[kind]} interval rests on one {unit}: low = high = the value, so it says "
+               f"nothing about the uncertainty; {fix}")
+    log.warning("%s", message)
+    return [message]
 
 
 def _intervals(kind: str | None, params: dict) -> dict:
@@ -317,8 +384,9 @@ def _measure(scored, kind: str, positive, table, p: dict) -> tuple[dict, dict, d
     return values, details, tables
 
 
-def _baseline(ctx, kind: str, table, target, text, p: dict) -> dict:
-    """The baseline's metrics: an evaluation artifact's own, or a model's scored on the same table."""
+def _baseline(ctx, kind: str, table, target, text, p: dict, pairs, warnings: list) -> tuple[dict, str | None]:
+    """The baseline's metrics: an evaluation artifact's own, or a model's scored on the same table, framed as
+    the evaluated model is (the same pairs or text column); and, for a language model, that framing."""
     from ..evaluation import predict, report
 
     base = Path(ctx.input("baseline"))
@@ -329,14 +397,16 @@ def _baseline(ctx, kind: str, table, target, text, p: dict) -> dict:
                               f"evaluates a {kind} model; compare like with like", step=ctx.step,
                               key="inputs.baseline")
         ctx.log.info("baseline: the metrics of the evaluation %s", base.name)
-        return predict.read_json(base / "metrics.json")
+        return predict.read_json(base / "metrics.json"), evaluation.get("framing")
     task = p["task"] or predict.detect_task(base)
     if task is None or M.KINDS[task] != kind:
         raise RecipeError(f"the baseline input ({base.name}) is neither an evaluation artifact nor a {kind} model "
                           f"(it is {task or 'not a model modelbuild can read'}); give it an evaluate step or a model "
-                          "of the same task", step=ctx.step, key="inputs.baseline")
+                          "of the same task (a causal LM may be a .gguf file or a folder holding one)",
+                          step=ctx.step, key="inputs.baseline")
     ctx.log.info("baseline: scoring the model %s on the same data", base.name)
     classes = predict.classes_of(task, base)
     positive = _positive(classes, p["positive_label"], ctx.step) if kind == "classification" else None
-    scored = predict.score(task, base, table, target=target, text=text, params=p, log=ctx.log)
-    return report.stable(_measure(scored, kind, positive, table, p)[0])
+    scored = predict.score(task, base, table, target=target, text=text, params=p, log=ctx.log, pairs=pairs)
+    warnings += _interval_warnings(scored, kind, _unit(kind, pairs), p, ctx.log, "baseline: ")
+    return report.stable(_measure(scored, kind, positive, table, p)[0]), scored.framing

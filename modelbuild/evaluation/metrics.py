@@ -136,7 +136,8 @@ def bootstrap(numerator, denominator=None, *, transform=None, resamples: int, co
 
 def interval(statistic, data: tuple, *, resamples: int, confidence: float, seed: int):
     """scipy.stats.bootstrap's percentile interval of a vectorised `statistic` (which may return a vector)
-    over the rows of the paired arrays `data`; (None, None) without resamples or rows. Percentile, not
+    over the rows of the paired arrays `data`; (None, None) without resamples or rows, the value twice with
+one row. Percentile, not
     scipy's default BCa: BCa's jackknife computes the statistic n times on n - 1 rows, O(n^2) for a test set
     of 16,000 rows. Resamples are drawn in batches of about 4M cells, so memory stays flat."""
     import warnings
@@ -147,6 +148,9 @@ def interval(statistic, data: tuple, *, resamples: int, confidence: float, seed:
     n = len(data[0])
     if resamples <= 0 or n == 0:
         return None, None
+    if n == 1:  # every resample is the one row: the interval is the value (scipy refuses it); evaluate warns
+        value = statistic(*data, axis=-1)
+        return value, value
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a group absent from a resample: nan, then skipped
         result = stats.bootstrap(data, statistic, n_resamples=resamples, confidence_level=confidence,

@@ -3,8 +3,13 @@
 The task is read from the artifact (json only): a tabular export's config.json names it
 (`tabular-classification`, `tabular-regression`); a save_pretrained folder's config.json lists its
 architecture (`...ForSequenceClassification` -> sequence-classification, `...ForCausalLM` / `...LMHeadModel`
--> causal-lm); a LoRA adapter's adapter_config.json has its peft task type. torch and transformers are
-imported by the scoring functions only.
+-> causal-lm); a LoRA adapter's adapter_config.json has its peft task type; a GGUF file (or a folder holding
+one, as `finetune` takes it) is a causal LM. torch and transformers are imported by the scoring functions only.
+
+A causal LM is scored the way it was trained (`Framing`): a model that `finetune` trained with `task: sft`
+on prompt/response pairs is scored on pairs framed as training framed them (the chat template or the
+recipe's template, loss on the response tokens only: training/pretrained.py's `sft_examples`), so its
+perplexity here is the validation perplexity training reports; any other causal LM on plain text.
 """
 
 from __future__ import annotations
@@ -38,11 +43,31 @@ class Scored:
     keep: object = None
     rows: int = 0
     skipped: int = 0
+    framing: str | None = None  # language: how the text was put to the model (Framing.describe)
+
+
+@dataclass(frozen=True)
+class Framing:
+    """How a causal LM's data are put to it: prompt/response pairs framed as `sft` trains on them (the
+    columns, the template: None for the tokenizer's chat template, tokens per pair: None for the model's
+    positions up to 1024) and where these settings came from (`training` or `params`)."""
+
+    prompt: str
+    response: str
+    template: str | None = None
+    max_length: int | None = None
+    source: str = "params"
+
+    def as_json(self) -> dict:
+        return {"prompt_column": self.prompt, "response_column": self.response, "template": self.template,
+                "max_length": self.max_length, "from": self.source}
 
 
 def detect_task(model: Path) -> str | None:
     """The task of a model artifact, from its own files; None when they do not say."""
     model = Path(model)
+    if _gguf(model):
+        return "causal-lm"
     config = read_json(model / "config.json")
     if config.get("task") in ("tabular-classification", "tabular-regression"):
         return config["task"]
@@ -55,10 +80,43 @@ def detect_task(model: Path) -> str | None:
     return {"SEQ_CLS": "sequence-classification", "CAUSAL_LM": "causal-lm"}.get(adapter.get("task_type"))
 
 
+def _gguf(model: Path) -> bool:
+    """A .gguf file, or a folder holding one and no config.json: what `finetune` reads as a GGUF model."""
+    from ..training.pretrained import locate
+
+    try:
+        return locate(model).gguf_file is not None
+    except BuildError:
+        return False
+
+
+def training_params(model: Path) -> dict:
+    """The params the model was trained with (its lineage); {} for a model from outside the store."""
+    return dict((read_json(Path(model) / META).get("derivation") or {}).get("params") or {})
+
+
 def training_data_params(model: Path) -> dict:
     """The `data:` params the model was trained with (its lineage), for the default column names."""
-    params = (read_json(Path(model) / META).get("derivation") or {}).get("params") or {}
-    return dict(params.get("data") or {})
+    return dict(training_params(model).get("data") or {})
+
+
+def framing(task: str, model: Path, params: dict) -> Framing | None:
+    """The pairs a causal LM is scored on, or None for plain text. `pairs:` names them; else a model that
+    `finetune` trained with `task: sft` is scored on its training's columns, template and max_length, unless
+    `text:` asks for plain text. Scoring as training framed the data is what makes evaluate's perplexity and
+    training's val_perplexity the same number."""
+    from ..training.params import SFT_DATA_DEFAULT
+
+    if task != "causal-lm":
+        return None
+    trained = training_params(model) if model is not None else {}
+    sft = trained.get("task") == "sft"
+    if params.get("pairs") is None and (params.get("text") or not sft):
+        return None
+    data = {**SFT_DATA_DEFAULT, **(trained.get("data") or {} if sft else {}), **(params.get("pairs") or {})}
+    source = "params" if params.get("pairs") is not None else "training"
+    return Framing(data["prompt"], data["response"], data.get("template"),
+                   params.get("max_length") or (trained.get("max_length") if sft else None), source)
 
 
 def label_column(task: str, model: Path, override: str | None) -> str | None:
@@ -94,8 +152,9 @@ def classes_of(task: str, model: Path) -> list:
 
 
 # ---- scoring ------------------------------------------------------------------------------------------
-def score(task: str, model: Path, table, *, target: str | None, text: str | None, params: dict, log) -> Scored:
-    """Score `model` on a pyarrow `table`."""
+def score(task: str, model: Path, table, *, target: str | None, text: str | None, params: dict, log,
+          pairs: Framing | None = None) -> Scored:
+    """Score `model` on a pyarrow `table`; a causal LM on `pairs` when given, else on the `text` column."""
     import torch
 
     torch.set_num_threads(params["num_threads"])
@@ -104,6 +163,8 @@ def score(task: str, model: Path, table, *, target: str | None, text: str | None
             return _tabular(task, model, table, target, params)
         if task == "sequence-classification":
             return _sequence_classification(model, table, target, text, params)
+        if pairs is not None:
+            return _causal_lm_pairs(model, table, pairs, params, log)
         return _causal_lm(model, table, text, params, log)
 
 
@@ -207,7 +268,66 @@ def _causal_lm(model: Path, table, text: str, params: dict, log) -> Scored:
         losses += (nll * counted).sum(dim=1).tolist()
         tokens += counted.sum(dim=1).long().tolist()
     log.info("causal-lm: %d rows, %d blocks of up to %d tokens", len(texts), len(blocks), block)
-    return Scored("causal-lm", losses=losses, tokens=tokens, keep=np.ones(len(texts), dtype=bool), rows=len(texts))
+    return Scored("causal-lm", losses=losses, tokens=tokens, keep=np.ones(len(texts), dtype=bool), rows=len(texts),
+                  framing=f"plain text: the rows of {text!r}, each followed by EOS, joined and cut into blocks of "
+                          f"{block} tokens; loss on every token")
+
+
+LOGIT_CELLS = 2 ** 28  # logits (rows x tokens x vocabulary) computed at once: 1 GiB of float32
+
+
+def _causal_lm_pairs(model: Path, table, framing: Framing, params: dict, log) -> Scored:
+    """Each (prompt, response) row framed by training/pretrained.py's `sft_examples`, as `sft` trains and
+    validates on it; the loss of each pair summed over its response tokens, in float32 as the training loss.
+    A row without a prompt or a response, or whose prompt fills max_length, is not scored."""
+    import numpy as np
+    import torch
+
+    from ..training.pretrained import (
+        DEFAULT_TEMPLATE,
+        IGNORE,
+        PadCollate,
+        load_model,
+        load_tokenizer,
+        sft_examples,
+    )
+
+    net = load_model("causal-lm", model).eval()
+    tok = load_tokenizer(model)
+    positions = getattr(net.config, "n_positions", None) or getattr(net.config, "max_position_embeddings", None)
+    length = min(framing.max_length or 1024, positions or 1024)
+    examples, keep = [], []
+    for prompt, response in zip(table.column(framing.prompt).to_pylist(), table.column(framing.response).to_pylist(),
+                                strict=True):
+        rows = sft_examples(tok, [(prompt, response)], template=framing.template, max_length=length)[0] \
+            if prompt and response else []
+        examples += rows
+        keep.append(bool(rows))
+    if not examples:
+        raise BuildError(f"no row has both a {framing.prompt!r} prompt and a {framing.response!r} response within "
+                         f"max_length={length} tokens: nothing to score")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    collate = PadCollate(pad if pad is not None else 0)
+    losses, tokens, start = [], [], 0
+    while start < len(examples):
+        width = max(len(r["input_ids"]) for r in examples[start:start + params["batch_size"]])
+        size = max(1, min(params["batch_size"], LOGIT_CELLS // (width * net.config.vocab_size)))
+        batch = collate(examples[start:start + size])
+        logits = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        labels = batch["labels"][:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE,
+                                                reduction="none")
+        losses += nll.double().sum(dim=1).tolist()
+        tokens += (labels != IGNORE).sum(dim=1).tolist()
+        start += size
+    chat = framing.template is None and getattr(tok, "chat_template", None)  # sft_examples' own rule
+    how = "the tokenizer's chat template (a user turn, then the assistant's)" if chat else \
+        f"the template {framing.template or DEFAULT_TEMPLATE!r} and EOS"
+    log.info("causal-lm: %d prompt/response pairs of %r and %r, up to %d tokens, framed by %s", len(examples),
+             framing.prompt, framing.response, length, how)
+    keep = np.asarray(keep, dtype=bool)
+    return Scored("causal-lm", losses=losses, tokens=tokens, keep=keep, rows=len(keep), skipped=int((~keep).sum()),
+                  framing=f"prompt + response framed by {how}; loss on the response tokens only, as sft trains")
 
 
 def require_columns(table_columns: list[str], wanted: list[tuple[str, str, str | None]], step: str) -> None:

@@ -174,10 +174,14 @@ def summary(info: dict, metrics: dict, gate_rows: list[dict], gate_table: str, b
     for column, small in (info.get("excluded_groups") or {}).items():
         lines.append(f"- {column}: {', '.join(f'{g} ({n} rows)' for g, n in small.items())} below min_group_size "
                      f"{info['min_group_size']}: reported in groups/{column}.csv, left out of the gaps")
+    if info.get("framing"):
+        lines.append(f"- framing: {info['framing']}")
     boot = info.get("bootstrap") or {}
     if boot.get("resamples"):
-        lines.append(f"- intervals: {boot['confidence']:.0%} percentile bootstrap, {boot['resamples']} resamples, "
-                     f"seed {boot['seed']} (`*_ci_low`, `*_ci_high`)")
+        over = f" over {boot['units']} {boot['unit']}s" if boot.get("unit") else ""
+        lines.append(f"- intervals: {boot['confidence']:.0%} percentile bootstrap{over}, {boot['resamples']} "
+                     f"resamples, seed {boot['seed']} (`*_ci_low`, `*_ci_high`)")
+    lines += [f"- warning: {w}" for w in info.get("warnings") or []]
     lines += ["", "## Metrics", "", "| metric | value | interval |" + (" baseline |" if baseline else ""),
               "| --- | --- | --- |" + (" --- |" if baseline else "")]
     for name in sorted(n for n in metrics if not n.endswith(("_ci_low", "_ci_high"))):

@@ -456,3 +456,101 @@ def test_language_models_are_scored(tmp_path):
     assert metrics["perplexity_ci_low"] < metrics["perplexity"] < metrics["perplexity_ci_high"]
     assert metrics["tokens"] > metrics["blocks"] > 0
     assert not (scored / "confusion_matrix.png").exists()
+
+
+# ---- instruction-tuned models: scored as training framed them ---------------------------------------------
+SFT_RECIPE = """
+name: sftval
+steps:
+  pairs:
+    builder: ingest
+    inputs: {data: {path: pairs.jsonl}}
+  splits:
+    builder: split
+    inputs: {data: pairs}
+    params: {method: random, fractions: {train: 0.75, validation: 0.25}, seed: 0}
+  sft:
+    builder: finetune
+    inputs: {model: {path: tiny}, data: splits}
+    params:
+      task: sft
+      num_threads: 1
+      max_length: 32
+      batch_size: 4
+      optimizer: {lr: 0.01}
+      trainer: {max_steps: 6, val_check_interval: 6, num_sanity_val_steps: 0}
+  judge:
+    builder: evaluate
+    inputs: {model: sft, data: splits, baseline: {path: tiny}}
+    params: {table: validation, bootstrap: 200, num_threads: 1, gates: {perplexity: "<= baseline"}}
+  responses:
+    builder: evaluate
+    description: the responses alone as plain text, one block of up to 128 tokens
+    inputs: {model: sft, data: splits}
+    params: {table: validation, text: response, max_length: 128, bootstrap: 50, num_threads: 1}
+"""
+THINGS = ["sky", "grass", "sun", "snow", "coal", "rose", "sea", "leaf"]
+COLOURS = ["blue", "green", "yellow", "white", "black", "red", "blue", "green"]
+CHAT = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }}\n{% if m['role'] == 'assistant' %}<eos>"
+        "{% endif %}{% endfor %}{% if add_generation_prompt %}assistant : {% endif %}")
+
+
+def _save_chat_llama(folder) -> None:
+    """A 2-layer llama from a config, with a word-level tokenizer and a chat template of plain words."""
+    import torch
+    import transformers
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+    words = ["<pad>", "<eos>", "<unk>", "user", "assistant", ":", "\n", "what", "colour", "is", "the", "?", ".",
+             *dict.fromkeys(THINGS + COLOURS)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\w+|[^\w ]"), behavior="isolated")
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
+                                                unk_token="<unk>")
+    fast.chat_template = CHAT
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=len(words), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=128, pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+
+
+def test_an_instruction_tuned_model_is_scored_as_training_framed_it(project, cli):
+    """evaluate's perplexity of an sft fine-tune on its validation pairs is training's val_perplexity; the
+    base model (the baseline) is framed alike; one block of plain text warns that its interval is no interval."""
+    import json
+    import math
+    from pathlib import Path
+
+    pytest.importorskip("lightning")
+    _save_chat_llama(project / "tiny")
+    rows = [{"instruction": f"what colour is the {t} ?", "response": f"the {t} is {c} ."}
+            for t, c in zip(THINGS * 5, COLOURS * 5, strict=True)]
+    project.write("pairs.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    project.write("recipe.yaml", SFT_RECIPE)
+    result = cli.build()
+    paths = {step: Path(s["path"]) for step, s in result["by_step"].items()}
+    trained = json.loads((paths["sft"] / "metrics.json").read_text())
+    scored = json.loads((paths["judge"] / "metrics.json").read_text())
+    info = json.loads((paths["judge"] / "evaluation.json").read_text())
+    assert scored["perplexity"] == pytest.approx(trained["val_perplexity"], rel=1e-5)
+    assert scored["loss"] == pytest.approx(trained["val_loss"], rel=1e-5)
+    assert scored["blocks"] == info["scored"] == 10  # each validation pair, its response tokens as training counted
+    assert f"validation: 10 pairs, {scored['tokens']} response tokens" in cli("log", "sftval:sft").stdout
+    assert "chat template" in info["framing"] and "response tokens only" in info["framing"]
+    assert info["baseline_framing"] == info["framing"] and info["text_column"] is None
+    assert info["pairs"] == {"prompt_column": "instruction", "response_column": "response", "template": None,
+                             "max_length": 32, "from": "training"}
+    baseline = json.loads((paths["judge"] / "baseline" / "metrics.json").read_text())
+    assert baseline["perplexity"] > scored["perplexity"] and info["warnings"] == []  # the fine-tune learnt
+    assert scored["perplexity_ci_low"] < scored["perplexity"] < scored["perplexity_ci_high"]
+
+    plain = json.loads((paths["responses"] / "evaluation.json").read_text())
+    metrics = json.loads((paths["responses"] / "metrics.json").read_text())
+    assert plain["framing"].startswith("plain text") and plain["pairs"] is None
+    assert metrics["blocks"] == 1 and metrics["perplexity_ci_low"] == metrics["perplexity_ci_high"]
+    assert plain["bootstrap"]["units"] == 1 and "rests on one block" in plain["warnings"][0]
+    log = cli("log", "sftval:responses").stdout
+    assert "WARNING" in log and "perplexity interval rests on one block" in log
+    assert not math.isclose(metrics["perplexity"], scored["perplexity"], rel_tol=0.01)
