@@ -16,6 +16,10 @@ here across batches, so the result is the one Pandera gives on the whole DataFra
 - the row count bounds (`rows: {min, max}`), on the total;
 - the pandas dtype of an int or bool column with nulls, which depends on whether a batch holds one.
 
+A recipe schema is first tried on the table in Arrow (`_prescreen.py`): when that shows every rule to hold,
+the table passes through without pandas conversion or Pandera, with the report Pandera's pass would give;
+anything it cannot show (a rule it does not know, a failing value) is validated with Pandera as below.
+
 A check that aggregates a whole column (a custom check returning one bool, e.g. a mean) sees one batch
 at a time; checks that return one bool per row are exact.
 
@@ -52,7 +56,7 @@ from ..table import (
     link_or_copy,
     table_json,
 )
-from . import _schema
+from . import _prescreen, _schema
 from ._schema import TABLE, canonical, declared, label, rows_label, show
 from .base import Builder, Param
 from .python import _module_file
@@ -136,32 +140,14 @@ class Validate(Builder):
         batch_schema, uniques = _split_uniques(schema)
         coerced = [c for c, col in schema.columns.items() if col.dtype is not None and (schema.coerce or col.coerce)]
         kept = set(schema.columns) if schema.strict == "filter" else None  # columns of the output; None: all
-        quarantine, failures, total, bad_rows = p["on_fail"] == "quarantine", _Failures(ctx.log), _rows(source), 0
+        failures, total = _Failures(ctx.log), _rows(source)
         # nothing cast, no column dropped, no row set aside: what passes is the input, byte for byte
-        same = not coerced and kept is None and not quarantine
-        with TableWriter(ctx.out) as out, TableWriter(ctx.out, "quarantine/data.parquet",
-                                                      "quarantine/table.json") as aside:
-            for batch, df in _frames(source, p["batch_rows"]):
-                frame, uncast = _coerce(batch_schema, df, coerced)
-                validated, records = _validate_batch(batch_schema, frame)
-                frame = validated if validated is not None else frame
-                records = _concat([uncast, records, *(u.duplicates(frame) for u in uniques)])
-                bad = failures.add(records)
-                bad_rows += len(bad)
-                if not same and (quarantine or not failures.entries):  # once bound to fail, stop writing
-                    keep = ~df.index.isin(bad)
-                    out.write(_passing(batch, keep, frame.loc[df.index[keep]], coerced, kept))
-                if quarantine and len(bad):
-                    aside.write(_failing(batch, df, bad, records))
-                ctx.progress(df.index.stop, total, f"{bad_rows} failing rows")
-            failures.check_rows(total, (p["schema"] or {}).get("rows"))
-            failures.log_summary(ctx.step, total)
-            if (failures.table_failures() or (bad_rows and not quarantine)
-                    or bad_rows > p["max_bad_fraction"] * total):
-                raise DataValidationError(failures.message(ctx.step, bad_rows, total, p))
-            passed = _pass_through(source, ctx.out) if same else out.close(_read_schema(source, kept))["rows"]
-            if quarantine:
-                aside.close(_quarantine_schema(_read_schema(source)))
+        same = not coerced and kept is None and p["on_fail"] != "quarantine"
+        if same and p["schema"] is not None and _prescreen.passes(p["schema"], source):
+            passed, bad_rows = _pass_through(source, ctx.out), 0  # shown in Arrow: Pandera would find nothing
+            ctx.progress(total, total, "0 failing rows")
+        else:
+            passed, bad_rows = _validate(ctx, source, (batch_schema, uniques, coerced, kept), same, failures, total)
         checks = [{"column": c, "check": k, "failures": failures.count(c, k)}
                   for c, k in declared(schema, uniques, p["schema"])]
         (ctx.out / "validation.json").write_text(json.dumps({
@@ -171,6 +157,36 @@ class Validate(Builder):
         ctx.write_metrics({"rows": total, "failed_rows": bad_rows})
         ctx.log.info("validated %d rows against %d checks: %d passed, %d set aside", total, len(checks), passed,
                      bad_rows)
+
+
+def _validate(ctx, source: Path, plan: tuple, same: bool, failures, total: int) -> tuple[int, int]:
+    """Pandera on each batch, uniqueness and the row count across them; returns (rows passed, rows failed)."""
+    (batch_schema, uniques, coerced, kept), p, bad_rows = plan, ctx.params, 0
+    quarantine = p["on_fail"] == "quarantine"
+    with TableWriter(ctx.out) as out, TableWriter(ctx.out, "quarantine/data.parquet",
+                                                  "quarantine/table.json") as aside:
+        for batch, df in _frames(source, p["batch_rows"]):
+            frame, uncast = _coerce(batch_schema, df, coerced)
+            validated, records = _validate_batch(batch_schema, frame)
+            frame = validated if validated is not None else frame
+            records = _concat([uncast, records, *(u.duplicates(frame) for u in uniques)])
+            bad = failures.add(records)
+            bad_rows += len(bad)
+            if not same and (quarantine or not failures.entries):  # once bound to fail, stop writing
+                keep = ~df.index.isin(bad)
+                out.write(_passing(batch, keep, frame.loc[df.index[keep]], coerced, kept))
+            if quarantine and len(bad):
+                aside.write(_failing(batch, df, bad, records))
+            ctx.progress(df.index.stop, total, f"{bad_rows} failing rows")
+        failures.check_rows(total, (p["schema"] or {}).get("rows"))
+        failures.log_summary(ctx.step, total)
+        if (failures.table_failures() or (bad_rows and not quarantine)
+                or bad_rows > p["max_bad_fraction"] * total):
+            raise DataValidationError(failures.message(ctx.step, bad_rows, total, p))
+        passed = _pass_through(source, ctx.out) if same else out.close(_read_schema(source, kept))["rows"]
+        if quarantine:
+            aside.close(_quarantine_schema(_read_schema(source)))
+    return passed, bad_rows
 
 
 def _load_model(spec: str, recipe_dir: Path, step: str):

@@ -526,3 +526,66 @@ def test_a_models_per_file_code_record_hashes_to_its_key(tmp_path):
     record = code_record(path, tmp_path)
     assert list(record["files"]) == ["people_schema.py"] and "class People" in record["sources"]["people_schema.py"]
     assert files_hash(record["files"]) == Validate().key_extras(params, tmp_path)["model"]
+
+
+# ---- the Arrow prescreen: a passing table skips pandas and Pandera ---------------------------------------
+def _people(**changes):
+    df = PEOPLE.copy()
+    for column, values in changes.items():
+        df[column] = values
+    return df
+
+
+LIGHT = {"columns": {k: v for k, v in SCHEMA["columns"].items() if k != "email"}}  # str_matches is Pandera's
+NAN = float("nan")
+PRESCREEN = {  # case: (table, schema, whether the prescreen proves it passes)
+    "fits": (PEOPLE, LIGHT, True),
+    "int with a null": (_people(id=[1, 2, None, 4, 5, 6]), LIGHT, False),
+    "NaN, not nullable": (_people(score=[0.5, NAN, 0.1, 0.7, 0.3, 0.8]), LIGHT, False),
+    "NaN, nullable, bounded": (_people(score=[0.5, NAN, 0.1, 0.7, 0.3, 0.8]),
+                               {"columns": {"score": {"dtype": "float64", "nullable": True,
+                                                      "checks": {"in_range": {"min": 0, "max": 1}}}}}, True),
+    "out of range": (_people(age=[34, 51, 17, 150, 42, 28]), LIGHT, False),
+    "isin, a null": (_people(state=["CA", None, "TX", "CA", "NY", "TX"]),
+                     {"columns": {"state": {"dtype": "str", "nullable": True, "checks": {"isin": ["CA", "NY", "TX"]}}}},
+                     True),
+    "isin, a miss": (_people(state=["CA", "WA", "TX", "CA", "NY", "TX"]), LIGHT, False),
+    "notin": (PEOPLE, {"columns": {"age": {"checks": {"notin": [18, 19]}}}}, True),
+    "a duplicate": (_people(id=[1, 2, 3, 4, 5, 1]), LIGHT, False),
+    "unique with NaN twice": (_people(score=[0.5, NAN, 0.1, NAN, 0.3, 0.8]),
+                              {"columns": {"score": {"nullable": True, "unique": True}}}, True),
+    "a repeated combination": (PEOPLE, {**LIGHT, "unique": ["state", "email"]}, True),
+    "a repeated pair": (_people(age=[34, 51, 17, 34, 42, 28]), {**LIGHT, "unique": ["state", "age"]}, False),
+    "strict, an extra column": (PEOPLE, {**LIGHT, "strict": True}, False),
+    "strict, every column": (PEOPLE, {"columns": {**LIGHT["columns"], "email": None}, "strict": True}, True),
+    "a missing column": (PEOPLE, {"columns": {**LIGHT["columns"], "zip": {"dtype": "str"}}}, False),
+    "a missing optional column": (PEOPLE, {"columns": {**LIGHT["columns"], "zip": {"required": False}}}, True),
+    "too many rows": (PEOPLE, {**LIGHT, "rows": {"max": 5}}, False),
+    "a float bound on ints": (PEOPLE, {"columns": {"age": {"dtype": "int64", "checks": {"gt": 16.5}}}}, True),
+    "text declared int": (PEOPLE, {"columns": {"state": {"dtype": "int64"}}}, False),
+    "float declared int": (PEOPLE, {"columns": {"score": {"dtype": "int64"}}}, False),
+    "str_matches": (PEOPLE, SCHEMA, False),
+}
+
+
+@pytest.mark.parametrize("case", PRESCREEN)
+def test_the_prescreen_passes_a_table_only_where_pandera_does(tmp_path, case):
+    """The prescreen says "passes" only where validating with Pandera (every failing row counted: quarantine
+    with no bad rows allowed) passes too, and says it for the rules it knows; what it cannot show goes to
+    Pandera, which passes or fails the table as before."""
+    from modelbuild.builders import _prescreen
+
+    df, schema, proved = PRESCREEN[case]
+    write_table(df, tmp_path / "out-in")
+    assert _prescreen.passes(schema, tmp_path / "out-in" / "data.parquet") is proved
+    try:
+        run(tmp_path, df, schema=schema, on_fail="quarantine", max_bad_fraction=0, batch_rows=4)
+        pandera_passes = True
+    except DataValidationError:
+        pandera_passes = False
+    assert pandera_passes if proved else pandera_passes is (case == "str_matches")
+    if proved:  # and what validate writes is what the Pandera path writes
+        out = run(tmp_path, df, out="fast", schema=schema, batch_rows=4)
+        slow = json.loads((tmp_path / "out" / "validation.json").read_text())
+        fast = json.loads((out / "validation.json").read_text())
+        assert {**fast, "on_fail": "quarantine"} == slow
