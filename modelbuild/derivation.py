@@ -1,6 +1,7 @@
 """Derivations: what a step's output depends on, written as canonical JSON and hashed into its key.
 
-The key covers the builder's name and source code, the params, anything the builder declares beyond
+The key covers the builder's name and source code, the params (but those the builder declares
+`unkeyed_params`, which cannot change the output: they travel beside the derivation in the Job), anything the builder declares beyond
 params (e.g. a user module's source), the content addresses of the inputs, and the environment
 (Python version and the versions of the packages the builder declares). Nothing else: no paths,
 no host, no time, so the same work on another machine has the same key.
@@ -8,6 +9,7 @@ no host, no time, so the same work on another machine has the same key.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,7 +33,7 @@ def make_derivation(step: Step, inputs: dict[str, dict], recipe_dir, seed: int |
         "format": FORMAT,
         "builder": step.builder_name,
         "builder_code": builder_code_hash(builder),
-        "params": step.params,
+        "params": split_unkeyed(step.params, builder.unkeyed_params)[0],
         "extras": builder.key_extras(step.params, recipe_dir),
         "inputs": {name: {"kind": i["kind"], "digest": i["digest"]} for name, i in sorted(inputs.items())},
         "env": env_fingerprint(tuple(builder.env)),
@@ -43,6 +45,32 @@ def make_derivation(step: Step, inputs: dict[str, dict], recipe_dir, seed: int |
 
 def derivation_key(drv: dict) -> str:
     return hash_json(drv)
+
+
+def split_unkeyed(params: dict, paths) -> tuple[dict, dict]:
+    """(the params the key sees, the values at `paths` that it does not): each dotted path ('trainer.profiler')
+    moves from the first mapping to the same place in the second. `params` is left as it is."""
+    keyed, unkeyed = copy.deepcopy(params), {}
+    for path in paths:
+        *parents, leaf = path.split(".")
+        where = keyed
+        for name in parents:
+            where = where.get(name) if isinstance(where, dict) else None
+        if isinstance(where, dict) and leaf in where:
+            into = unkeyed
+            for name in parents:
+                into = into.setdefault(name, {})
+            into[leaf] = where.pop(leaf)
+    return keyed, unkeyed
+
+
+def merge_unkeyed(params: dict, unkeyed: dict) -> dict:
+    """`params` with the unkeyed values put back where split_unkeyed took them from: what build() sees."""
+    out = dict(params)
+    for name, value in unkeyed.items():
+        out[name] = merge_unkeyed(out[name], value) if isinstance(value, dict) and isinstance(out.get(name), dict) \
+            else value
+    return out
 
 
 # ---- the resolver: a step and its inputs' content -> a job ------------------------------------------------
@@ -75,6 +103,12 @@ class Job:
     files: dict[str, str] = field(default_factory=dict)  # more files for build() outside the key (tune's trials)
     extra_refs: tuple[str, ...] = ()
     resources: dict[str, float] = field(default_factory=dict)  # what a cluster worker must offer (not in the key)
+    unkeyed: dict = field(default_factory=dict)  # the builder's unkeyed_params, for build() only (not in the key)
+
+    @property
+    def params(self) -> dict:
+        """The params build() receives: the derivation's, with the unkeyed ones put back."""
+        return merge_unkeyed(self.drv["params"], self.unkeyed)
 
     @property
     def builder(self) -> str:
@@ -99,7 +133,8 @@ class Job:
                 "recipe_file": self.recipe_file, "recipe_dir": self.recipe_dir,
                 "inputs": {n: {"path": str(i.path), "kind": i.kind, "digest": i.digest, "lineage": i.lineage,
                                "stat": i.stat, "refs": list(i.refs)} for n, i in self.inputs.items()},
-                "files": self.files, "extra_refs": list(self.extra_refs), "resources": self.resources}
+                "files": self.files, "extra_refs": list(self.extra_refs), "resources": self.resources,
+                "unkeyed": self.unkeyed}
 
     @classmethod
     def from_json(cls, data: dict) -> Job:
@@ -107,7 +142,7 @@ class Job:
                   for n, i in data["inputs"].items()}
         return cls(data["key"], data["drv"], data["step"], data["recipe"], data["recipe_file"], data["recipe_dir"],
                    inputs, dict(data.get("files", {})), tuple(data.get("extra_refs", ())),
-                   dict(data.get("resources", {})))
+                   dict(data.get("resources", {})), dict(data.get("unkeyed", {})))
 
 
 def resolve(step: Step, inputs: dict[str, Input], recipe: Recipe) -> Job:
@@ -116,7 +151,7 @@ def resolve(step: Step, inputs: dict[str, Input], recipe: Recipe) -> Job:
     drv = make_derivation(step, {n: {"kind": i.kind, "digest": i.digest} for n, i in inputs.items()},
                           recipe.dir, recipe.seed)
     return Job(derivation_key(drv), drv, step.name, recipe.name, str(recipe.file), str(recipe.dir), dict(inputs),
-               resources=dict(step.resources))
+               resources=dict(step.resources), unkeyed=split_unkeyed(step.params, step.builder.unkeyed_params)[1])
 
 
 def _flatten(value, prefix=""):

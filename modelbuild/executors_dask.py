@@ -422,7 +422,7 @@ def _localise(run: Run, remote: dict, worker_name) -> Run:
         target.write_text(text)
         files[name] = str(target)
     job = Job(job.key, job.drv, job.step, job.recipe, job.recipe_file, job.recipe_dir, inputs, files,
-              tuple(move(r) for r in job.extra_refs), job.resources)
+              tuple(move(r) for r in job.extra_refs), job.resources, job.unkeyed)
     return Run(str(store.root), job, run.mode, move(run.expect) if run.expect else None, run.result, None)
 
 

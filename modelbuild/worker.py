@@ -200,12 +200,12 @@ def _log_to(path: Path) -> None:
 
 def _context(store: Store, run: Run, out: Path, work: Path | None = None) -> BuildContext:
     """What build() sees: params and seed from the derivation (a builder whose key has no seed sees 0),
-    never from anything the key does not contain."""
+    never from anything the key does not contain but the params its builder declares unkeyed_params."""
     job = run.job
     work = work or store.tmp / "work" / job.key
     work.mkdir(parents=True, exist_ok=True)
     inputs = {n: i.path for n, i in job.inputs.items()} | {n: Path(f) for n, f in job.files.items()}
-    return BuildContext(step=job.step, inputs=inputs, out=out, params=job.drv["params"],
+    return BuildContext(step=job.step, inputs=inputs, out=out, params=job.params,
                         recipe_dir=Path(job.recipe_dir), seed=job.drv.get("seed") or 0,
                         work=work, log=logging.getLogger(f"modelbuild.{job.step}"),
                         progress_file=Path(run.progress) if run.progress else None,

@@ -87,6 +87,10 @@ class Builder:
     # names users reach for that live inside a nested param: name -> its path (learning_rate -> optimizer.lr)
     param_hints: ClassVar[dict[str, str]] = {}
     uses_seed: ClassVar[bool] = False  # the recipe's seed reaches build() and so enters the key
+    # params that cannot change the output, as dotted paths ('checkpoint_every_n_steps', 'trainer.profiler'):
+    # build() receives them, the key does not, so changing one reuses the artifact (derivation.split_unkeyed).
+    # Declare only what never reaches the artifact's bytes: a cache hit that should be a miss is the worst bug.
+    unkeyed_params: ClassVar[tuple[str, ...]] = ()
     # the step runs jobs of its own before build() (tune's trials): the realiser calls start() instead of
     # submitting the step's job, and a step that takes this one as input receives stand_in()'s artifact
     runs_jobs: ClassVar[bool] = False

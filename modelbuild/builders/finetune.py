@@ -45,6 +45,7 @@ from ..training.params import (
     LORA_DEFAULT,
     SFT_DATA_DEFAULT,
     SFT_DATA_OPTIONAL,
+    UNKEYED_LOOP_PARAMS,
     check_loop_params,
     complete_loop_params,
     loop_metric_names,
@@ -77,6 +78,7 @@ class Finetune(Builder):
            "tensorboard")
     uses_seed = True
     distributed = True
+    unkeyed_params = UNKEYED_LOOP_PARAMS
     params = {
         "task": Param("str", required=True, choices=TASKS, help="`sft`, `causal-lm` or `sequence-classification` "
                       "([below](#tasks-of-finetune))"),

@@ -36,6 +36,7 @@ from ..training.params import (
     LOOP_PARAMS,
     TABULAR_DATA_KEYS,
     TABULAR_MODEL_DEFAULTS,
+    UNKEYED_LOOP_PARAMS,
     check_loop_params,
     check_mapping,
     complete_loop_params,
@@ -52,6 +53,7 @@ class Train(Builder):
     env = ("torch", "lightning", "numpy", "safetensors", "transformers", "tokenizers", "pyarrow", "tensorboard", "onnx")
     uses_seed = True
     distributed = True
+    unkeyed_params = UNKEYED_LOOP_PARAMS
     params = {
         "task": Param("str", required=True, help=", ".join(f"`{t}`" for t in TASKS)),
         "model": Param("dict", default={}, help="the task's model options ([tasks](#tasks-of-train))"),

@@ -76,9 +76,11 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 from ..builders.base import RANK_OF_ENV
+from ..derivation import split_unkeyed
 from ..errors import BuildError
 from ..table import rounded
 from . import events
+from .params import UNKEYED_LOOP_PARAMS
 
 CHECKPOINTS, LAST = "checkpoints", "last.ckpt"
 CHECKPOINT_SECONDS_ENV = "MODELBUILD_CHECKPOINT_SECONDS"  # least training seconds between two checkpoints
@@ -107,7 +109,7 @@ def fit(ctx, task, params: dict) -> dict:
     _install_optimizer(task.module, p)
     if trainer.is_global_zero:
         _log_start(ctx, trainer, p, seed, ckpt)
-        hparams = {k: v for k, v in p.items() if k != "checkpoint_every_n_steps"}  # it never changes the model
+        hparams = split_unkeyed(p, UNKEYED_LOOP_PARAMS)[0]  # the params that make the model, as its key holds them
         recorder.history.start_live(ctx.live_logs, events.flat_params({**hparams, "seed": seed}))
     fit_started = time.perf_counter()
     ok = False

@@ -78,6 +78,13 @@ LOOP_PARAMS = {
                        "false`), the relative difference of each metric that `build --check` accepts"),
 }
 
+# Params that cannot change the trained model, its metrics or its logs: `train` and `finetune` declare them
+# `unkeyed_params`, so they reach the loop but not the key, and changing one reuses the artifact. Where the
+# checkpoints fall never changes the result (resuming is exact, tests/builders/test_train.py), and the model
+# summary and the profiler only print. Left in the key, because they do change the artifact: `log_every_n_steps`
+# (the rows of logs/metrics.csv), `num_sanity_val_steps` (validation before training), `num_threads` (CPU results).
+UNKEYED_LOOP_PARAMS = ("checkpoint_every_n_steps", "trainer.enable_model_summary", "trainer.profiler")
+
 # What each task logs on the validation set (modelbuild/training/tabular.py, lm.py, pretrained.py); the val_ ones
 # are in metrics.json only when the step has validation data.
 TASK_METRICS = {

@@ -382,3 +382,60 @@ def test_a_pair_without_a_response_is_refused_or_dropped_when_asked(tmp_path, ti
     _, out, _ = finetune(tmp_path, inputs, name="kept", task="sft", data={"drop_incomplete": True},
                          trainer={"max_steps": 1})
     assert json.loads((out / "metrics.json").read_text())["incomplete_pairs"] == 1
+
+
+# ---- through the CLI: what a first fine-tuning user meets -------------------------------------------------
+FT_RECIPE = """
+name: ft
+steps:
+  pairs:
+    builder: ingest
+    inputs: {data: {path: pairs.jsonl}}
+  ft:
+    builder: finetune
+    inputs: {model: {path: tiny}, data: pairs}
+    params:
+      task: sft
+      num_threads: 1
+      batch_size: 4
+      optimizer: {lr: 0.01}
+      trainer: {max_steps: 3}
+"""
+
+
+@pytest.fixture
+def ft_project(project, cli, tiny_llama):
+    """A recipe that fine-tunes the tiny llama (copied next to it) on 12 pairs: 3 batches of 4."""
+    import shutil
+
+    shutil.copytree(tiny_llama, project / "tiny")
+    project.write("pairs.jsonl", "".join(json.dumps({"instruction": p, "response": r}) + "\n" for p, r in PAIRS * 4))
+    project.write("recipe.yaml", FT_RECIPE)
+    return cli
+
+
+def step_log(cli, result: dict, step: str) -> str:
+    return (cli.store / "logs" / f"{result['by_step'][step]['key']}.log").read_text()
+
+
+def test_params_that_cannot_change_the_model_stay_out_of_the_key(ft_project, tmp_path):
+    """Checkpoint cadence, the model summary and the profiler reach the build but not the key: changing one
+    plans `cached`, and a build with another checkpoint cadence, in another store, gives the same bytes."""
+    from conftest import Cli
+
+    cli = ft_project
+    first = cli.build("recipe.yaml", "+steps.ft.params.checkpoint_every_n_steps=1",
+                      "+steps.ft.params.trainer.enable_model_summary=false")
+    unkeyed = ("+steps.ft.params.checkpoint_every_n_steps=0", "+steps.ft.params.trainer.enable_model_summary=true",
+               "+steps.ft.params.trainer.profiler=simple")
+    plan = json.loads(cli("plan", "recipe.yaml", *unkeyed, "--json").stdout)
+    assert {s["step"]: s["action"] for s in plan["steps"]}["ft"] == "cached", plan
+    assert "Params" not in step_log(cli, first, "ft")  # enable_model_summary: false reached the trainer
+
+    other = Cli(cli.project, tmp_path / "other-store")
+    second = other.build("recipe.yaml", "+steps.ft.params.checkpoint_every_n_steps=0")
+    assert Path(second["by_step"]["ft"]["path"]).name == Path(first["by_step"]["ft"]["path"]).name  # same digest
+    assert "Params" in step_log(other, second, "ft")  # Lightning's default model summary, this time
+    changed = json.loads(cli("plan", "recipe.yaml", "steps.ft.params.trainer.max_steps=4", "--json").stdout)
+    assert {s["step"]: s["reasons"] for s in changed["steps"]}["ft"] == ["params.trainer.max_steps 3 -> 4"]
+
