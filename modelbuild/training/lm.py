@@ -306,25 +306,26 @@ class CausalLM(_TextTask):
                              f"between rows; give the tokenizer step one, e.g. `special_tokens: [<|endoftext|>]`")
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos
         bos = tok.bos_token_id if tok.bos_token_id is not None else eos
-        model = self._make_model(bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
-        model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=eos, pad_token_id=pad,
-                                                   do_sample=False, num_beams=1)
-        positions = _positions(model.config)
         block = d["block_size"]
-        if positions is not None and block > positions:
-            raise BuildError(f"step '{step}': data.block_size is {block} but the model has {positions} positions; "
-                             f"lower data.block_size")
         train_table, val_table = train_validation_tables(self.ctx)
         fraction = 0.0 if val_table is not None else d["validation_fraction"]
         train_ids, held_out = _token_stream(train_table, d["column"], tok, eos, fraction, step)
         val_ids = held_out if val_table is None else _token_stream(val_table, d["column"], tok, eos, 0.0, step)[0]
-        largest = max(int(train_ids.max(initial=0)), int(val_ids.max(initial=0)))
-        check_vocabulary(model, tok, step, largest)
         self.train_data = _blocks(train_ids, block, d["stride"] or block)
         self.val_data = _blocks(val_ids, block, block)
         if len(self.train_data) == 0:
             raise BuildError(f"step '{step}': the training text has {len(train_ids)} tokens, fewer than one block "
                              f"of data.block_size={block}; lower block_size or add text")
+        self.check_epoch(len(self.train_data))
+        model = self._make_model(bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
+        model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=eos, pad_token_id=pad,
+                                                   do_sample=False, num_beams=1)
+        positions = _positions(model.config)
+        if positions is not None and block > positions:
+            raise BuildError(f"step '{step}': data.block_size is {block} but the model has {positions} positions; "
+                             f"lower data.block_size")
+        largest = max(int(train_ids.max(initial=0)), int(val_ids.max(initial=0)))
+        check_vocabulary(model, tok, step, largest)
         self.ctx.log.info("causal-lm: %d training blocks, %d validation blocks of %d tokens (%d + %d tokens)",
                           len(self.train_data), len(self.val_data), block, len(train_ids), len(val_ids))
         self.model = self.prepare_model(model)
@@ -366,6 +367,7 @@ class SequenceClassification(_TextTask):
         if unseen:
             raise BuildError(f"step '{step}': the validation data has labels the training data lacks: "
                              f"{', '.join(map(repr, unseen[:5]))}; split with `method: stratified`")
+        self.check_epoch(len(texts))
         ids = {c: i for i, c in enumerate(classes)}
         model = self._make_model(num_labels=len(classes), id2label={i: str(c) for c, i in ids.items()},
                                  label2id={str(c): i for c, i in ids.items()}, pad_token_id=tok.pad_token_id)

@@ -80,7 +80,7 @@ from ..derivation import split_unkeyed
 from ..errors import BuildError
 from ..table import rounded
 from . import events
-from .params import UNKEYED_LOOP_PARAMS
+from .params import UNKEYED_LOOP_PARAMS, check_epoch_batches
 
 CHECKPOINTS, LAST = "checkpoints", "last.ckpt"
 CHECKPOINT_SECONDS_ENV = "MODELBUILD_CHECKPOINT_SECONDS"  # least training seconds between two checkpoints
@@ -102,6 +102,7 @@ def fit(ctx, task, params: dict) -> dict:
     recorder = _Recorder(ctx, task, seed)
     trainer = _trainer(p, work, recorder)
     train_loader = task.train_dataloader()
+    _check_epoch(ctx, p, train_loader)
     if trainer.world_size == 1:
         train_loader = _resumable(train_loader, seed, recorder)
     val_loader = task.val_dataloader()
@@ -264,6 +265,14 @@ def _out_of_memory(ctx, e) -> BuildError:
     return BuildError(f"step '{ctx.step}': too little memory to train ({first[:300]}). Lower `batch_size`, use "
                       f"a smaller precision (`trainer.precision: bf16-mixed`), a smaller model, or spread it over "
                       f"more devices (`trainer.devices`, `trainer.strategy: fsdp`)")
+
+
+def _check_epoch(ctx, p: dict, train_loader) -> None:
+    """The task's setup should have checked the trainer settings against the data (Task.check_epoch); this
+    catches a task that did not, before Lightning's own error from inside fit."""
+    dataset = getattr(train_loader, "dataset", None)
+    if hasattr(dataset, "__len__") and not isinstance(dataset, torch.utils.data.IterableDataset):
+        check_epoch_batches(p, len(dataset), step=ctx.step)
 
 
 def _check_early_stopping(ctx, p: dict, val_loader) -> None:

@@ -11,6 +11,7 @@ Importing this module is cheap (no torch, no Lightning): recipes are checked wit
 from __future__ import annotations
 
 import json
+import math
 import re
 
 from ..builders.base import Param
@@ -153,6 +154,37 @@ def check_loop_params(params: dict, *, file: str | None, step: str) -> None:
             fail("early_stopping.patience", f"patience must be a whole number >= 1, got {stopping['patience']!r}")
 
 
+def check_epoch_batches(params: dict, samples: int, *, step: str) -> None:
+    """Refuse an integer `trainer.val_check_interval` above the training batches of an epoch, once the data is
+    read and before the model loads: Lightning refuses it only inside fit, after the model is loaded."""
+    trainer = params.get("trainer") or {}
+    interval = trainer.get("val_check_interval")
+    if isinstance(interval, bool) or not isinstance(interval, int) or trainer.get("check_val_every_n_epoch", 1) is None \
+            or trainer.get("limit_val_batches", 1.0) == 0:
+        return
+    batches, how = epoch_batches(trainer, samples, params["batch_size"])
+    if interval > batches:
+        raise RecipeError(f"val_check_interval is {interval} training batches, but an epoch has only {batches} "
+                          f"({how}). Set trainer.val_check_interval to at most {batches}, or to a fraction of an "
+                          f"epoch (0.5: twice per epoch), or set trainer.check_val_every_n_epoch: null to count "
+                          f"the batches across epochs", step=step, key="params.trainer.val_check_interval")
+
+
+def epoch_batches(trainer: dict, samples: int, batch_size: int) -> tuple[int, str]:
+    """The training batches one process runs per epoch, as Lightning counts them, and how they come about."""
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
+    world = devices * nodes if all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                   for v in (devices, nodes)) else 1
+    batches = math.ceil(math.ceil(samples / world) / batch_size)  # DistributedSampler pads, no drop_last
+    how = f"{samples} training samples in batches of {batch_size}" + (f" over {world} processes" if world > 1 else "")
+    limit = trainer.get("limit_train_batches")
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit < batches:
+        batches, how = limit, f"{how}, limit_train_batches {limit}"
+    elif isinstance(limit, float) and limit < 1.0:
+        batches, how = int(batches * limit), f"{how}, limit_train_batches {limit}"
+    return batches, how
+
+
 def check_mapping(given, known, section, fail) -> None:
     """`given` is a mapping whose keys are all in `known`, else `fail(key, message)` with a did-you-mean."""
     if not isinstance(given, dict):
@@ -175,6 +207,10 @@ def _check_trainer(trainer: dict, fail) -> None:
         fail("trainer.strategy", f"strategy {strategy!r} trains in processes it spawns, where the loop's "
                                  f"logging and counters cannot follow; use `strategy: ddp`, which runs every "
                                  f"rank as a worker of this build")
+    interval = trainer.get("val_check_interval")
+    if isinstance(interval, float) and not 0.0 < interval <= 1.0 or isinstance(interval, int) and interval < 1:
+        fail("trainer.val_check_interval", f"val_check_interval must be a fraction of an epoch above 0 and at most "
+                                           f"1.0, or a whole number of training batches >= 1, got {interval!r}")
     if not any(trainer.get(k) not in (None, -1) for k in ("max_epochs", "max_steps", "fast_dev_run")):
         fail("trainer", "say how long to train: set trainer.max_epochs or trainer.max_steps")
 

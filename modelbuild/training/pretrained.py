@@ -224,6 +224,7 @@ class _FromPretrained:
         return load_tokenizer(self.ctx.inputs.get("tokenizer") or _path(model))
 
     def _make_model(self, **extra):
+        self.ctx.log.info("loading the pretrained model %s", Path(self.ctx.input("model")).name)
         return load_model(self.name, self.ctx.input("model"), **extra)
 
     def prepare_model(self, model):
@@ -278,6 +279,7 @@ class SFT(_FromPretrained, Task):
         if not self.train_data:
             raise BuildError(f"step '{step}': no training pair has a response within max_length={max_length} "
                              f"tokens; raise max_length or shorten the prompts")
+        self.check_epoch(len(self.train_data))
         model = self._make_model()
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self.pad_id

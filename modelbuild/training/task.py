@@ -30,6 +30,8 @@ The rules, in detail (this docstring is the contract; changes are listed at the 
   (only if `self.module` is still None), so weight initialisation is reproducible. `setup()` validates
   `model:`/`data:` (`check_keys` gives the standard error) and raises `BuildError` for bad data (a missing
   column, one class, a tokenizer that does not fit): messages name the step (`self.ctx.step`) and the fix.
+- `setup()` reads the data before it loads or builds the model, and calls `self.check_epoch(samples)` in
+  between, so that a setting the data cannot satisfy fails before the slow part.
 - `train_dataloader()` returns a `torch.utils.data.DataLoader` with `shuffle=True` (or False) and
   `num_workers=0` unless loading is the bottleneck. In a single-process run the loop replaces its
   Random/SequentialSampler with one whose order is a function of (seed, epoch) and that can start mid-epoch,
@@ -54,7 +56,8 @@ The rules, in detail (this docstring is the contract; changes are listed at the 
   artifact, or a split artifact with train/ and validation/).
 
 Changes since the first version: `load_task` (now in tasks.py, the registry) imports task modules by name
-(so a builder's key covers their code), `check_keys`, `train_validation_tables`, and the rules above.
+(so a builder's key covers their code), `check_keys`, `train_validation_tables`, `check_epoch`, and the rules
+above.
 """
 
 from __future__ import annotations
@@ -83,6 +86,14 @@ class Task:
 
     def export(self, out: Path) -> None:
         raise NotImplementedError
+
+    def check_epoch(self, samples: int) -> None:
+        """Call from `setup()` once the training samples are counted and before the model is loaded: trainer
+        settings that cannot fit that many samples (`val_check_interval`) then fail in a second, not after
+        the model has loaded. The loop checks again after `setup()`, for a task that does not call it."""
+        from .params import check_epoch_batches
+
+        check_epoch_batches(self.params, samples, step=self.ctx.step)
 
     def batch_size(self, batch) -> int:
         """Samples in a batch (for samples/s)."""

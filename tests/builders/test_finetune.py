@@ -439,3 +439,17 @@ def test_params_that_cannot_change_the_model_stay_out_of_the_key(ft_project, tmp
     changed = json.loads(cli("plan", "recipe.yaml", "steps.ft.params.trainer.max_steps=4", "--json").stdout)
     assert {s["step"]: s["reasons"] for s in changed["steps"]}["ft"] == ["params.trainer.max_steps 3 -> 4"]
 
+
+def test_a_val_check_interval_beyond_the_epoch_fails_before_the_model_loads(ft_project):
+    """Lightning refuses it only inside fit, after the model has loaded (20 s for a real model): the step now
+    stops with exit 2 once the data is counted, naming the param, the batch count and the fix."""
+    cli = ft_project
+    override = "+steps.ft.params.trainer.val_check_interval=5"
+    result = cli.build("recipe.yaml", override, check=2)
+    error = result["by_step"]["ft"]["error"]
+    assert "step 'ft'" in error and "params.trainer.val_check_interval" in error, error
+    assert "val_check_interval is 5 training batches, but an epoch has only 3 (12 training samples in batches " \
+           "of 4)" in error and "at most 3" in error, error
+    assert "Traceback" not in result["stderr"]
+    log = step_log(cli, result, "ft")
+    assert ": 12 pairs" in log and "loading the pretrained model" not in log, log

@@ -292,6 +292,8 @@ def test_a_feature_that_is_no_number_must_be_categorical(splits, tmp_path):
     ({"trainer": {"max_epochs": 1, "max_time": "00:01:00:00"}}, r"depend on the machine's speed"),
     ({"trainer": {"precision": "bf16-mixed"}}, r"set trainer.max_epochs or trainer.max_steps"),
     ({"trainer": {"max_epochs": 1, "strategy": "ddp_spawn"}}, r"use `strategy: ddp`"),
+    ({"trainer": {"max_epochs": 1, "val_check_interval": 1.5}}, r"val_check_interval must be a fraction of an "
+                                                                 r"epoch above 0 and at most 1.0"),
     ({"optimizer": {"name": "adamw", "lr": 0.1, "momentum": 0.9}}, r"unknown key 'momentum' in optimizer"),
     ({"optimizer": {"name": "adam_w"}}, r"unknown optimizer 'adam_w' \(did you mean 'adamw'\?\)"),
     ({"scheduler": {"name": "cosin"}}, r"did you mean 'cosine'"),
