@@ -54,6 +54,7 @@ from .base import Builder, Param
 
 TASKS = ("sft", "causal-lm", "sequence-classification")
 METHODS = ("full", "lora")
+DTYPES = ("float32", "bfloat16", "float16")
 # lm.py's length settings, which `max_length` sets for its tasks
 LENGTH_KEYS = {"causal-lm": "block_size", "sequence-classification": "max_length"}
 DATA_DEFAULTS = {
@@ -92,6 +93,10 @@ class Finetune(Builder):
                       "`{prompt: instruction, response: response}`; defaults by task"),
         "max_length": Param("int", default=128, help="tokens per sequence: sft pairs and texts are truncated to "
                             "it; causal-lm's block size"),
+        "dtype": Param("str", default="float32", choices=DTYPES, help="the saved model's weights: `float32` (what "
+                       "trained and was validated, bit for bit), `bfloat16` or `float16` (half the size; bfloat16 keeps "
+                       "float32's range, float16 more precision but overflows past 65504). A LoRA adapter saved alone "
+                       "(`merge: false`) stays float32"),
         **LOOP_PARAMS,
         "batch_size": Param("int", default=8, help="samples per batch (per device under DDP)"),
         "optimizer": Param("dict", default={"name": "adamw", "lr": 5e-5, "weight_decay": 0.0},
@@ -117,6 +122,9 @@ class Finetune(Builder):
         if params["max_length"] < 2:
             fail("max_length", f"max_length must be at least 2, got {params['max_length']}")
         _check_lora(params, fail)
+        if params["dtype"] != "float32" and not (params.get("lora") or {}).get("merge", True):
+            fail("dtype", f"dtype {params['dtype']} applies to a full model; a LoRA adapter saved alone (lora.merge: "
+                          f"false) stays float32. Remove dtype, or set lora.merge: true to save the merged model")
         _check_data(task, params["data"], fail, file=file, step=step)
         check_loop_params(complete_loop_params(params), file=file, step=step)
 

@@ -153,10 +153,12 @@ def apply_lora(model, lora: dict | None, kind: str = "causal-lm"):
     return get_peft_model(model, config)
 
 
-def save_model(model, out: Path, *, tokenizer=None, merge: bool = True, base: str | Path | None = None) -> None:
-    """Write the artifact: a full save_pretrained model (a LoRA model merged first), or with `merge=False`
-    the adapter alone (adapter_model.safetensors, adapter_config.json) plus `base_model.json` naming the
-    pretrained model it adapts. Identical weights give identical bytes: no absolute store paths."""
+def save_model(model, out: Path, *, tokenizer=None, merge: bool = True, base: str | Path | None = None,
+               dtype: str = "float32") -> None:
+    """Write the artifact: a full save_pretrained model (a LoRA model merged first) with its weights in
+    `dtype`, or with `merge=False` the adapter alone (adapter_model.safetensors, adapter_config.json) plus
+    `base_model.json` naming the pretrained model it adapts. Identical weights give identical bytes: no
+    absolute store paths."""
     out = Path(out)
     if hasattr(model, "peft_config") and not merge:
         ref = base_reference(base) if base is not None else {}
@@ -169,9 +171,11 @@ def save_model(model, out: Path, *, tokenizer=None, merge: bool = True, base: st
         _sort_adapter_config(out / "adapter_config.json")
         (out / BASE_FILE).write_text(json.dumps(ref, indent=2, sort_keys=True) + "\n")
     else:
+        import torch
+
         if hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()
-        model.save_pretrained(str(out))
+        model.to(getattr(torch, dtype)).save_pretrained(str(out))  # merged in float32, then rounded once
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
 
@@ -238,7 +242,8 @@ class _FromPretrained:
 
     def export(self, out: Path) -> None:
         merge = (self.params.get("lora") or LORA_DEFAULT).get("merge", True)
-        save_model(self.model, out, tokenizer=self.tokenizer, merge=merge, base=self.ctx.input("model"))
+        save_model(self.model, out, tokenizer=self.tokenizer, merge=merge, base=self.ctx.input("model"),
+                   dtype=self.params.get("dtype") or "float32")
 
 
 class FinetuneCausalLM(_FromPretrained, lm.CausalLM):

@@ -278,6 +278,25 @@ def test_lora_merged_export_is_a_plain_model_that_generates(tmp_path, tiny_llama
     assert reply.shape[1] > ids["input_ids"].shape[1]
 
 
+def test_dtype_bfloat16_halves_the_saved_weights_and_loads_back_in_it(tmp_path, tiny_llama):
+    """A merged fine-tune of a Q4 GGUF used to be stored in float32 only (98 MB became 538 MB)."""
+    inputs = {"model": tiny_llama, "data": pairs_table(tmp_path / "pairs")}
+    lora = {"method": "lora", "lora": {"r": 4}, "optimizer": {"lr": 1e-2}, "trainer": {"max_steps": 2}}
+    _, full, _ = finetune(tmp_path, inputs, "f32", task="sft", **lora)
+    _, half, _ = finetune(tmp_path, inputs, "bf16", task="sft", dtype="bfloat16", **lora)
+    size = {out.name: (out / "model.safetensors").stat().st_size for out in (full, half)}
+    assert size["bf16"] < 0.55 * size["f32"], size
+    f32 = transformers.AutoModelForCausalLM.from_pretrained(full, local_files_only=True)
+    bf16 = transformers.AutoModelForCausalLM.from_pretrained(half, local_files_only=True)
+    assert f32.dtype == torch.float32 and bf16.dtype == torch.bfloat16
+    assert json.loads((half / "config.json").read_text())["dtype"] == "bfloat16"
+    for name, weight in bf16.state_dict().items():  # the same trained weights, rounded once
+        assert torch.equal(weight, f32.state_dict()[name].to(torch.bfloat16)), name
+    with pytest.raises(RecipeError, match="dtype bfloat16 applies to a full model"):
+        Finetune().normalise({"task": "sft", "dtype": "bfloat16", "method": "lora", "lora": {"merge": False}},
+                             file="r.yaml", step="ft")
+
+
 def test_lora_adapter_export_loads_with_peft(tmp_path, tiny_llama):
     from peft import PeftModel
 
