@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 import sys
 from array import array
 from dataclasses import dataclass, field
@@ -192,6 +193,38 @@ def _code_cause(ma: dict, mb: dict, c: Change, label: str, out: Diff) -> str | N
     return f"{CODE_WORDS[c.what]} changed: " + ", ".join(f"{n} {what}" for n, what in changed)
 
 
+SOURCE_FIELDS = ("kind", "pypi", "repo", "path", "rev", "commit", "tag", "prefix", "log", "glob", "since", "until",
+                 "last")  # what names a source in an input's record (sources*.py), as a person wrote or moved it
+
+
+def _source_cause(x: dict, y: dict) -> str:
+    """A changed source input, as nix-diff shows a changed input: what names it on each side, then its content:
+    'source path: data.csv -> data-v2.csv (in /data); content 4b50... -> 9786...', or, where only the content
+    changed, 'source /data/data.csv: content 4b50... -> 9786...'."""
+    changed = [k for k in SOURCE_FIELDS if x.get(k) != y.get(k)]
+    if "rev" in changed:  # the commit follows the revision; it is news only when a branch moved
+        changed.remove("commit")
+    content = (f"content {x.get('hash')} -> {y.get('hash')}" if x.get("hash") != y.get("hash")
+               else f"content {y.get('hash')} (the same)")
+    if not changed:
+        name = next((y[k] for k in ("path", "tag", "log", "prefix", "artifact") if y.get(k)), y.get("kind"))
+        return f"source {name}: {content}"
+    named = next((y[k] for k in ("path", "tag", "log") if y.get(k) and k not in changed), None)
+    return f"source {named + ': ' if named else ''}" + "; ".join([*(_moved(k, x.get(k), y.get(k)) for k in changed),
+                                                                   content])
+
+
+def _moved(what: str, old, new) -> str:
+    """'path: data.csv -> data-v2.csv (in /data)': two absolute paths relative to the folder they share."""
+    if old is None or new is None:
+        return f"{what}: {'added' if old is None else 'removed'} ({new if old is None else old})"
+    if what in ("path", "log", "repo") and all(str(p).startswith("/") for p in (old, new)):
+        common = os.path.commonpath([os.path.dirname(old), os.path.dirname(new)])
+        if common != "/":
+            return f"{what}: {os.path.relpath(old, common)} -> {os.path.relpath(new, common)} (in {common})"
+    return f"{what}: {old} -> {new}"
+
+
 def diff(store: Store, a: Path, b: Path, key_a: str | None = None, key_b: str | None = None) -> Diff:
     """Why b differs from a. `key_a`/`key_b` name the build of each to compare (a root knows it); without
     one, an artifact's own lineage record (its first build) is used."""
@@ -252,11 +285,7 @@ def _diff(store: Store, a: tuple, b: tuple, trail: str, out: Diff, seen: set) ->
                 _diff(store, (input_path(store, x, what), x.get("key")), (input_path(store, y, what), y.get("key")),
                       f"{label} <- {y.get('step')}", out, seen)
         elif x.get("hash") != y.get("hash") or x.get("kind") != y.get("kind"):
-            src = (y.get("path") or y.get("pypi") or y.get("dvc") or (y.get("tag") and f"tag {y['tag']}")
-                   or y.get("artifact"))
-            out.causes.append(f"{here}: source {src} content {x.get('hash')} -> {y.get('hash')}")
-            if x.get("path") != y.get("path"):
-                out.causes.append(f"{here}: source path {x.get('path')} -> {y.get('path')}")
+            out.causes.append(f"{here}: {_source_cause(x, y)}")
     _diff_table(a[0], b[0], label, out)
     _diff_tune(a[0], b[0], label, out)
     metrics = field_changes(ma.get("metrics") or {}, mb.get("metrics") or {}, "metrics")

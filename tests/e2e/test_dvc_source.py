@@ -121,7 +121,8 @@ def test_build_show_override_diff_and_cached_rebuild(project, cli, registry, env
 
     diff = json.loads(cli("diff", v1, v2, "--json", env=env).stdout)
     assert not diff["identical"]
-    assert any("data/table.csv" in c and src["hash"] in c and src2["hash"] in c for c in diff["causes"]), diff
+    assert diff["causes"] == [f"raw <- data: source data/table.csv: rev: v1 -> v2; content {src['hash']} -> "
+                              f"{src2['hash']}"], diff
     effects = " ".join(diff["effects"])
     assert "raw: rows: 2 added, 1 removed (3 -> 4)" in effects, diff
 
