@@ -232,8 +232,7 @@ def test_row_groups_are_encoded_in_order_while_the_next_is_built(tmp_path, monke
             groups.append(pa.concat_tables(pending))
             pending, size = [], 0
     groups += [pa.concat_tables(pending)] if pending else []
-    with pq.ParquetWriter(tmp_path / "plain.parquet", batches[0].schema, compression="zstd",
-                          compression_level=3) as plain:
+    with pq.ParquetWriter(tmp_path / "plain.parquet", batches[0].schema, compression="snappy") as plain:
         for group in groups:
             plain.write_table(group, row_group_size=1 << 30)
     assert (tmp_path / "threaded" / "data.parquet").read_bytes() == (tmp_path / "plain.parquet").read_bytes()
