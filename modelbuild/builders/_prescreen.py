@@ -12,6 +12,7 @@ names the failures. So it can only make a passing table cheaper: it never decide
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 BATCH_ROWS = 1 << 17
@@ -66,8 +67,10 @@ def _plan(spec: dict, schema) -> tuple[dict, list]:
                 raise _Unproven
             continue
         type_ = schema.field(name).type
-        columns[name] = [_dtype_rule(col.get("dtype"), type_, nullable=col.get("nullable", False))]
-        columns[name] += [_check_rule(check, value, type_) for check, value in (col.get("checks") or {}).items()]
+        rules = [_dtype_rule(col.get("dtype"), type_, nullable=col.get("nullable", False))]
+        rules += [_check_rule(check, value, type_) for check, value in (col.get("checks") or {}).items()]
+        if any(rules):  # a column with nothing to check in its values is not read
+            columns[name] = [r for r in rules if r is not None]
         uniques += [[name]] if col.get("unique") else []
     combined = spec.get("unique")
     if combined:
@@ -78,8 +81,8 @@ def _plan(spec: dict, schema) -> tuple[dict, list]:
 
 
 def _dtype_rule(dtype: str | None, type_, nullable: bool):
-    """The column's dtype as pandas reads it, and its nulls: an int or bool column with a null is float64 or
-    object in pandas, whatever its declared dtype; a float NaN is a null to Pandera."""
+    """The column's dtype as pandas reads it, and its nulls (None: nothing to read): an int or bool column
+    with a null is float64 or object in pandas, whatever its declared dtype; a float NaN is a null to Pandera."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -88,40 +91,50 @@ def _dtype_rule(dtype: str | None, type_, nullable: bool):
     text = pa.types.is_string(type_) or pa.types.is_large_string(type_)  # both read as pandas' str
     if dtype is not None and exact.get(dtype) != type_ and not (dtype == "str" and text):
         raise _Unproven
-    no_nulls = (dtype in INTS or dtype == "bool") or not nullable
+    if nullable and dtype not in INTS and dtype != "bool":
+        return None
 
     def rule(arr):
-        if no_nulls and (arr.null_count or (pa.types.is_floating(arr.type) and pc.any(pc.is_nan(arr)).as_py())):
+        if arr.null_count or (pa.types.is_floating(arr.type) and pc.any(pc.is_nan(arr)).as_py()):
             raise _Unproven
 
     return rule
 
 
 def _check_rule(check: str, value, type_):
-    """One of the schema's checks, on the values present (Pandera skips nulls and NaN)."""
+    """One of the schema's checks, on the values present (Pandera skips nulls and NaN), where Arrow and
+    pandas compare alike: int64 and float64 columns (numpy compares a float32 or int32 column in its own
+    type), bounds within int64's range."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    number = pa.types.is_integer(type_) or pa.types.is_floating(type_)
-    tests = []
-    if check in BOUNDS and number and _is_number(value):
-        tests = [(BOUNDS[check], value)]
-    elif check == "in_range" and number and all(_is_number(value.get(k)) for k in ("min", "max")):
-        tests = [("greater_equal", value["min"]), ("less_equal", value["max"])]
-    elif check in ("isin", "notin"):
+    if check in ("isin", "notin"):
         wanted = _value_set(value, type_)
-    else:
+
+        def rule(arr):
+            hit = pc.is_in(_present(arr), value_set=wanted)
+            if pc.all(hit if check == "isin" else pc.invert(hit)).as_py() is False:
+                raise _Unproven
+
+        return rule
+    bounds = {check: value} if check in BOUNDS else {"ge": value["min"], "le": value["max"]} \
+        if check == "in_range" else None
+    if bounds is None or type_ not in (pa.int64(), pa.float64()) or not all(map(_is_number, bounds.values())) \
+            or any(abs(b) >= 2**63 for b in bounds.values()):
         raise _Unproven
+    if pa.types.is_floating(type_) or any(isinstance(b, float) for b in bounds.values()):
+        bounds = {k: float(b) for k, b in bounds.items()}  # numpy compares them, and the column, as float64
 
     def rule(arr):
-        present = _present(arr)
-        if check in ("isin", "notin"):
-            hit = pc.is_in(present, value_set=wanted)
-            ok = pc.all(hit if check == "isin" else pc.invert(hit))
-        else:
-            ok = pc.all(pc.and_(*(getattr(pc, f)(present, bound) for f, bound in tests))) if len(tests) > 1 else \
-                pc.all(getattr(pc, tests[0][0])(present, tests[0][1]))
-        if ok.as_py() is False:
+        both = pc.min_max(arr)  # skips nulls and NaN (all NaN: NaN, which passes every bound here)
+        low, high = both["min"].as_py(), both["max"].as_py()
+        if low is None:
+            return
+        if isinstance(next(iter(bounds.values())), float):
+            low, high = float(low), float(high)
+        ok = {"ge": low >= bounds.get("ge", low), "gt": "gt" not in bounds or low > bounds["gt"],
+              "le": high <= bounds.get("le", high), "lt": "lt" not in bounds or high < bounds["lt"]}
+        if not all(ok.values()) and not math.isnan(low):
             raise _Unproven
 
     return rule
@@ -133,9 +146,9 @@ def _value_set(values: list, type_):
 
     if (pa.types.is_string(type_) or pa.types.is_large_string(type_)) and all(isinstance(v, str) for v in values):
         return pa.array(values, type_)
-    if pa.types.is_integer(type_) and all(type(v) is int for v in values):
+    if type_ == pa.int64() and all(type(v) is int and abs(v) < 2**63 for v in values):
         return pa.array(values, pa.int64())
-    if pa.types.is_floating(type_) and all(_is_number(v) for v in values):
+    if type_ == pa.float64() and all(_is_number(v) and abs(v) < 2**53 for v in values):
         return pa.array([float(v) for v in values], pa.float64())
     raise _Unproven
 
