@@ -19,6 +19,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import steplog
 from .builders import BUILTIN, BuildContext, load_builder
 from .builders.base import RANK_OF_ENV, launcher_rank
 from .derivation import Job, derivation_key
@@ -194,8 +195,7 @@ def _log_to(path: Path) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s",
-                        force=True)
+    steplog.setup()
 
 
 def _context(store: Store, run: Run, out: Path, work: Path | None = None) -> BuildContext:

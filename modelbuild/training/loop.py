@@ -7,7 +7,8 @@ What `fit(ctx, task, params)` does, in order:
    `torch.set_num_threads(num_threads)` and `OMP_NUM_THREADS` (DDP ranks inherit it, and Lightning's
    launcher then keeps its hands off the thread count). Then `task.setup()`, so weights start alike.
 2. A `lightning.Trainer` from `params.trainer`, unchanged, plus what the loop owns: its logger and
-   callbacks, no progress bar, `default_root_dir` = the work area, and a checkpoint plugin that writes
+   callbacks, no progress bar, no model summary table unless `enable_model_summary` is set (one line counts
+   the parameters instead), `default_root_dir` = the work area, and a checkpoint plugin that writes
    `last.ckpt.part` and renames it (a kill mid-write never leaves a torn `last.ckpt`).
 3. Checkpoints: `ctx.work/checkpoints/last.ckpt`, saved at the start of the first batch after every
    `checkpoint_every_n_steps` optimizer steps (then everything about the steps before it, their logging,
@@ -109,7 +110,7 @@ def fit(ctx, task, params: dict) -> dict:
     _check_early_stopping(ctx, p, val_loader)
     _install_optimizer(task.module, p)
     if trainer.is_global_zero:
-        _log_start(ctx, trainer, p, seed, ckpt)
+        _log_start(ctx, trainer, p, seed, ckpt, task.module)
         hparams = split_unkeyed(p, UNKEYED_LOOP_PARAMS)[0]  # the params that make the model, as its key holds them
         recorder.history.start_live(ctx.live_logs, events.flat_params({**hparams, "seed": seed}))
     fit_started = time.perf_counter()
@@ -225,7 +226,8 @@ def _trainer(p: dict, work: Path, recorder) -> pl.Trainer:
     recorder.checkpoint_every, recorder.checkpoint = every, work / CHECKPOINTS / LAST
     if p["early_stopping"]:
         callbacks.append(EarlyStopping(**p["early_stopping"]))
-    return pl.Trainer(**p["trainer"], logger=recorder.history, callbacks=callbacks, enable_progress_bar=False,
+    trainer = {"enable_model_summary": False, **p["trainer"]}  # _log_start counts the parameters in one line
+    return pl.Trainer(**trainer, logger=recorder.history, callbacks=callbacks, enable_progress_bar=False,
                       enable_checkpointing=False, default_root_dir=str(work),
                       deterministic=p["deterministic"], plugins=[_AtomicCheckpointIO()] if every else None)
 
@@ -283,10 +285,13 @@ def _check_early_stopping(ctx, p: dict, val_loader) -> None:
                          f"train_loss")
 
 
-def _log_start(ctx, trainer, p, seed, ckpt) -> None:
+def _log_start(ctx, trainer, p, seed, ckpt, module) -> None:
     ctx.log.info("training on %s (%s), %d process(es), precision %s, seed %d, %d threads, deterministic %s",
                  trainer.strategy.root_device, type(trainer.strategy).__name__, trainer.world_size,
                  trainer.precision, seed, p["num_threads"], p["deterministic"])
+    sizes = [(q.numel(), q.requires_grad) for q in module.parameters()]
+    ctx.log.info("model %s: %s parameters, %s trainable", type(module).__name__, f"{sum(n for n, _ in sizes):,}",
+                 f"{sum(n for n, grad in sizes if grad):,}")
     if ckpt:
         ctx.log.info("resuming from %s", ckpt)
     ctx.log.info("metric history goes to logs/metrics.csv%s in the artifact%s",
