@@ -42,6 +42,8 @@ from pathlib import Path
 
 from ..errors import BuildError, RecipeError, did_you_mean
 from ..table import TableWriter, column_hashes, data_file, iter_batches, read_schema, row_hashes, summary
+from ._strings import is_ascii as _ascii
+from ._strings import trim_whitespace
 from .base import Builder, Param
 
 BATCH_ROWS = 1 << 17  # rows held at a time; bounds memory, never changes the output
@@ -412,23 +414,25 @@ class _Cleaner:
 
     def _text(self, batch, offset):
         _, pc, _ = _arrow()
-        apply = {"strip_whitespace": pc.utf8_trim_whitespace, "fix_mojibake": _fix_mojibake,
+        apply = {"strip_whitespace": trim_whitespace, "fix_mojibake": _fix_mojibake,
                  "normalize_unicode": lambda c: pc.utf8_normalize(c, form=self.p["normalize_unicode"]),
                  "lowercase": pc.utf8_lower}
         for rule in TEXT_RULES:
             for column, old in self._columns(batch, self.text[rule]):
                 if rule == "normalize_unicode" and _ascii(old):
                     continue  # every normal form of ASCII text is itself
-                batch = _set(batch, column, new := apply[rule](old))
-                self.report[rule]["values_changed"][column] += _count(pc.not_equal(old, new))
+                if (new := apply[rule](old)) is not old:  # trim_whitespace: old itself, when it has nothing to strip
+                    batch = _set(batch, column, new)
+                    self.report[rule]["values_changed"][column] += _count(pc.not_equal(old, new))
         return batch
 
     def _na_values(self, batch, offset):
         pa, pc, _ = _arrow()
         for column, old in self._columns(batch, self.strings):
             hit = pc.is_in(old, value_set=pa.array(self.p["na_values"], old.type))
-            batch = _set(batch, column, pc.if_else(hit, pa.scalar(None, old.type), old))
-            self.report["na_values"]["values_nulled"][column] += _count(hit)
+            if nulled := _count(hit):
+                batch = _set(batch, column, pc.if_else(hit, pa.scalar(None, old.type), old))
+                self.report["na_values"]["values_nulled"][column] += nulled
         return batch
 
     def _value_map(self, batch, offset):
@@ -609,20 +613,6 @@ def _firsts(hashes, repeated, seen):
         keep[hit[first[~seen[slots]]]] = True
         seen[slots] = True
     return keep
-
-
-def _ascii(column) -> bool:
-    """Whether every value of a string array is ASCII: one scan of its data buffer, not a call per value."""
-    pa, _, np = _arrow()
-    if isinstance(column, pa.ChunkedArray):
-        return all(_ascii(chunk) for chunk in column.chunks)
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)) or not len(column):
-        return not len(column)
-    _, offsets, data = column.buffers()
-    width = np.int64 if pa.types.is_large_string(column.type) else np.int32
-    ends = np.frombuffer(offsets, width, len(column) + 1, column.offset * np.dtype(width).itemsize)
-    start, stop = int(ends[0]), int(ends[-1])
-    return data is None or stop == start or int(np.frombuffer(data, np.uint8, stop - start, start).max()) < 128
 
 
 def _set(batch, column: str, values):

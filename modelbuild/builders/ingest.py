@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..errors import BuildError, RecipeError, did_you_mean
 from ..table import TableWriter
+from ._strings import trim_whitespace
 from .base import Builder, Param
 
 FORMATS = ("auto", "csv", "tsv", "jsonl", "parquet", "text")
@@ -228,11 +229,11 @@ def _normalise(table, p, fmt: str, name: str):
                          f"`rename_duplicates: true` to read them as {twice[0]}, {twice[0]}_1, ..., or give every "
                          f"column its own name with `names:`")
     table = table.rename_columns(names)
-    if fmt in ("csv", "tsv"):
+    if fmt in ("csv", "tsv") and p["strip_whitespace"]:  # the reader nulled na_values as written; stripped, again
         na = pa.array(p["na_values"] or [], pa.string())
         for i, field in enumerate(table.schema):
-            if pa.types.is_string(field.type):
-                column = pc.utf8_trim_whitespace(table.column(i)) if p["strip_whitespace"] else table.column(i)
+            old = table.column(i)
+            if pa.types.is_string(field.type) and (column := trim_whitespace(old)) is not old:
                 column = pc.if_else(pc.is_in(column, value_set=na), pa.scalar(None, pa.string()), column)
                 table = table.set_column(i, field.name, column)
     if p["columns"]:

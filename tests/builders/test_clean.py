@@ -121,6 +121,23 @@ def test_unicode_normalisation_skips_ascii_batches_only(tmp_path, small_batches)
     assert clean._ascii(pa.array(["é", "a"]).slice(1)) and not clean._ascii(pa.array(["é", "a"], pa.large_string()))
 
 
+def test_stripping_skips_only_ascii_text_with_nothing_to_strip():
+    """trim_whitespace copies nothing where no ASCII value starts or ends with whitespace, and otherwise strips
+    exactly as pc.utf8_trim_whitespace does (sliced arrays, nulls, large strings, Unicode spaces included)."""
+    from modelbuild.builders._strings import trim_whitespace
+
+    pc = pytest.importorskip("pyarrow.compute")
+    cases = [["a b", None, "c", ""], ["a", " b"], ["a", "b\t"], ["a\x1c", "b"], ["\u00a0a", "b"], ["é", "b "],
+             ["é", "b"], [None, None], []]
+    for values in cases:
+        for array in (pa.array(values, pa.string()), pa.array(values, pa.large_string()),
+                      pa.chunked_array([pa.array(["x "] + values, pa.string()).slice(1)], pa.string())):
+            trimmed = trim_whitespace(array)
+            assert trimmed.to_pylist() == pc.utf8_trim_whitespace(array).to_pylist(), values
+            spaced = any(v != v.strip() or v != v.strip("\x1c\x1d\x1e\x1f") for v in values if v)
+            assert (trimmed is array) is (not spaced and all(v.isascii() for v in values if v)), values
+
+
 def test_rename_columns_and_drop_columns(tmp_path):
     data = pd.DataFrame({"Age": [1], "Name": ["a"], "junk": [0], "x": [2]})
     df, report, _ = run(tmp_path, data, rename={"Age": "age", "Name": "name"}, columns=["name", "age", "x"],
