@@ -11,6 +11,11 @@ from modelbuild.errors import RecipeError
 from modelbuild.evaluation import gates as G
 from modelbuild.evaluation import metrics as M
 
+try:  # SmolLM2-135M-Instruct's GGUF, downloaded once: the fixtures test_finetune.py defines
+    from test_finetune import model_cache, smollm  # noqa: F401
+except pytest.skip.Exception:  # torch, lightning, transformers or peft is missing: its tests skip
+    pass
+
 pytest.importorskip("fairlearn")
 pytest.importorskip("sklearn")
 
@@ -554,3 +559,31 @@ def test_an_instruction_tuned_model_is_scored_as_training_framed_it(project, cli
     log = cli("log", "sftval:responses").stdout
     assert "WARNING" in log and "perplexity interval rests on one block" in log
     assert not math.isclose(metrics["perplexity"], scored["perplexity"], rel_tol=0.01)
+
+
+
+@pytest.mark.slow
+def test_a_gguf_model_is_a_baseline_and_a_model(tmp_path, smollm):
+    """SmolLM2-135M-Instruct as `finetune` takes it (the folder holding its .gguf file) is the baseline of a
+    fine-tune, framed by its own chat template; a .gguf file or its folder is a causal LM to evaluate."""
+    import json
+
+    pa = pytest.importorskip("pyarrow")
+    pytest.importorskip("gguf")
+    from modelbuild.evaluation.predict import detect_task
+    from modelbuild.table import write_table
+
+    assert detect_task(smollm) == detect_task(smollm.parent) == "causal-lm"  # refused before: no config.json
+    _save_chat_llama(tmp_path / "tiny")
+    pairs = [("what colour is the sky ?", "the sky is blue ."), ("what colour is the snow ?", "the snow is white ."),
+             ("what colour is the coal ?", "the coal is black .")]
+    write_table(pa.table({"question": [p for p, _ in pairs], "answer": [r for _, r in pairs]}), tmp_path / "data")
+    out = _evaluate(tmp_path, {"model": tmp_path / "tiny", "data": tmp_path / "data", "baseline": smollm.parent},
+                    pairs={"prompt": "question", "response": "answer"}, bootstrap=50, batch_size=4,
+                    gates={"perplexity": ">= baseline"})
+    info = json.loads((out / "evaluation.json").read_text())
+    baseline = json.loads((out / "baseline" / "metrics.json").read_text())
+    assert info["task"] == "causal-lm" and info["pairs"]["from"] == "params" and info["scored"] == 3
+    assert "chat template" in info["framing"] and info["baseline_framing"] == info["framing"]
+    assert baseline["blocks"] == 3 and 1 < baseline["perplexity"] < 50  # an instruct model, framed as it was tuned
+    assert json.loads((out / "gates.json").read_text())["passed"]  # the untrained tiny model: far worse
