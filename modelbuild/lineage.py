@@ -100,7 +100,7 @@ def format_show(info: dict) -> str:
                 lines.append(f"code       {what}: {', '.join(sorted(rec['files']))}")
         for name, i in sorted((info.get("inputs") or {}).items()):
             where = i.get("path") if i.get("kind") == "step" else json.dumps(
-                {k: v for k, v in i.items() if k not in ("kind", "hash")})
+                {k: v for k, v in i.items() if k not in ("kind", "hash", "text")})
             what = f"step {i.get('step')}" if i.get("kind") == "step" else f"{i.get('kind')} source"
             lines.append(f"input      {name}: {what} {where}" + (f" hash {i['hash']}" if i.get("hash") else ""))
         env = drv.get("env") or {}
@@ -184,13 +184,18 @@ def _code_cause(ma: dict, mb: dict, c: Change, label: str, out: Diff) -> str | N
         old, new = a.get("sources", {}).get(name), b.get("sources", {}).get(name)
         text = None
         if (old is not None or change == "added") and (new is not None or change == "removed"):
-            lines = list(difflib.unified_diff((old or "").splitlines(keepends=True), (new or "").splitlines(keepends=True),
-                                              f"a/{name}", f"b/{name}"))
-            more = len(lines) - DIFF_LINES
-            text = "".join(x if x.endswith("\n") else x + "\n" for x in lines[:DIFF_LINES]) + \
-                (f"... {more} more lines\n" if more > 0 else "")
+            text = _unified(name, old or "", new or "")
         out.code.append({"where": label, "file": name, "change": change, "diff": text})
     return f"{CODE_WORDS[c.what]} changed: " + ", ".join(f"{n} {what}" for n, what in changed)
+
+
+def _unified(name: str, old: str, new: str, old_name: str | None = None) -> str:
+    """The unified diff of two texts, cut at DIFF_LINES."""
+    lines = list(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+                                      f"a/{old_name or name}", f"b/{name}"))
+    more = len(lines) - DIFF_LINES
+    return "".join(x if x.endswith("\n") else x + "\n" for x in lines[:DIFF_LINES]) + \
+        (f"... {more} more lines\n" if more > 0 else "")
 
 
 SOURCE_FIELDS = ("kind", "pypi", "repo", "path", "rev", "commit", "tag", "prefix", "log", "glob", "since", "until",
@@ -286,6 +291,10 @@ def _diff(store: Store, a: tuple, b: tuple, trail: str, out: Diff, seen: set) ->
                       f"{label} <- {y.get('step')}", out, seen)
         elif x.get("hash") != y.get("hash") or x.get("kind") != y.get("kind"):
             out.causes.append(f"{here}: {_source_cause(x, y)}")
+            if isinstance(x.get("text"), str) and isinstance(y.get("text"), str):  # a small script, kept whole
+                names = [os.path.basename(str(v.get("path"))) for v in (x, y)]
+                out.code.append({"where": here, "file": names[1], "change": "edited",
+                                 "diff": _unified(names[1], x["text"], y["text"], names[0])})
     _diff_table(a[0], b[0], label, out)
     _diff_tune(a[0], b[0], label, out)
     metrics = field_changes(ma.get("metrics") or {}, mb.get("metrics") or {}, "metrics")

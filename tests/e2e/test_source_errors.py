@@ -127,3 +127,25 @@ def test_a_misplaced_or_misspelt_finetune_param_is_exit_2_with_the_right_name(pr
     project.write("recipe.yaml", FINETUNE.format(param=param))
     for verb in ("plan", "build"):
         refused(cli, verb, "step 'tuned'", f"key '{key}'", hint)
+
+
+def test_diff_of_an_edited_script_source_shows_its_changed_lines(project, cli):
+    """A `command` step's script is a source, not module code: its lines are kept in the lineage (small text
+    files only), so `diff` shows them as it shows a python step's edited module."""
+    project.write("count.py", "import sys\n\nrows = open(sys.argv[1]).read().splitlines()\nprint(len(rows))\n")
+    project.write("data.csv", "a\n" + "1\n" * 3000)  # data, and 6 KB: not kept
+    project.write("recipe.yaml", """
+        name: count
+        steps:
+          count:
+            builder: command
+            inputs: {data: {path: data.csv}, script: {path: count.py}}
+            params: {cmd: '"$PYTHON" "$MB_IN_SCRIPT" "$MB_IN_DATA" > "$MB_OUT/rows.txt"'}
+        """)
+    first = cli.build()["by_step"]["count"]["path"]
+    project.write("count.py", "import sys\n\nrows = open(sys.argv[1]).read().splitlines()\nprint(len(rows) - 1)\n")
+    second = cli.build()["by_step"]["count"]["path"]
+    code = json.loads(cli("diff", "--json", first, second).stdout)["code"]
+    assert [(c["where"], c["file"]) for c in code] == [("count <- script", "count.py")], code
+    assert "-print(len(rows))\n+print(len(rows) - 1)\n" in code[0]["diff"]
+    assert '"text"' not in cli("show", second).stdout
