@@ -237,7 +237,9 @@ class Run:
 
 def _proc_name(p, top: bool) -> str | None:
     """'main' for the command itself, 'worker STEP' for a modelbuild worker (the step read from its job
-    file), None for a child that has not exec'd yet (ask again at the next sample)."""
+    file), 'worker #N' for the Nth job forked from the zygote (which carries the zygote's command line;
+    with -j 1 the jobs run in build order), 'zygote', or None for a child that has not exec'd yet (ask
+    again at the next sample)."""
     if top:
         return "main"
     cmd = p.cmdline()
@@ -246,6 +248,12 @@ def _proc_name(p, top: bool) -> str | None:
             return "worker " + json.loads(Path(cmd[-1]).read_text())["step"]
         except (OSError, ValueError, KeyError):
             return "worker ?"
+    if any("serve(" in part for part in cmd):
+        parent = p.parent()
+        if parent is not None and parent.cmdline() == cmd:
+            _proc_name.forked = getattr(_proc_name, "forked", 0) + 1
+            return f"worker #{_proc_name.forked}"
+        return "zygote"
     return None
 
 
@@ -298,6 +306,7 @@ def main() -> int:
         for i in range(args.repeat):
             for label in labels[i % 3:] + labels[:i % 3]:
                 print(f"round {i + 1}/{args.repeat}: {label} ...", flush=True)
+                _proc_name.forked = 0
                 r = measure(label, mb, csv, tmp, args.interval)
                 results[label].append(r)
                 print(f"  {r.wall:.1f} s wall, {r.cpu:.1f} s CPU, peak {r.peak / 2**20:.0f} MiB, "
@@ -367,8 +376,8 @@ def report(results: dict, size: int, rows: int, args) -> None:
         q["rss"], q["anon"] = max(q["rss"], p["rss"]), max(q["anon"], p["anon"])
     kinds = {"raw": "ingest", "clean": "clean", "check": "validate"}
     total = 0.0
-    for st in m.build["steps"]:
-        q = by_name.get(f"worker {st['step']}", {"rss": 0, "anon": 0})
+    for n, st in enumerate(m.build["steps"], 1):
+        q = by_name.get(f"worker {st['step']}") or by_name.get(f"worker #{n}", {"rss": 0, "anon": 0})
         total += st["seconds"]
         print(f"{st['step'] + ' (' + kinds.get(st['step'], '?') + ')':<18} {st['seconds']:8.1f} "
               f"{st['seconds'] / m.wall:6.0%} {q['rss'] / 2**20:13.0f} {q['anon'] / 2**20:14.0f}")
@@ -388,7 +397,7 @@ def report(results: dict, size: int, rows: int, args) -> None:
               + f"   CPU-time throughput {cpu:4.2f}x   anon memory {mm.tree_anon / b.tree_anon:4.2f}x")
     ingest = next(st["seconds"] for st in m.build["steps"] if st["step"] == "raw")
     bare = sorted(results["pandas bare"], key=lambda r: r.wall)[(n - 1) // 2]
-    print(f"like for like: the ingest step alone (CSV -> zstd Parquet + fingerprints + statistics, {ingest:.1f} s) "
+    print(f"like for like: the ingest step alone (CSV -> snappy Parquet + fingerprints + statistics, {ingest:.1f} s) "
           f"vs pandas bare ({bare.wall:.1f} s): {bare.wall / ingest:.2f}x")
     print(f"""
 wall: the whole subprocess (interpreter start and imports included); MiB/s: CSV MiB / wall.
@@ -399,7 +408,7 @@ peak: max(ru_maxrss, tree RSS), the ratio's figure. ru_maxrss: getrusage(RUSAGE_
   samples may miss spikes shorter than the interval.
 max load: the highest 1-min load average seen at the start or end of a run; above {os.cpu_count()} (the CPUs), other
   processes competed for the CPUs and wall times (not CPU times) are inflated.
-modelbuild does more than read_csv + to_parquet: ingest and clean each read their input and write a new zstd
+modelbuild does more than read_csv + to_parquet: ingest and clean each read their input and write a new snappy
   Parquet table with row fingerprints and column statistics; validate checks the table and links it through
   unchanged; the CLI hashes the source and every output.""")
     busy = [k for k, v in s.items() if v.load > os.cpu_count()]
