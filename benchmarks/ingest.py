@@ -376,8 +376,8 @@ def report(results: dict, size: int, rows: int, args) -> None:
         q["rss"], q["anon"] = max(q["rss"], p["rss"]), max(q["anon"], p["anon"])
     kinds = {"raw": "ingest", "clean": "clean", "check": "validate"}
     total = 0.0
-    for n, st in enumerate(m.build["steps"], 1):
-        q = by_name.get(f"worker {st['step']}") or by_name.get(f"worker #{n}", {"rss": 0, "anon": 0})
+    for k, st in enumerate(m.build["steps"], 1):
+        q = by_name.get(f"worker {st['step']}") or by_name.get(f"worker #{k}", {"rss": 0, "anon": 0})
         total += st["seconds"]
         print(f"{st['step'] + ' (' + kinds.get(st['step'], '?') + ')':<18} {st['seconds']:8.1f} "
               f"{st['seconds'] / m.wall:6.0%} {q['rss'] / 2**20:13.0f} {q['anon'] / 2**20:14.0f}")
