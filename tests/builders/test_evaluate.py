@@ -202,6 +202,11 @@ def normalise(params, inputs=("model", "data")):
     ({"predictions": "x >= 1", "target": "y", "task": "causal-lm"}, ("data",), "not causal-lm"),
     ({"min_group_size": 0}, ("model", "data"), "min_group_size must be at least 1"),
     ({}, ("model", "data", "baseline", "extra"), "not 'extra'"),
+    ({"pairs": {"prompt": "q", "reponse": "a"}}, ("model", "data"), "unknown key 'reponse' in pairs (did you mean "
+                                                                     "'response'?)"),
+    ({"pairs": {"prompt": "q", "template": "A: {response} Q: {prompt}"}}, ("model", "data"), "{prompt} before"),
+    ({"pairs": {"prompt": "q"}, "text": "t"}, ("model", "data"), "give one"),
+    ({"pairs": {"prompt": "q"}, "task": "sequence-classification"}, ("model", "data"), "not sequence-classification"),
 ])
 def test_recipe_time_checks(params, inputs, says):
     with pytest.raises(RecipeError) as e:
