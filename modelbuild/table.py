@@ -424,8 +424,11 @@ def column_hashes(column):
         return mix64(np.full(n, _NULL, dtype=np.uint64))
     if pa.types.is_integer(t):
         v = arr.cast(pa.int64(), safe=False).fill_null(0).to_numpy()
-        exact = (v >= -(1 << 53)) & (v <= 1 << 53)
-        bits = np.where(exact, v.astype(np.float64).view(np.uint64), v.view(np.uint64) ^ np.uint64(_BIG_INT))
+        if -(1 << 53) <= v.min() and v.max() <= 1 << 53:  # as most are: every value equals a double
+            bits = v.astype(np.float64).view(np.uint64)
+        else:
+            exact = (v >= -(1 << 53)) & (v <= 1 << 53)
+            bits = np.where(exact, v.astype(np.float64).view(np.uint64), v.view(np.uint64) ^ np.uint64(_BIG_INT))
     elif pa.types.is_floating(t):
         f = arr.cast(pa.float64()).fill_null(0).to_numpy(zero_copy_only=False).copy()
         f[f == 0] = 0.0  # -0.0 is 0.0
@@ -567,9 +570,13 @@ class _ColumnStats:
             self.true += pc.sum(arr).as_py() or 0
         elif self.kind == "string" and self.distinct is not None:
             present = hashes if not arr.null_count else hashes[arr.is_valid().to_numpy(zero_copy_only=False)]
-            self.distinct.update(np.unique(present).tolist())
-            if len(self.distinct) > DISTINCT_CAP:
+            present = np.unique(present)
+            if len(present) > DISTINCT_CAP:  # over the cap whatever was seen before: no set of them
                 self.distinct = None
+            else:
+                self.distinct.update(present.tolist())
+                if len(self.distinct) > DISTINCT_CAP:
+                    self.distinct = None
         self.nulls += nulls
         self.count += len(arr) - nulls
 
