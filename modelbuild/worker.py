@@ -364,6 +364,7 @@ def _lineage(job: Job, started: float, out: Path, facts: dict | None = None) -> 
         "host": socket.gethostname(), "platform": platform.platform(), "python": sys.version.split()[0],
         "git_rev": _git_rev(job.recipe_dir), "started": started, "seconds": round(time.time() - started, 3),
         "log": f"logs/{job.key}.log", "metrics": metrics,
+        **({"unkeyed": job.unkeyed} if job.unkeyed else {}),  # the settings outside the key this build ran with
         **_cluster_worker(),
     }
 

@@ -447,6 +447,9 @@ def test_params_that_cannot_change_the_model_stay_out_of_the_key(ft_project, tmp
     first = cli.build("recipe.yaml", "+steps.ft.params.checkpoint_every_n_steps=1",
                       "+steps.ft.params.trainer.enable_model_summary=true")
     assert "Params" in step_log(cli, first, "ft")  # the setting reached the trainer: Lightning's summary table
+    shown = json.loads(cli("show", first["by_step"]["ft"]["path"], "--json").stdout)
+    assert "checkpoint_every_n_steps" not in shown["derivation"]["params"]
+    assert shown["unkeyed"] == {"checkpoint_every_n_steps": 1, "trainer": {"enable_model_summary": True}}
     unkeyed = ("+steps.ft.params.checkpoint_every_n_steps=0", "+steps.ft.params.trainer.enable_model_summary=false",
                "+steps.ft.params.trainer.profiler=simple")
     plan = json.loads(cli("plan", "recipe.yaml", *unkeyed, "--json").stdout)
