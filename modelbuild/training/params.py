@@ -74,7 +74,8 @@ LOOP_PARAMS = {
     "early_stopping": Param("dict", help="`{monitor: val_loss, patience: 3, mode: min, min_delta: 0.0}`; any key "
                             "given fills the rest from these"),
     "checkpoint_every_n_steps": Param("int", default=50, help="how often a checkpoint is kept in the step's work "
-                                      "area, to [resume](#resuming-a-killed-build) a killed build; `0`: never"),
+                                      "area, to [resume](#resuming-a-killed-build) a killed build; `0`: never. Not in the key "
+                                      "([why](#params-outside-the-key))"),
     "tolerance": Param("float", default=0.01, help="where bit-identity is not promised (GPU, `deterministic: "
                        "false`), the relative difference of each metric that `build --check` accepts"),
 }
