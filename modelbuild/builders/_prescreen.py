@@ -112,6 +112,7 @@ def _check_rule(check: str, value, type_):
         wanted = _value_set(value, type_)
 
         def rule(arr):
+            _exact_as_float(arr)
             hit = pc.is_in(_present(arr), value_set=wanted)
             if pc.all(hit if check == "isin" else pc.invert(hit)).as_py() is False:
                 raise _Unproven
@@ -130,6 +131,7 @@ def _check_rule(check: str, value, type_):
         low, high = both["min"].as_py(), both["max"].as_py()
         if low is None:
             return
+        _exact_as_float(arr, low, high)
         if isinstance(next(iter(bounds.values())), float):
             low, high = float(low), float(high)
         ok = {"ge": low >= bounds.get("ge", low), "gt": "gt" not in bounds or low > bounds["gt"],
@@ -138,6 +140,21 @@ def _check_rule(check: str, value, type_):
             raise _Unproven
 
     return rule
+
+
+def _exact_as_float(arr, low=None, high=None) -> None:
+    """An int64 column with a null anywhere in the table is float64 in pandas: its values must convert exactly
+    (within 2**53) for Arrow's int64 comparisons to be pandas' float64 ones."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not pa.types.is_integer(arr.type):
+        return
+    if low is None:
+        both = pc.min_max(arr)
+        low, high = both["min"].as_py(), both["max"].as_py()
+    if low is not None and max(abs(low), abs(high)) > 2**53:
+        raise _Unproven
 
 
 def _value_set(values: list, type_):

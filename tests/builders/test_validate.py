@@ -568,6 +568,8 @@ PRESCREEN = {  # case: (table, schema, whether the prescreen proves it passes)
     "a float bound, a value under it": (PEOPLE, {"columns": {"score": {"checks": {"gt": 0.15}}}}, False),
     "past 2**53, against a float bound": (_people(id=[1, 2, 3, 4, 5, 2**53 + 1]),
                                           {"columns": {"id": {"checks": {"gt": float(2**53)}}}}, False),
+    "past 2**53 with a null, notin": (_people(id=pd.array([None, 2, 3, 4, 5, 2**53 + 1], "Int64")),
+                                      {"columns": {"id": {"nullable": True, "checks": {"notin": [2**53]}}}}, False),
     "a bound on float32": (_people(score=PEOPLE["score"].astype("float32")),
                            {"columns": {"score": {"checks": {"le": 1}}}}, False),
 }
