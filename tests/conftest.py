@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,45 @@ import pytest
 os.environ.setdefault("MODELBUILD_CHECKPOINT_SECONDS", "0")
 
 REPO = Path(__file__).resolve().parents[1]
+
+# ---- slow tests and the CI time budget -----------------------------------------------------------------------
+# Slow tests run after the others: modules holding only slow tests go last, and a mixed module runs its slow tests
+# after its quick ones (under `--dist loadscope` a module stays on one worker, so its fixtures are built once).
+# MODELBUILD_TEST_DEADLINE (a Unix time; .ci/run sets it from its own start) skips a slow test whose estimate,
+# `@pytest.mark.slow(minutes=N)` (2 unless given), would run past it: CI keeps to its time and runs every slow
+# test that fits, and the summary names the ones it left for `pytest -m slow`.
+SLOW_MINUTES_DEFAULT = 2
+
+
+def _is_slow(item) -> bool:
+    return item.get_closest_marker("slow") is not None
+
+
+def _slow_minutes(item) -> float:
+    marker = item.get_closest_marker("slow")
+    return 0 if marker is None else marker.kwargs.get("minutes", SLOW_MINUTES_DEFAULT)
+
+
+def pytest_collection_modifyitems(config, items):
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    # quick modules first, then slow-only modules from the shortest estimate, so that a deadline leaves out few
+    ordered = sorted(modules.values(), key=lambda group: (all(map(_is_slow, group)),
+                                                         sum(map(_slow_minutes, group))))
+    items[:] = [item for group in ordered for item in sorted(group, key=_is_slow)]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    deadline = os.environ.get("MODELBUILD_TEST_DEADLINE")
+    minutes = _slow_minutes(item)
+    if not deadline or not minutes:
+        return
+    left = float(deadline) - time.time()
+    if minutes * 60 > left:
+        pytest.skip(f"CI time budget: about {minutes} min needed, {max(left, 0) / 60:.1f} min left before "
+                    f"MODELBUILD_TEST_DEADLINE; run it with `pytest -m slow`")
 
 
 class Cli:

@@ -425,7 +425,7 @@ def _evaluate(tmp_path, inputs, **params):
     return out
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=3)
 def test_language_models_are_scored(tmp_path):
     """A tiny BERT classifier (with bias by group) and a tiny GPT-2 (loss and perplexity)."""
     import json
@@ -567,7 +567,7 @@ def test_an_instruction_tuned_model_is_scored_as_training_framed_it(project, cli
 
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=3)
 def test_a_gguf_model_is_a_baseline_and_a_model(tmp_path, smollm):
     """SmolLM2-135M-Instruct as `finetune` takes it (the folder holding its .gguf file) is the baseline of a
     fine-tune, framed by its own chat template; a .gguf file or its folder is a causal LM to evaluate."""

@@ -360,7 +360,7 @@ def test_a_tokenizer_larger_than_the_model_is_refused(tmp_path, tiny_llama, mini
 
 
 # ---- SmolLM2 from GGUF ------------------------------------------------------------------------------------
-@pytest.mark.slow
+@pytest.mark.slow(minutes=4)
 def test_smollm_gguf_lora_sft_exports_a_model_that_answers(tmp_path, smollm):
     data = tmp_path / "pairs"
     write_table(pa.table({"instruction": ["What is the capital of France?", "Convert 2 hours to minutes."],

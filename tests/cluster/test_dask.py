@@ -183,7 +183,7 @@ def income(cluster, tmp_path_factory):
             on_cluster.build("recipes/income.yaml", *targets, "--executor", dask_url(cluster)), local, on_cluster)
 
 
-@pytest.mark.slow  # two builds of the income recipe's data steps
+@pytest.mark.slow(minutes=4)  # two builds of the income recipe's data steps
 def test_income_on_the_cluster_equals_the_local_build(income):
     local, on_cluster, local_cli, cluster_cli = income
     assert set(on_cluster["by_step"]) == set(local["by_step"]) and len(local["steps"]) >= 8

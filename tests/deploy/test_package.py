@@ -193,7 +193,7 @@ def _run_as_a_pod(spec: dict, port: int, site_packages: str) -> dict:
     return spec
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=3)
 def test_server_image_answers_health_and_predict_under_runc(cli, python_base, tmp_path):
     """The server image's own entrypoint, unchanged (`modelbuild serve /models` and the package step's batching),
     run by runc as a pod would run it: /health names the model digest, /predict answers, SIGTERM stops it and

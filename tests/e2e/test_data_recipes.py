@@ -175,7 +175,7 @@ def test_tweets(tweets):
     assert profile["columns"]["sentiment"]["distinct"] == 3
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=4)
 def test_income_tuned_and_evaluated(cli, income):
     """Bayesian optimisation of the model (6 trials), then the best model on adult.test, gated by accuracy and
     by sex and race; the data steps are cached from the income fixture."""

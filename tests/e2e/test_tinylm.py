@@ -88,7 +88,7 @@ def test_a_new_learning_rate_rebuilds_the_model_only(cli):
     assert any("optimizer" in r and "0.003 -> 0.001" in r for r in model["reasons"]), model["reasons"]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=8)
 @pytest.mark.timeout(1800)  # ~3 min alone on two cores; longer beside another test worker
 def test_tinylm_recipe_as_written(cli):
     """The full recipe: a few minutes on 2 CPU cores; the model beats a unigram model's perplexity."""
