@@ -20,6 +20,10 @@ Example::
       inputs: {data: splits}
       params: {predictions: "education_num >= 13", target: high_income}
 
+A causal LM is scored as it was trained (modelbuild/evaluation/predict.py's `framing`): an `sft` fine-tune
+on its prompt/response pairs, chat template and loss on the response tokens, so its perplexity is training's
+val_perplexity; a baseline model (a GGUF too) is framed alike.
+
 The evaluation artifact is always committed; when a gate fails the step fails with exit 4 and a table of
 every gate, nothing downstream builds, and a later build of the same key fails the same way from the cache
 (see `keep_artifact` in modelbuild/errors.py). Metric names, the artifact's files and the gate syntax are in

@@ -176,9 +176,11 @@ def summary(info: dict, metrics: dict, gate_rows: list[dict], gate_table: str, b
                      f"{info['min_group_size']}: reported in groups/{column}.csv, left out of the gaps")
     if info.get("framing"):
         lines.append(f"- framing: {info['framing']}")
+    if info.get("baseline_framing") not in (None, info.get("framing")):
+        lines.append(f"- the baseline's framing: {info['baseline_framing']}")
     boot = info.get("bootstrap") or {}
     if boot.get("resamples"):
-        over = f" over {boot['units']} {boot['unit']}s" if boot.get("unit") else ""
+        over = f" over {boot['units']} {boot['unit']}{'s' * (boot['units'] != 1)}" if boot.get("unit") else ""
         lines.append(f"- intervals: {boot['confidence']:.0%} percentile bootstrap{over}, {boot['resamples']} "
                      f"resamples, seed {boot['seed']} (`*_ci_low`, `*_ci_high`)")
     lines += [f"- warning: {w}" for w in info.get("warnings") or []]
