@@ -93,6 +93,8 @@ def format_show(info: dict) -> str:
         lines.append(f"builder    code {drv.get('builder_code')}")
         for k, v in sorted((drv.get("params") or {}).items()):
             lines.append(f"param      {k} = {json.dumps(v)}")
+        for k, v in sorted((info.get("unkeyed") or {}).items()):
+            lines.append(f"unkeyed    {k} = {json.dumps(v)}  (outside the key: cannot change the output)")
         for k, v in sorted((drv.get("extras") or {}).items()):
             lines.append(f"extra      {k} = {json.dumps(v)}")
         for what, rec in sorted((info.get("code") or {}).items()):

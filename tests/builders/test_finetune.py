@@ -450,6 +450,7 @@ def test_params_that_cannot_change_the_model_stay_out_of_the_key(ft_project, tmp
     shown = json.loads(cli("show", first["by_step"]["ft"]["path"], "--json").stdout)
     assert "checkpoint_every_n_steps" not in shown["derivation"]["params"]
     assert shown["unkeyed"] == {"checkpoint_every_n_steps": 1, "trainer": {"enable_model_summary": True}}
+    assert "unkeyed    checkpoint_every_n_steps = 1  (outside the key" in cli("show", first["by_step"]["ft"]["path"]).stdout
     unkeyed = ("+steps.ft.params.checkpoint_every_n_steps=0", "+steps.ft.params.trainer.enable_model_summary=false",
                "+steps.ft.params.trainer.profiler=simple")
     plan = json.loads(cli("plan", "recipe.yaml", *unkeyed, "--json").stdout)
