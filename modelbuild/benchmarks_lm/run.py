@@ -41,14 +41,10 @@ def evaluate(lm, task: TaskRef, p: dict) -> tuple[dict, list[dict]]:
     from lm_eval import simple_evaluate
 
     seed = p["seed"]
-    if task.yaml is None:
-        config = task.name
-    else:  # lm-eval's loader: `!function utils.fn` tags and `include:` resolved beside the YAML
-        from lm_eval.tasks._yaml_loader import load_yaml
-
-        config = task.config(load_yaml(task.yaml, resolve_func=True))
+    config, manager = task_config(task)
     try:
-        out = simple_evaluate(model=lm, tasks=[config], num_fewshot=p["num_fewshot"], limit=p["limit"],
+        out = simple_evaluate(model=lm, tasks=[config], task_manager=manager, num_fewshot=p["num_fewshot"],
+                              limit=p["limit"],
                               apply_chat_template=p["apply_chat_template"], log_samples=True,
                               random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                               fewshot_random_seed=seed, verbosity="WARNING")
@@ -61,6 +57,20 @@ def evaluate(lm, task: TaskRef, p: dict) -> tuple[dict, list[dict]]:
                           f"with HF_DATASETS_CACHE={os.environ.get('HF_DATASETS_CACHE')}), or give a task YAML over "
                           "local files", key="params.task") from None
     return out, out["samples"][task.name]
+
+
+def task_config(task: TaskRef):
+    """(what simple_evaluate is given for the task, the TaskManager that builds it). A YAML task is a config
+    of its own, built without lm-eval's registry: indexing its thousands of built-in task YAMLs costs 15-25 s
+    of CPU per run, which only a registry task (a name) needs."""
+    from lm_eval.tasks import TaskManager
+
+    if task.yaml is None:
+        return task.name, TaskManager(metadata={})  # what simple_evaluate makes when given none
+    from lm_eval.tasks._yaml_loader import load_yaml  # resolves `!function utils.fn` and `include:` beside it
+
+    config = task.config(load_yaml(task.yaml, resolve_func=True))
+    return config, TaskManager(include_path=task.yaml.parent, include_defaults=False, metadata={})
 
 
 def metrics(result: dict) -> dict:
