@@ -42,6 +42,7 @@ WARM_ENV = "MODELBUILD_WARM"
 LIGHT = ("modelbuild.worker", "pyarrow", "pyarrow.parquet")  # the data builders' tables
 TORCH = (*LIGHT, "numpy", "torch", "lightning", "modelbuild.training.loop", "modelbuild.training.tabular",
          "onnx")  # tabular models export ONNX too; importing it costs ~1.5 CPU s (ml_dtypes)
+LLM = (*LIGHT, "numpy", "torch", "transformers", "lm_eval.evaluator", "lm_eval.models.huggingface")  # benchmark
 
 
 def enabled() -> bool:
@@ -49,8 +50,11 @@ def enabled() -> bool:
 
 
 def import_set(env_packages) -> tuple[str, ...]:
-    """What a builder's zygote imports, from the packages it declares: torch and Lightning for those that
-    train, the worker and pyarrow otherwise (two zygotes at most, rather than one per builder)."""
+    """What a builder's zygote imports, from the packages it declares: lm-eval and transformers for those that
+    score language models (not Lightning: its import costs them 5-9 s), torch and Lightning for the others
+    that use torch, the worker and pyarrow otherwise (three zygotes at most, rather than one per builder)."""
+    if "lm-eval" in env_packages:
+        return LLM
     return TORCH if "torch" in env_packages else LIGHT
 
 
