@@ -42,7 +42,8 @@ WARM_ENV = "MODELBUILD_WARM"
 LIGHT = ("modelbuild.worker", "pyarrow", "pyarrow.parquet")  # the data builders' tables
 TORCH = (*LIGHT, "numpy", "torch", "lightning", "modelbuild.training.loop", "modelbuild.training.tabular",
          "onnx")  # tabular models export ONNX too; importing it costs ~1.5 CPU s (ml_dtypes)
-LLM = (*LIGHT, "numpy", "torch", "transformers", "lm_eval.evaluator", "lm_eval.models.huggingface")  # benchmark
+LLM = (*LIGHT, "numpy", "torch", "transformers", "transformers.modeling_utils", "lm_eval.evaluator",
+       "lm_eval.models.huggingface")  # benchmark: modeling_utils is most of a model's load (~3 CPU s of imports)
 
 
 def enabled() -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import RecipeError
@@ -43,11 +44,12 @@ def evaluate(lm, task: TaskRef, p: dict) -> tuple[dict, list[dict]]:
     seed = p["seed"]
     config, manager = task_config(task)
     try:
-        out = simple_evaluate(model=lm, tasks=[config], task_manager=manager, num_fewshot=p["num_fewshot"],
-                              limit=p["limit"],
-                              apply_chat_template=p["apply_chat_template"], log_samples=True,
-                              random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                              fewshot_random_seed=seed, verbosity="WARNING")
+        with _without_env_report():
+            out = simple_evaluate(model=lm, tasks=[config], task_manager=manager, limit=p["limit"],
+                                  num_fewshot=p["num_fewshot"], apply_chat_template=p["apply_chat_template"],
+                                  log_samples=True,
+                                  random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                                  fewshot_random_seed=seed, verbosity="WARNING")
     except (ConnectionError, FileNotFoundError, OSError) as e:
         if task.yaml is not None:
             raise
@@ -57,6 +59,20 @@ def evaluate(lm, task: TaskRef, p: dict) -> tuple[dict, list[dict]]:
                           f"with HF_DATASETS_CACHE={os.environ.get('HF_DATASETS_CACHE')}), or give a task YAML over "
                           "local files", key="params.task") from None
     return out, out["samples"][task.name]
+
+
+@contextmanager
+def _without_env_report():
+    """lm-eval adds torch's collect_env report to its results: a dozen commands (pip, conda, nvidia-smi, ...)
+    costing 3-5 s of each task step. Nothing modelbuild writes reads it (the key's env holds the versions)."""
+    import lm_eval.evaluator
+
+    saved = lm_eval.evaluator.add_env_info
+    lm_eval.evaluator.add_env_info = lambda results: None
+    try:
+        yield
+    finally:
+        lm_eval.evaluator.add_env_info = saved
 
 
 def task_config(task: TaskRef):
