@@ -64,15 +64,17 @@ def evaluate(lm, task: TaskRef, p: dict) -> tuple[dict, list[dict]]:
 @contextmanager
 def _without_env_report():
     """lm-eval adds torch's collect_env report to its results: a dozen commands (pip, conda, nvidia-smi, ...)
-    costing 3-5 s of each task step. Nothing modelbuild writes reads it (the key's env holds the versions)."""
+    costing 3-5 s of each task step. Nothing modelbuild writes reads it (the key's env holds the versions).
+    Its git hash, too: `git describe` in the step's folder printed "fatal: not a git repository" into the log."""
     import lm_eval.evaluator
 
-    saved = lm_eval.evaluator.add_env_info
+    saved = lm_eval.evaluator.add_env_info, lm_eval.evaluator.get_git_commit_hash
     lm_eval.evaluator.add_env_info = lambda results: None
+    lm_eval.evaluator.get_git_commit_hash = lambda: None
     try:
         yield
     finally:
-        lm_eval.evaluator.add_env_info = saved
+        lm_eval.evaluator.add_env_info, lm_eval.evaluator.get_git_commit_hash = saved
 
 
 def task_config(task: TaskRef):

@@ -104,6 +104,8 @@ def test_scores_a_task_with_lm_eval_metrics_errors_and_samples(env, first):
     gathered = json.loads((Path(first["by_step"]["bench"]["path"]) / "metrics.json").read_text())
     assert gathered["mc.acc_norm"] == metrics["acc_norm"]
     assert "| mc.acc |" in (Path(first["by_step"]["bench"]["path"]) / "summary.md").read_text()
+    log = (cli.store / "logs" / f"{first['by_step']['bench.mc']['key']}.log").read_text()
+    assert "fatal:" not in log and "Traceback" not in log  # lm-eval's git describe and host report stay out
 
 
 def test_adding_a_task_scores_only_that_task(env, first):
