@@ -317,6 +317,9 @@ def test_prometheus_scrapes_the_server_metrics_and_the_rules_return_data(deploye
     try:
         wait_for_port(exporter_port, exporter)
         wait_for_port(prometheus_port, prometheus)
+        deadline = time.monotonic() + 60  # it listens before its TSDB is open, answering 503 until /-/ready is 200
+        while not _answers(f"http://127.0.0.1:{prometheus_port}/-/ready") and time.monotonic() < deadline:
+            time.sleep(0.5)
         exprs = {r.get("alert") or r["record"]: r["expr"] for r in rules}
         deadline, results = time.monotonic() + 30, {}
         while time.monotonic() < deadline:
@@ -333,6 +336,17 @@ def test_prometheus_scrapes_the_server_metrics_and_the_rules_return_data(deploye
     assert 0.05 < float(results["ModelErrorRateHigh"][0]["value"][1]) < 0.2
     assert results["ModelNoTraffic"] == []  # there is traffic
     assert {r["name"] for r in loaded} == set(exprs) and all(r["health"] == "ok" for r in loaded)
+
+
+def _answers(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 @pytest.mark.parametrize("params, key", [
