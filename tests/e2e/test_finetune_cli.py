@@ -141,7 +141,7 @@ def test_a_model_input_without_a_model_fails_the_step(tiny_project, project):
     assert "Traceback" not in result["stderr"]
 
 
-@pytest.mark.slow(minutes=10)  # the heldout step loads the fine-tune and the GGUF once more
+@pytest.mark.slow(minutes=12)  # the heldout step loads the fine-tune and the GGUF once more
 @pytest.mark.timeout(3000)
 def test_smollm_sft_recipe_builds_a_model_that_answers(tmp_path):
     shutil.copytree(REPO / "recipes", tmp_path / "recipes")

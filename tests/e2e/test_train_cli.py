@@ -142,7 +142,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow(minutes=3)
+@pytest.mark.slow(minutes=2)
 def test_ddp_on_two_cpu_processes(project, cli):
     """`strategy: ddp` from the recipe reaches the Trainer unchanged: Lightning re-runs the worker for rank 1."""
     write_project(project, rows=800, trainer="trainer: {max_epochs: 2, strategy: ddp, devices: 2, "
@@ -159,7 +159,7 @@ def test_ddp_on_two_cpu_processes(project, cli):
     assert check["by_step"]["model"].get("reproducible"), (check["by_step"]["model"], check["stderr"])
 
 
-@pytest.mark.slow(minutes=3)
+@pytest.mark.slow(minutes=2)
 def test_ddp_ranks_launched_by_torchrun_train_together_and_rank_0_commits(project, cli):
     """Ranks started outside modelbuild (torchrun here; srun and other nodes alike) each run `modelbuild
     build`: rank 1 trains beside rank 0 without committing, then answers with rank 0's artifact. The result

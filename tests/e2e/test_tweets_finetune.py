@@ -13,7 +13,7 @@ from conftest import REPO, Cli
 pytest.importorskip("transformers")
 
 
-@pytest.mark.slow(minutes=15)
+@pytest.mark.slow(minutes=16)
 @pytest.mark.timeout(1800)  # ~5 min alone on two cores; longer beside another test worker
 def test_tweets_finetune_learns_sentiment_and_loads_offline(tmp_path, monkeypatch):
     shutil.copytree(REPO / "recipes", tmp_path / "recipes")

@@ -92,7 +92,7 @@ def shifted_rows(n: int, seed: int = 1) -> list[dict]:
     return rows
 
 
-@pytest.mark.slow(minutes=3)  # two trainings, two servers (~2 min on two busy cores)
+@pytest.mark.slow(minutes=2)  # two trainings, two servers (~2 min on two busy cores)
 def test_the_loop_detects_retrains_gates_promotes_and_serves_the_new_model(tmp_path):
     import httpx
     from served import Served

@@ -61,7 +61,7 @@ def test_report_renders_in_chromium(built, tmp_path):
     check(cli, "recipe.yaml", STEPS, tmp_path)
 
 
-@pytest.mark.slow(minutes=3)
+@pytest.mark.slow(minutes=5)
 @pytest.mark.parametrize("recipe", ["quickstart", "income"])
 def test_quickstart_and_income_reports_render_in_chromium(recipe, tmp_path):
     shutil.copytree(REPO / "recipes", tmp_path / "recipes")
