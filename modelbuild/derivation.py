@@ -106,11 +106,6 @@ class Job:
     unkeyed: dict = field(default_factory=dict)  # the builder's unkeyed_params, for build() only (not in the key)
 
     @property
-    def params(self) -> dict:
-        """The params build() receives: the derivation's, with the unkeyed ones put back."""
-        return merge_unkeyed(self.drv["params"], self.unkeyed)
-
-    @property
     def builder(self) -> str:
         return self.drv["builder"]
 

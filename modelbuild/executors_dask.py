@@ -29,7 +29,7 @@ import signal
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .derivation import Input, Job
@@ -421,8 +421,7 @@ def _localise(run: Run, remote: dict, worker_name) -> Run:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
         files[name] = str(target)
-    job = Job(job.key, job.drv, job.step, job.recipe, job.recipe_file, job.recipe_dir, inputs, files,
-              tuple(move(r) for r in job.extra_refs), job.resources, job.unkeyed)
+    job = replace(job, inputs=inputs, files=files, extra_refs=tuple(move(r) for r in job.extra_refs))
     return Run(str(store.root), job, run.mode, move(run.expect) if run.expect else None, run.result, None)
 
 

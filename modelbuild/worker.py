@@ -22,7 +22,7 @@ from pathlib import Path
 from . import steplog
 from .builders import BUILTIN, BuildContext, load_builder
 from .builders.base import RANK_OF_ENV, launcher_rank
-from .derivation import Job, derivation_key
+from .derivation import Job, derivation_key, merge_unkeyed, split_unkeyed
 from .errors import BuildError, ModelbuildError, UsageError
 from .hashing import hash_tree
 from .store import Store, remove_tree, store_fault
@@ -198,14 +198,17 @@ def _log_to(path: Path) -> None:
     steplog.setup()
 
 
-def _context(store: Store, run: Run, out: Path, work: Path | None = None) -> BuildContext:
+def _context(store: Store, run: Run, out: Path, builder, work: Path | None = None) -> BuildContext:
     """What build() sees: params and seed from the derivation (a builder whose key has no seed sees 0),
     never from anything the key does not contain but the params its builder declares unkeyed_params."""
     job = run.job
     work = work or store.tmp / "work" / job.key
     work.mkdir(parents=True, exist_ok=True)
     inputs = {n: i.path for n, i in job.inputs.items()} | {n: Path(f) for n, f in job.files.items()}
-    return BuildContext(step=job.step, inputs=inputs, out=out, params=job.params,
+    # of what the job carries outside the key, only what the builder declares unkeyed: any other value would
+    # change the output under a key that does not say so
+    params = merge_unkeyed(job.drv["params"], split_unkeyed(job.unkeyed, builder.unkeyed_params)[1])
+    return BuildContext(step=job.step, inputs=inputs, out=out, params=params,
                         recipe_dir=Path(job.recipe_dir), seed=job.drv.get("seed") or 0,
                         work=work, log=logging.getLogger(f"modelbuild.{job.step}"),
                         progress_file=Path(run.progress) if run.progress else None,
@@ -229,7 +232,7 @@ def _run_builder(store: Store, run: Run, out: Path, work: Path | None = None) ->
     builder = _builder(job)
     logging.getLogger("modelbuild").info("building step %s (key %s) with builder %s", job.step, job.key,
                                          job.builder)
-    ctx = _context(store, run, out, work)
+    ctx = _context(store, run, out, builder, work)
     builder.build(ctx)
     sys.stdout.flush()
     sys.stderr.flush()
