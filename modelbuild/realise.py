@@ -217,7 +217,10 @@ class Realiser:
     def build(self, targets: list[str] | None = None) -> list[StepState]:
         self.store.init()
         with self.store.gc_lock(exclusive=False):
-            return self._build(targets)
+            try:
+                return self._build(targets)
+            finally:  # again at the end: a killed build's worker may have held its key's lock at the start
+                self.store.clean_tmp()
 
     def _build(self, targets: list[str] | None) -> list[StepState]:
         self.store.clean_tmp()
