@@ -545,6 +545,7 @@ class Store:
                     raise
             else:
                 os.chmod(path, 0o555)
+        meta = self._own_record(path, key, meta)
         rel = self.rel(path)
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
@@ -556,6 +557,16 @@ class Store:
             self.db.execute("INSERT OR REPLACE INTO trace VALUES (?,?,?,?)",
                             (key, rel, json.dumps(meta, sort_keys=True), time.time()))  # the commit point
         return path
+
+    @staticmethod
+    def _own_record(path: Path, key: str, meta: dict) -> dict:
+        """The record to keep in the trace: the artifact's own .meta.json where it was written for this same key
+        (a build killed between moving it in and writing its trace row left it), so that the two agree."""
+        try:
+            existing = json.loads((path / META_FILE).read_text())
+        except (OSError, ValueError):
+            return meta
+        return existing if isinstance(existing, dict) and existing.get("key") == key else meta
 
     def _usable_existing(self, path: Path, digest: str) -> bool:
         """An identical artifact is already there (early cutoff); a damaged one is moved aside."""

@@ -197,8 +197,14 @@ def test_a_damaged_model_is_refused_with_exit_5(built, tmp_path):
     r = cli("serve", copy, check=5)
     assert "does not match the digest" in r.stderr and "Traceback" not in r.stderr
     stored = cli.store / "objects" / model.name  # the store's own copy: re-hashed before serving too
+    original = (stored / "config.json").read_bytes()
     os.chmod(stored, 0o755)
     os.chmod(stored / "config.json", 0o644)
-    (stored / "config.json").write_text(json.dumps(config))
-    r = cli("serve", "demo:model", check=5)
-    assert "does not match its digest" in r.stderr and "Traceback" not in r.stderr
+    try:
+        (stored / "config.json").write_text(json.dumps(config))
+        r = cli("serve", "demo:model", check=5)
+        assert "does not match its digest" in r.stderr and "Traceback" not in r.stderr
+    finally:  # the module's other tests (the slow ones run last) serve this same artifact
+        (stored / "config.json").write_bytes(original)
+        os.chmod(stored / "config.json", 0o444)
+        os.chmod(stored, 0o555)

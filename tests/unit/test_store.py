@@ -109,6 +109,20 @@ def test_the_trace_survives_reopening_the_store(store):
     again.close()
 
 
+def test_a_build_killed_before_its_trace_row_is_recorded_again_from_the_artifacts_own_record(store):
+    from modelbuild.gc import verify
+
+    path = commit(store, KEY1)
+    own = json.loads((path / META_FILE).read_text())
+    with store.db:  # killed between moving the artifact in and writing its trace row (the commit point)
+        store.db.execute("DELETE FROM trace WHERE key=?", (KEY1,))
+    out = make_out(store, KEY1)
+    again = store.commit(KEY1, "train", out, {"key": KEY1, "step": "train", "started": 1.0}, refs=[])
+    assert again == path
+    assert store.lookup(KEY1)[1] == own  # the trace agrees with the .meta.json kept in objects/
+    assert verify(store) == []
+
+
 def test_identical_content_under_another_key_is_the_same_artifact(store):
     first = commit(store, KEY1)
     second = commit(store, KEY2)  # rebuilt (another key), same bytes: early cutoff
