@@ -245,6 +245,27 @@ def remove_tree(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _unused(entry: Path):
+    """True while this process holds the flock of a tmp folder no live process flocks (see Store.new_tmp)."""
+    try:
+        fd = os.open(entry, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # a stray file, or gone meanwhile
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+        except OSError:  # no flock on folders here: the key lock decides
+            yield True
+        else:
+            yield True
+    finally:
+        os.close(fd)
+
+
 def tree_fingerprint(path: Path) -> str:
     """A cheap identity of an artifact's files (inode, size, mtime): a change means 're-hash before use'."""
     parts = []
@@ -291,6 +312,7 @@ class Store:
         self.locks = self.root / "locks"
         self._db: sqlite3.Connection | None = None
         self.read_only = False  # set when the trace was opened read-only: nothing is written then
+        self._tmp_fds: dict[str, int] = {}  # new_tmp's folders, flocked while in use
 
     # ---- setup -------------------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -405,12 +427,33 @@ class Store:
             os.close(fd)
 
     def new_tmp(self, key: str) -> Path:
+        """A folder of this process's own under tmp/, flocked while the process lives or until `drop_tmp`.
+
+        Not every tmp folder is made under its key's lock: `build --check` rebuilds beside the artifact and
+        the extra ranks of a distributed build train beside rank 0, which holds it. The flock keeps another
+        build's `clean_tmp` from removing such a folder mid-build; the kernel drops it when the process dies."""
         d = self.tmp / f"{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         d.mkdir(parents=True)
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a file system without flock on folders: the key lock alone guards it, as before
+            os.close(fd)
+        else:
+            self._tmp_fds[str(d)] = fd
         return d
 
+    def drop_tmp(self, d: Path) -> None:
+        """Remove a folder from `new_tmp` and release it."""
+        try:
+            remove_tree(d)
+        finally:
+            fd = self._tmp_fds.pop(str(d), None)
+            if fd is not None:
+                os.close(fd)
+
     def clean_tmp(self) -> int:
-        """Remove leftovers of killed builds: tmp dirs whose key lock nobody holds."""
+        """Remove leftovers of killed builds: tmp dirs whose key lock nobody holds and no live process flocks."""
         removed = 0
         if not self.tmp.exists():
             return 0
@@ -418,8 +461,8 @@ class Store:
             key = entry.name.split(".", 1)[0]
             if len(key) != DIGEST_CHARS:
                 continue  # kept areas (e.g. checkpoints/) are owned by their builders
-            with self.lock(key, blocking=False) as got:
-                if got:
+            with self.lock(key, blocking=False) as got, _unused(entry) as unused:
+                if got and unused:
                     remove_tree(entry)
                     removed += 1
         return removed
@@ -520,7 +563,7 @@ class Store:
                         "started": started, "seconds": round(time.time() - started, 3)}
                 return self.commit(key, name, work / "out", meta, refs=[])
             finally:
-                remove_tree(work)
+                self.drop_tmp(work)
 
     def commit(self, key: str, name: str, out: Path, meta: dict, refs: list[Path]) -> Path:
         """Move a finished build from tmp into the store and record it. Returns the artifact path.

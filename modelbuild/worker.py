@@ -152,7 +152,7 @@ def _build_and_drop(store: Store, run: Run, fresh_work: bool = False) -> None:
     try:
         _run_builder(store, run, tmp / "out", work=tmp / "work" if fresh_work else None)
     finally:
-        remove_tree(tmp)
+        store.drop_tmp(tmp)
 
 
 def _with_failure(store: Store, key: str, result: dict) -> dict:
@@ -269,7 +269,7 @@ def _build(store: Store, run: Run, started: float) -> Path:
         remove_tree(store.tmp / "work" / job.key)  # checkpoints are no longer needed
         return path
     finally:
-        remove_tree(tmp)
+        store.drop_tmp(tmp)
 
 
 def _check(store: Store, run: Run) -> dict:
@@ -292,7 +292,7 @@ def _check(store: Store, run: Run) -> dict:
         return {"status": "checked", "path": run.expect, "differences": differ, "check": mode,
                 "seconds": round(time.time() - started, 3)}
     finally:
-        remove_tree(tmp)
+        store.drop_tmp(tmp)
 
 
 def _is_fact(name: str) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import HashMismatch
 from ..hashing import Unhashable, hash_file, hash_tree
-from ..store import Store, remove_tree
+from ..store import Store
 from .manifest import decode, load_public
 from .remote import Incomplete, Remote, Unreachable
 
@@ -79,7 +79,7 @@ class Substituter:
                 meta = {k: v for k, v in (manifest.get("meta") or {}).items() if k not in ("digest", "path", "files")}
                 return self.store.commit(key, manifest["name"], out, meta, refs)
             finally:
-                remove_tree(tmp)
+                self.store.drop_tmp(tmp)
 
     def _inputs(self, manifest: dict, seen: frozenset) -> list[Path] | None:
         """The artifacts the manifest's artifact refers to, substituted first where missing; None when one

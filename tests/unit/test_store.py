@@ -385,9 +385,25 @@ def test_a_lock_is_exclusive_within_one_process_too(store):
             assert again is False
 
 
+def _make_out_and_die(root: str, key: str, made) -> None:
+    """A build killed mid-write: its tmp folder stays, and nothing holds it any more."""
+    s = Store(root)
+    made.send(str(make_out(s, key)))  # a pipe's send is written before it returns, unlike a queue's put
+    os._exit(0)
+
+
+def _leftover(store: Store, key: str) -> Path:
+    receive, made = fork.Pipe(duplex=False)
+    p = fork.Process(target=_make_out_and_die, args=(str(store.root), key, made))
+    p.start()
+    p.join(30)
+    assert receive.poll(5)
+    return Path(receive.recv())
+
+
 def test_clean_tmp_removes_leftovers_and_keeps_builds_in_progress(store):
-    leftover = make_out(store, KEY1)  # a killed build: nobody holds its lock
-    running = make_out(store, KEY2)
+    leftover = _leftover(store, KEY1)  # a killed build: nobody holds its lock
+    running = _leftover(store, KEY2)
     (leftover / "sub").chmod(0o555)  # leftovers may be partly read-only
     kept_area = store.tmp / "work"  # not a key: owned by builders (checkpoints)
     kept_area.mkdir()
@@ -403,6 +419,22 @@ def test_clean_tmp_removes_leftovers_and_keeps_builds_in_progress(store):
     assert not leftover.exists()
     assert running.is_dir() and (running / "model.bin").exists()
     assert kept_area.is_dir()
+
+
+def test_clean_tmp_keeps_a_folder_made_outside_its_keys_lock_while_its_process_lives(store):
+    """`build --check` and the extra ranks of a distributed build write to tmp without the key's lock: another
+    build's clean must not remove their folder mid-build (it did, and the check saw its files vanish)."""
+    checking = make_out(store, KEY1)
+    other = Store(store.root)
+    try:
+        assert other.clean_tmp() == 0
+        assert (checking / "model.bin").exists()
+        store.drop_tmp(checking)
+        assert not checking.exists()
+        dead = _leftover(store, KEY3)  # its process is gone, and so is the flock
+        assert other.clean_tmp() == 1 and not dead.exists()
+    finally:
+        other.close()
 
 
 def test_new_tmp_dirs_are_distinct_and_empty(store):
