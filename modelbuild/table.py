@@ -47,9 +47,10 @@ ROW_GROUP_BYTES = 64 << 20
 # steps are written and read on every build, so their speed counts more than their size.
 COMPRESSION = {"compression": "snappy"}
 # Encode each row group in a background thread while the caller builds the next. Same bytes; it saves wall
-# time only where a core is idle, and holds one more row group (~64 MB and the encoder's buffers). Measured
-# on a shared 2-vCPU host (load 5-10): no wall time saved, +5% CPU, +25-100 MB peak per step; hence off.
-BACKGROUND_ENCODING = False
+# time where a core is idle, and holds one more row group (~64 MB and the encoder's buffers). benchmarks/ingest.py,
+# 1 GiB on 2 idle cores: ingest -> clean -> validate 42.4 -> 33.8 s wall (+3% CPU, peak 1046 -> 1265 MiB). On a
+# host with no idle core (load 5-10) it saved nothing and cost 5% CPU.
+BACKGROUND_ENCODING = True
 DISTINCT_CAP = 10_000  # string columns count distinct values up to this many
 SIGNIFICANT = 12  # digits kept of every float in stats.json (and profile.json)
 
@@ -277,11 +278,65 @@ def read_schema(artifact: str | Path):
 
 
 def iter_batches(artifact: str | Path, batch_rows: int = 1 << 16, columns: list[str] | None = None) -> Iterator:
-    """Record batches of a table artifact, one at a time (bounded memory)."""
+    """Record batches of a table artifact, one at a time (bounded memory), decoded ahead in a thread."""
+    return read_ahead(_batches(artifact, batch_rows, columns))
+
+
+def _batches(artifact: str | Path, batch_rows: int, columns: list[str] | None) -> Iterator:
     import pyarrow.parquet as pq
 
     with pq.ParquetFile(data_file(artifact)) as f:
         yield from f.iter_batches(batch_size=batch_rows, columns=columns)
+
+
+def read_ahead(items: Iterator, depth: int = 2) -> Iterator:
+    """The items of an iterator, produced `depth` ahead in a thread of their own.
+
+    A reader (pyarrow's streaming CSV reader, a Parquet file's batches) spends most of its time in C++ without
+    the GIL, so the caller hashes, checks and encodes one batch while the next is parsed: on two cores a step
+    takes about the time of the slower half rather than of both. The order is kept; an error raised by the
+    reader is raised here, at the item where it occurred; leaving the loop early stops the reader and closes
+    it (a generator's `finally` runs in its thread)."""
+    import queue
+    import threading
+
+    done, slots, stop = object(), queue.Queue(depth), threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((done, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            put((done, e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="modelbuild-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def summary(artifact: str | Path) -> dict | None:

@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 
 from ..errors import BuildError, RecipeError, did_you_mean
-from ..table import TableWriter
+from ..table import TableWriter, read_ahead
 from ._strings import trim_whitespace
 from .base import Builder, Param
 
@@ -179,7 +179,7 @@ def _write(ctx, files, fmt: str, hints: dict) -> dict:
             if fmt != "parquet":
                 _check_not_utf16(path, name, ctx.params["encoding"])
             try:
-                for table, offset in read(path, name, fmt, ctx.params, hints):
+                for table, offset in read_ahead(read(path, name, fmt, ctx.params, hints)):
                     table = _normalise(table, ctx.params, fmt, name)
                     first = first or name
                     if writer.schema is not None:

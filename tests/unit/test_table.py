@@ -276,3 +276,40 @@ def test_an_encoding_error_reaches_the_builder_and_leaves_no_part_file(tmp_path,
             writer.write(df)
             raise Stop
     assert not (tmp_path / "two" / "rows.xxh.part").exists()
+
+
+# ---- read_ahead: a reader's batches produced in a thread while the caller works on the last one -------------
+def test_read_ahead_keeps_the_order_and_raises_the_readers_error_where_it_occurred():
+    from modelbuild.table import read_ahead
+
+    def reader():
+        yield from range(5)
+        raise ValueError("row 6 is ragged")
+
+    seen = []
+    with pytest.raises(ValueError, match="row 6 is ragged"):
+        for item in read_ahead(reader()):
+            seen.append(item)
+    assert seen == [0, 1, 2, 3, 4]
+
+
+def test_leaving_read_ahead_early_stops_and_closes_the_reader():
+    import threading
+
+    from modelbuild.table import read_ahead
+
+    closed, produced = threading.Event(), []
+
+    def reader():
+        try:
+            for i in range(10_000):
+                produced.append(i)
+                yield i
+        finally:
+            closed.set()
+
+    for item in read_ahead(reader(), depth=2):
+        if item == 3:
+            break
+    assert closed.is_set() and len(produced) < 10  # at most `depth` read past what was taken, then closed
+    assert not [t for t in threading.enumerate() if t.name == "modelbuild-read-ahead"]
