@@ -83,6 +83,7 @@ class DaskExecutor:
         self.worker_store, self.cache = worker_store, cache
         self.live: set[DaskHandle] = set()
         self._threads, self._asked = 1, 0.0
+        self._finished = threading.Event()  # set by every task that finishes: wait_any sleeps on it
         try:
             self.client = Client(scheduler_address(url), timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError) as e:
@@ -120,6 +121,7 @@ class DaskExecutor:
             remote = self._remote(job, expect) if self.mode == "cache" else None
             future = self.client.submit(run_task, run.to_json(), cancel, remote, pure=False,
                                         key=f"{job.step}-{job.key[:12]}-{tag[:8]}", resources=job.resources or None)
+            future.add_done_callback(lambda _: self._finished.set())
         except ModelbuildError as e:  # the step fails (and the build goes on as after any failed step)
             future = Failed({"error": {"type": type(e).__name__, "message": str(e)}})
         handle = DaskHandle(job, run.mode, future, jobs_dir / f"{tag}.job.json", jobs_dir / f"{tag}.result.json",
@@ -129,16 +131,15 @@ class DaskExecutor:
         return handle
 
     def wait_any(self, handles, timeout: float = 0.0) -> list[DaskHandle]:
-        from distributed import wait
-
+        """The handles that are done, waiting up to `timeout` for one. The wait is on the tasks' done callbacks:
+        `distributed.wait` needs a default client, which this one is not (set_as_default=False), and it failed at
+        once, so the build's loop spun on a core the cluster's workers needed (+0.15 s a job on 2 cores)."""
         handles = list(handles)
+        self._finished.clear()  # before looking: a task finishing after the look sets it again
         done = [h for h in handles if h.done()]
         if done or not handles or timeout <= 0:
             return done
-        try:
-            wait([h.proc for h in handles if not isinstance(h.proc, Failed)], timeout=timeout, return_when="FIRST_COMPLETED")
-        except Exception:  # noqa: BLE001 - a timeout, or a lost scheduler: both answered by done()
-            pass
+        self._finished.wait(timeout)  # a lost scheduler is seen by done() at the next look
         return [h for h in handles if h.done()]
 
     def release(self, handle: DaskHandle) -> None:

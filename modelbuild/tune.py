@@ -239,6 +239,7 @@ class Trial:
     error: str | None = None
     interrupted: bool = False
     asked: int | None = None  # how many points the optimizer had asked when it asked this one, repeats included
+    ready: tuple | None = None  # (stage, job): resolved, not cached, waiting for a slot (resolved once, not per poll)
 
     def record(self, store) -> dict:
         out = {"number": self.number, "params": self.point, "status": self.status, "objective": self.value,
@@ -461,24 +462,27 @@ class Search:
                     return True
                 self._score(t)
                 break
-            try:
-                job = self._stage(t)
-            except ModelbuildError as e:
-                t.status, t.error = "failed", str(e)
-                break
-            t.keys.append(job.key)
-            cached = self.r.cached(job.key, repair=not planning)
-            if cached is not None:
-                t.paths.append(cached)
-                t.stage += 1
-                continue
-            if planning:
-                t.status = "to build"
-                return True
-            self.store.write_drv(job.key, job.drv)
-            if not self._has_slot():
-                t.keys.pop()
+            if t.ready is None or t.ready[0] != t.stage:
+                try:
+                    job = self._stage(t)
+                except ModelbuildError as e:
+                    t.status, t.error = "failed", str(e)
+                    break
+                cached = self.r.cached(job.key, repair=not planning)
+                if cached is not None or planning:
+                    t.keys.append(job.key)
+                    if cached is None:
+                        t.status = "to build"
+                        return True
+                    t.paths.append(cached)
+                    t.stage += 1
+                    continue
+                self.store.write_drv(job.key, job.drv)
+                t.ready = (t.stage, job)
+            if not self._has_slot():  # polled again on the build's next turn, without resolving it again
                 return False
+            job = t.ready[1]
+            t.keys.append(job.key)
             t.run = self.r.executor.submit(job)
             t.built = True
         self._finished(t)
