@@ -151,6 +151,24 @@ def test_ctrl_c_stops_the_cluster_jobs(cli, cluster):
     assert not [p for p in (cli.store / "objects").iterdir() if p.name.endswith("-train")]
 
 
+def test_a_build_waiting_on_the_cluster_leaves_the_cpu_to_it(cli, cluster):
+    """While a step runs on the cluster the build only waits: its loop once spun on a core (distributed.wait
+    needs a default client and failed at once), taking it from the workers beside it."""
+    cli.project.write("recipe.yaml", two(sleep=8))
+    build = cli.popen("build", "recipe.yaml", "--executor", dask_url(cluster), stdout=-1, stderr=-1, text=True)
+    try:
+        running("sleep 8;")
+        client = psutil.Process(build.pid)
+        before = client.cpu_times()
+        time.sleep(3)
+        after = client.cpu_times()
+        busy = (after.user + after.system) - (before.user + before.system)
+        assert busy < 0.6, f"the waiting build used {busy:.2f} s of CPU in 3 s"
+    finally:
+        out, err = build.communicate(timeout=120)
+    assert build.returncode == 0, err
+
+
 def test_shared_cache_mode(cli, cluster, keys, s3, tmp_path):
     """Workers with stores of their own: inputs substituted from S3, results pushed, the client substitutes."""
     secret, public = keys
