@@ -53,6 +53,7 @@ class Served:
         assert code == 0, f"serve exited {code}:\n{''.join(self.err)}"
         assert seconds < within, seconds
         _, alive = psutil.wait_procs(children, timeout=2)
+        alive = [p for p in alive if _running(p)]  # a zombie has exited: it waits only for its reaper (init)
         assert not alive, f"children left behind: {alive}"
         listening = [c for c in psutil.net_connections("inet") if c.laddr and c.laddr.port == self.port
                      and c.status == psutil.CONN_LISTEN]
@@ -74,3 +75,10 @@ class Served:
                     child.kill()
                 self.proc.kill()
                 print("".join(self.err)[-6000:], file=sys.stderr)  # the server's side of the failure
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
