@@ -256,12 +256,12 @@ def _unused(entry: Path):
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            free = True
         except BlockingIOError:
-            yield False
+            free = False
         except OSError:  # no flock on folders here: the key lock decides
-            yield True
-        else:
-            yield True
+            free = True
+        yield free
     finally:
         os.close(fd)
 
@@ -578,7 +578,8 @@ class Store:
         path = self.objects / f"{tree.digest}-{name}"
         files = {rel: e.digest for rel, e in tree.entries.items() if not rel.endswith("/")}
         meta = {**meta, "digest": tree.digest, "path": self.rel(path), "files": files}
-        if not self._usable_existing(path, tree.digest):
+        existed = self._usable_existing(path, tree.digest)
+        if not existed:
             (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
             self._freeze(out, tree)
             try:
@@ -588,7 +589,8 @@ class Store:
                     raise
             else:
                 os.chmod(path, 0o555)
-        meta = self._own_record(path, key, meta)
+        if existed:  # its record may be from an earlier build of this key, killed before its trace row
+            meta = self._own_record(path, key, meta)
         rel = self.rel(path)
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
